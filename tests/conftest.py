@@ -1,0 +1,134 @@
+"""Shared fixtures: isolated tracker files, an injectable clock, free ports, a real SMTP server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from utils.batch_tracker import TrackerConfig  # noqa: E402
+
+VENV_PYTHON = sys.executable
+
+
+class FakeClock:
+    """A settable clock (UTC epoch seconds) to inject wherever the code takes ``clock=``."""
+
+    def __init__(self, start: float = 1_700_000_000.0):
+        self.now = float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+    def set(self, instant: float) -> None:
+        self.now = float(instant)
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes; return that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def tracker_file(tmp_path) -> Path:
+    return tmp_path / "data" / "batch_tracker.json"
+
+
+@pytest.fixture
+def tracker_config(tracker_file) -> TrackerConfig:
+    return TrackerConfig(tracker_file=str(tracker_file), expected_stages=("scrape", "enrich", "score"))
+
+
+@pytest.fixture
+def base_env(tmp_path, tracker_file) -> dict:
+    """A clean environment for subprocesses: the project's settings point into tmp_path only."""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("BATCH_", "SMTP_", "ALERT_", "METRICS_"))}
+    keep.update(
+        {
+            "BATCH_TRACKER_FILE": str(tracker_file),
+            "LOG_DIR": str(tmp_path / "logs"),
+            "PYTHONPATH": str(PROJECT_ROOT),
+            "PATH": f"{Path(VENV_PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
+    keep.pop("NOTIFY_SOCKET", None)
+    return keep
+
+
+class SmtpSink:
+    """A real SMTP server on 127.0.0.1 (aiosmtpd) that keeps every message it accepts."""
+
+    def __init__(self, port: int | None = None):
+        from aiosmtpd.controller import Controller
+
+        self.port = port or free_port()
+        self.messages: list = []
+        self._lock = threading.Lock()
+        self.reject_with: str | None = None  # e.g. "451 try later" to simulate a transient failure
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                if sink.reject_with:
+                    return sink.reject_with
+                message = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
+                with sink._lock:
+                    sink.messages.append((envelope.rcpt_tos, message))
+                return "250 OK"
+
+        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> SmtpSink:
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def received(self) -> list:
+        with self._lock:
+            return [message for _, message in self.messages]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list:
+        return wait_until(
+            lambda: len(self.received()) >= count and self.received(), timeout, message=f"{count} mail(s)"
+        )
+
+
+@pytest.fixture
+def smtp_server():
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()

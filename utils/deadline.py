@@ -1,0 +1,109 @@
+"""Daily deadlines in a local time zone, correct across DST transitions.
+
+A deadline is a local wall-clock time ``HH:MM`` in an IANA zone. On a given local
+date it maps to exactly one UTC instant:
+
+- a wall time skipped by a DST jump (spring forward) means the first instant after
+  the gap, i.e. the transition itself;
+- an ambiguous wall time (clocks fall back) means its first occurrence.
+
+All inputs and outputs are UTC epoch seconds; local time exists only inside this
+module, built with pytz ``localize``/``normalize`` (never ``tzinfo=``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+import pytz
+
+_MAX_GAP_MINUTES = 24 * 60
+
+
+class DailyDeadline:
+    """The daily local ``hour:minute`` deadline in ``timezone``."""
+
+    def __init__(self, hour: int, minute: int, timezone: str):
+        if not 0 <= hour <= 23:
+            raise ValueError(f"hour {hour!r} is not in 0-23")
+        if not 0 <= minute <= 59:
+            raise ValueError(f"minute {minute!r} is not in 0-59")
+        self.hour = hour
+        self.minute = minute
+        self.zone = pytz.timezone(timezone)
+
+    def __repr__(self) -> str:
+        return f"DailyDeadline({self.hour:02d}:{self.minute:02d} {self.zone.zone})"
+
+    def on_local_date(self, day: _dt.date) -> float:
+        """The UTC epoch instant of this deadline on local date ``day``."""
+        wall = _dt.datetime(day.year, day.month, day.day, self.hour, self.minute)
+        try:
+            local = self.zone.localize(wall, is_dst=None)
+        except pytz.AmbiguousTimeError:
+            local = self.zone.localize(wall, is_dst=True)  # DST side = first occurrence
+        except pytz.NonExistentTimeError:
+            local = self._first_instant_after_gap(wall)
+        return local.timestamp()
+
+    def _first_instant_after_gap(self, wall: _dt.datetime) -> _dt.datetime:
+        # Transitions fall on whole minutes, so the first wall minute that exists
+        # after the skipped one is the transition instant itself.
+        step = _dt.timedelta(minutes=1)
+        candidate = wall
+        for _ in range(_MAX_GAP_MINUTES):
+            candidate += step
+            try:
+                return self.zone.localize(candidate, is_dst=None)
+            except pytz.NonExistentTimeError:
+                continue
+            except pytz.AmbiguousTimeError:
+                return self.zone.localize(candidate, is_dst=True)
+        raise ValueError(f"no valid local time after {wall} in {self.zone.zone}")
+
+    def local_date_of(self, instant: float) -> _dt.date:
+        return self.to_local(instant).date()
+
+    def to_local(self, instant: float) -> _dt.datetime:
+        """``instant`` as an aware datetime in the deadline's zone."""
+        utc = pytz.utc.localize(_dt.datetime.utcfromtimestamp(instant))
+        return self.zone.normalize(utc.astimezone(self.zone))
+
+    def first_after(self, instant: float) -> float:
+        """The first deadline strictly after ``instant`` (a batch's deadline)."""
+        day = self.local_date_of(instant) - _dt.timedelta(days=1)
+        for offset in range(4):
+            candidate = self.on_local_date(day + _dt.timedelta(days=offset))
+            if candidate > instant:
+                return candidate
+        raise AssertionError("a daily deadline always exists within two days")
+
+    def last_at_or_before(self, instant: float) -> float:
+        """The most recent deadline at or before ``instant``."""
+        day = self.local_date_of(instant) + _dt.timedelta(days=1)
+        for offset in range(4):
+            candidate = self.on_local_date(day - _dt.timedelta(days=offset))
+            if candidate <= instant:
+                return candidate
+        raise AssertionError("a daily deadline always exists within two days")
+
+    def previous(self, deadline: float) -> float:
+        """The deadline before the deadline instant ``deadline``."""
+        return self.last_at_or_before(deadline - 1)
+
+    def between(self, after: float, until: float, limit: int = 31) -> list[float]:
+        """The newest ``limit`` deadlines in the window ``(after, until]``, oldest first."""
+        found: list[float] = []
+        current = self.last_at_or_before(until)
+        while current > after and len(found) < limit:
+            found.append(current)
+            current = self.previous(current)
+        found.reverse()
+        return found
+
+
+def format_utc(instant: float | None) -> str | None:
+    """ISO-8601 in UTC with an explicit offset, or None."""
+    if instant is None:
+        return None
+    return _dt.datetime.fromtimestamp(instant, _dt.UTC).isoformat(timespec="seconds")

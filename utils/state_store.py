@@ -1,0 +1,176 @@
+"""Durable JSON state files: one writer protocol for every process.
+
+Contract:
+- A reader always sees a whole file: writes go to a temporary file in the same
+  directory, are fsynced, renamed over the target, and the directory is fsynced.
+- Every read-modify-write holds an exclusive ``fcntl.flock`` on ``<file>.lock``
+  (a separate file, because the data file itself is replaced on every write and a
+  lock on a replaced inode protects nothing).
+- Any OS-level failure (read-only directory, full disk, permission) surfaces as
+  :class:`StorageError` and leaves the previous file untouched.
+- A file that exists but does not parse as a JSON object raises
+  :class:`CorruptStateError`; the caller decides whether to repair it with
+  :meth:`JsonStateStore.move_aside`.
+
+This module is on the nightly hook's critical path: keep its imports minimal.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover - typing costs import time on the hook's path
+    from collections.abc import Callable
+    from typing import Any
+
+
+class StorageError(Exception):
+    """The state file could not be read or written (I/O, permissions, disk full)."""
+
+
+class CorruptStateError(StorageError):
+    """The state file exists but is not a JSON object."""
+
+
+def _describe_os_error(action: str, path: str, exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason = "no space left on device"
+    return f"cannot {action} {path}: {reason}"
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomically(path: str, document: Any) -> None:
+    """Replace ``path`` with ``document`` as JSON so no reader ever sees a torn file.
+
+    Raises :class:`StorageError`; on failure the previous file is unchanged and no
+    temporary file is left behind.
+    """
+    directory = os.path.dirname(path) or "."
+    payload = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    temp_path = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    except OSError as exc:
+        raise StorageError(_describe_os_error("write", path, exc)) from exc
+    try:
+        try:
+            view = memoryview(payload)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp_path, path)
+        _fsync_directory(directory)
+    except OSError as exc:
+        try:
+            os.unlink(temp_path)
+        except OSError:
+            pass
+        raise StorageError(_describe_os_error("write", path, exc)) from exc
+
+
+def read_json_object(path: str) -> dict | None:
+    """Return the JSON object stored at ``path``, or None when the file does not exist.
+
+    Raises :class:`CorruptStateError` when it is not a JSON object and
+    :class:`StorageError` when it cannot be read.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(_describe_os_error("read", path, exc)) from exc
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise CorruptStateError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise CorruptStateError(f"{path} does not hold a JSON object")
+    return document
+
+
+class _ExclusiveLock:
+    """``flock`` on a lock file, as a context manager (contextlib costs hook start-up time)."""
+
+    def __init__(self, lock_path: str):
+        self.lock_path = lock_path
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        try:
+            os.makedirs(os.path.dirname(self.lock_path) or ".", exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise StorageError(_describe_os_error("lock", self.lock_path, exc)) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def __exit__(self, *exc_info: object) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing releases the flock
+
+
+class JsonStateStore:
+    """A JSON object persisted at ``path`` under the lock-and-replace protocol."""
+
+    def __init__(self, path: str | os.PathLike, *, lock_path: str | os.PathLike | None = None):
+        self.path = os.fspath(path)
+        self.lock_path = os.fspath(lock_path) if lock_path else self.path + ".lock"
+
+    def read(self) -> dict | None:
+        """Read without locking: atomic replacement guarantees a whole file."""
+        return read_json_object(self.path)
+
+    def locked(self) -> _ExclusiveLock:
+        """A context manager holding the store's exclusive lock (blocking) for a read-modify-write."""
+        return _ExclusiveLock(self.lock_path)
+
+    def write(self, document: dict) -> None:
+        """Replace the file; callers hold :meth:`locked` when they read first."""
+        write_json_atomically(self.path, document)
+
+    def update(self, mutate: Callable[[dict | None], dict]) -> dict:
+        """Apply ``mutate`` to the current document under the lock and persist its result."""
+        with self.locked():
+            document = mutate(self.read())
+            self.write(document)
+            return document
+
+    def move_aside(self, now: float | None = None) -> str:
+        """Rename a corrupt file to ``<file>.corrupt-<UTC timestamp>``; return the new path.
+
+        Callers hold :meth:`locked`.
+        """
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+        target = f"{self.path}.corrupt-{stamp}"
+        suffix = 1
+        while os.path.exists(target):
+            suffix += 1
+            target = f"{self.path}.corrupt-{stamp}-{suffix}"
+        try:
+            os.replace(self.path, target)
+        except OSError as exc:
+            raise StorageError(_describe_os_error("move aside", self.path, exc)) from exc
+        return target
