@@ -261,9 +261,16 @@ def _clean_reason(reason: object) -> str:
 # --------------------------------------------------------------------------- storage shape
 
 
+def sibling_file(tracker_file: str | os.PathLike, name: str) -> str:
+    """The file beside the tracker file that holds ``name`` state, e.g.
+    ``data/batch_tracker.json`` + ``monitor`` -> ``data/batch_tracker.monitor.json``."""
+    path = os.fspath(tracker_file)
+    base = path[:-5] if path.endswith(".json") else path
+    return f"{base}.{name}.json"
+
+
 def _history_path(tracker_file: str) -> str:
-    base = tracker_file[:-5] if tracker_file.endswith(".json") else tracker_file
-    return base + ".history.json"
+    return sibling_file(tracker_file, "history")
 
 
 def _fresh_document() -> dict:
