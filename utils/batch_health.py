@@ -270,6 +270,7 @@ def describe(snapshot, now: float, deadline: DailyDeadline) -> dict:
         "resumed_at": [],
         "cost_per_lead": None,
         "gpu_cost_dollars": 0.0,
+        "projection": None,
         "open_incidents": [dict(i._asdict()) for i in open_incidents(snapshot, now, deadline)],
         "next_deadline": _deadline_view(deadline.first_after(now), deadline, now),
         "history": history_summary(snapshot, deadline, now),
@@ -305,6 +306,10 @@ def describe(snapshot, now: float, deadline: DailyDeadline) -> dict:
         gpu_cost_dollars=current.get("gpu_cost_dollars", 0.0),
         host=current.get("host"),
     )
+    from utils.prediction import describe_projection  # prediction builds on this module
+
+    history = [b for b in snapshot.history if b["id"] != current["id"]]
+    report["projection"] = describe_projection(current, history, now, deadline)
     return report
 
 
