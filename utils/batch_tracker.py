@@ -32,7 +32,7 @@ import os
 import sys
 import time
 
-from utils.state_store import CorruptStateError, JsonStateStore, StorageError
+from utils.state_store import CorruptStateError, JsonStateStore, StorageError, remove_stale_temp_files
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -322,7 +322,8 @@ def _check_document(document: dict, kind: str) -> dict:
     if kind == "tracker":
         if document.get("current") is not None:
             _check_batch_shape(document["current"])
-        if not isinstance(document.get("storage_events", []), list):
+        events = document.get("storage_events", [])
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             raise CorruptStateError("tracker file has an invalid storage_events list")
     else:
         batches = document.get("batches")
@@ -389,6 +390,9 @@ class BatchTracker:
         now = self.clock()
         new_id = batch_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + os.urandom(3).hex()
         with self.store.locked():
+            # Once a night is often enough to sweep what killed writers left behind.
+            remove_stale_temp_files(self.store.path)
+            remove_stale_temp_files(self.history_store.path)
             document = self._read_for_update(now)
             previous = document.get("current")
             if previous is not None:
@@ -580,7 +584,9 @@ class BatchTracker:
             history_error = None
         except StorageError as exc:
             history, history_error = [], str(exc)
-        return TrackerSnapshot(document["current"], history, document.get("storage_events", []), error, history_error)
+        return TrackerSnapshot(
+            document.get("current"), history, document.get("storage_events", []), error, history_error
+        )
 
 
 # --------------------------------------------------------------------------- module API

@@ -132,6 +132,43 @@ class _ExclusiveLock:
             os.close(fd)  # closing releases the flock
 
 
+def remove_stale_temp_files(path: str) -> list[str]:
+    """Delete temporary files that writers of ``path`` left behind when killed mid-write.
+
+    A temporary file is stale when the process named in it no longer exists.
+    Returns the removed paths. Never raises for files it cannot remove.
+    """
+    directory = os.path.dirname(path) or "."
+    prefix = os.path.basename(path) + ".tmp-"
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid_text = name[len(prefix) :].split("-", 1)[0]
+        if pid_text.isdigit() and _process_exists(int(pid_text)):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed.append(os.path.join(directory, name))
+        except OSError:
+            pass
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class JsonStateStore:
     """A JSON object persisted at ``path`` under the lock-and-replace protocol."""
 
