@@ -27,7 +27,8 @@ export NIGHTLY_STAGES_FILE="${NIGHTLY_STAGES_FILE:-etc/nightly_stages.demo.conf}
 export BATCH_COMPLETION_CHECK_INTERVAL_SECONDS="${BATCH_COMPLETION_CHECK_INTERVAL_SECONDS:-300}"
 outbox="${BATCH_OUTBOX_DIR:-data/outbox}"
 
-count_mails() { find "$outbox" -name '*.eml' -not -path '*/pending/*' 2>/dev/null | wc -l; }
+# find fails while the outbox does not exist yet; that is zero mails, not an error.
+count_mails() { { find "$outbox" -maxdepth 1 -name '*.eml' 2>/dev/null || true; } | wc -l; }
 
 wait_for_mails() { # wait_for_mails COUNT: poll the outbox for up to 10 s
   local want=$1 tries=0
@@ -54,14 +55,14 @@ else
 fi
 wait_for_mails $((mails_before + 1))
 echo "== the monitor's alert:"
-newest=$(find "$outbox" -name '*.eml' -not -path '*/pending/*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2-)
+newest=$(find "$outbox" -maxdepth 1 -name '*.eml' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2-)
 echo "   $newest"
 grep -m1 '^Subject:' "$newest" | sed 's/^/   /'
 
 echo "== resuming the failed batch from its failed stage"
 bin/run_nightly.sh --resume
 wait_for_mails $((mails_before + 2))
-newest=$(find "$outbox" -name '*.eml' -not -path '*/pending/*' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2-)
+newest=$(find "$outbox" -maxdepth 1 -name '*.eml' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2-)
 echo "== the recovery:"
 echo "   $newest"
 grep -m1 '^Subject:' "$newest" | sed 's/^/   /'

@@ -129,8 +129,9 @@ def _missing_deadlines(snapshot, now: float, deadline: DailyDeadline, watch_sinc
     floor = None
     if starts:
         latest = max(starts)
-        # The deadline whose window (previous deadline, D] holds the latest start is covered.
-        floor = latest if deadline.last_at_or_before(latest) == latest else deadline.first_after(latest)
+        # The latest batch covers its own deadline, the first strictly after its start
+        # (a start exactly at a deadline instant belongs to the next one, as its deadline does).
+        floor = deadline.first_after(latest)
     if watch_since is not None:
         floor = watch_since if floor is None else max(floor, watch_since)
     if floor is None:

@@ -289,7 +289,7 @@ def _check_batch_shape(batch: object) -> None:
         raise CorruptStateError("batch record lacks a valid id or state")
     if not _is_number(batch.get("started_at")):
         raise CorruptStateError(f"batch {batch['id']!r} has no valid started_at")
-    for key in ("ended_at", "cost_per_lead"):
+    for key in ("ended_at", "cost_per_lead", "duration_seconds"):
         if batch.get(key) is not None and not _is_number(batch[key]):
             raise CorruptStateError(f"batch {batch['id']!r} has an invalid {key}")
     if not _is_number(batch.get("gpu_cost_dollars", 0)):
@@ -300,16 +300,30 @@ def _check_batch_shape(batch: object) -> None:
     for name, detail in stages.items():
         if not is_valid_name(name) or not isinstance(detail, dict):
             raise CorruptStateError(f"batch {batch['id']!r} has an invalid stage entry")
-        if not _is_number(detail.get("percentage")) or not _is_number(detail.get("updated_at")):
+        if not all(_is_number(detail.get(key)) for key in ("percentage", "updated_at", "first_seen_at")) or not (
+            detail.get("completed_at") is None or _is_number(detail["completed_at"])
+        ):
             raise CorruptStateError(f"batch {batch['id']!r} stage {name!r} is malformed")
     expected = batch.get("expected_stages", [])
     if not isinstance(expected, list) or not all(isinstance(s, str) for s in expected):
         raise CorruptStateError(f"batch {batch['id']!r} has invalid expected_stages")
-    for key in ("failure",):
-        if batch.get(key) is not None and not isinstance(batch[key], dict):
-            raise CorruptStateError(f"batch {batch['id']!r} has an invalid {key}")
-    if not isinstance(batch.get("failures", []), list):
+    failure, failures = batch.get("failure"), batch.get("failures", [])
+    if not isinstance(failures, list) or not all(map(_is_failure, failures)):
         raise CorruptStateError(f"batch {batch['id']!r} has an invalid failures list")
+    if not (failure is None or _is_failure(failure)) or (batch["state"] == "failed" and not (failure or failures)):
+        raise CorruptStateError(f"batch {batch['id']!r} has an invalid failure record")
+    resumed_at = batch.get("resumed_at", [])
+    if not isinstance(resumed_at, list) or not all(map(_is_number, resumed_at)):
+        raise CorruptStateError(f"batch {batch['id']!r} has an invalid resumed_at list")
+
+
+def _is_failure(failure: object) -> bool:
+    # The views format these fields, so a hand-edited record must not reach them broken.
+    return (
+        isinstance(failure, dict)
+        and _is_number(failure.get("at"))
+        and (failure.get("stage") is None or isinstance(failure["stage"], str))
+    )
 
 
 def _check_document(document: dict, kind: str) -> dict:
@@ -323,7 +337,7 @@ def _check_document(document: dict, kind: str) -> dict:
         if document.get("current") is not None:
             _check_batch_shape(document["current"])
         events = document.get("storage_events", [])
-        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        if not isinstance(events, list) or not all(isinstance(e, dict) and _is_number(e.get("at")) for e in events):
             raise CorruptStateError("tracker file has an invalid storage_events list")
     else:
         batches = document.get("batches")
@@ -558,7 +572,7 @@ class BatchTracker:
         """Append a finished batch to the bounded history file. Caller holds the lock."""
         try:
             document = self.history_store.read()
-            document = _check_document(document, "history") if document else None
+            document = _check_document(document, "history") if document is not None else None
         except CorruptStateError as exc:
             moved_to = self.history_store.move_aside(now)
             _log("error", "history file %s is corrupt (%s); moved aside to %s", self.history_store.path, exc, moved_to)
@@ -574,13 +588,14 @@ class BatchTracker:
         """Read both files without locking and without repairing anything."""
         try:
             document = self.store.read()
-            document = _check_document(document, "tracker") if document else _fresh_document()
+            # ``is not None``: an empty object is corrupt here exactly as it is for writers.
+            document = _check_document(document, "tracker") if document is not None else _fresh_document()
             error = None
         except StorageError as exc:
             document, error = _fresh_document(), str(exc)
         try:
             history_document = self.history_store.read()
-            history = _check_document(history_document, "history")["batches"] if history_document else []
+            history = _check_document(history_document, "history")["batches"] if history_document is not None else []
             history_error = None
         except StorageError as exc:
             history, history_error = [], str(exc)
@@ -801,4 +816,8 @@ def main(argv: list[str] | None = None, environ: dict | None = None, out=None) -
 
 
 if __name__ == "__main__":
+    # Under ``python -m`` this file runs as ``__main__``. Register it under its real name too,
+    # so modules that import utils.batch_tracker (tracker_views raises its UsageError) share
+    # these classes instead of loading a second copy whose errors main() would not catch.
+    sys.modules.setdefault("utils.batch_tracker", sys.modules[__name__])
     sys.exit(main())

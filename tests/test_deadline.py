@@ -1,0 +1,211 @@
+"""utils.deadline: the first local HH:MM strictly after a start, on every day of the year, in any zone."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import itertools
+
+import pytest
+import pytz
+
+from utils.deadline import DailyDeadline, format_utc
+
+NEW_YORK = "America/New_York"
+
+
+def utc(year, month, day, hour=0, minute=0, second=0) -> float:
+    return float(calendar.timegm((year, month, day, hour, minute, second)))
+
+
+def local(zone_name, year, month, day, hour=0, minute=0, second=0, is_dst=None) -> float:
+    zone = pytz.timezone(zone_name)
+    return zone.localize(dt.datetime(year, month, day, hour, minute, second), is_dst=is_dst).timestamp()
+
+
+@pytest.fixture
+def five_am_new_york() -> DailyDeadline:
+    return DailyDeadline(5, 0, NEW_YORK)
+
+
+# --------------------------------------------------------------------------- strictly after the start
+
+
+def test_it_gives_a_batch_started_before_the_deadline_that_same_days_deadline(five_am_new_york):
+    start = local(NEW_YORK, 2026, 6, 1, 4, 59, 59)
+    assert five_am_new_york.first_after(start) == local(NEW_YORK, 2026, 6, 1, 5, 0)
+
+
+def test_it_gives_a_batch_started_exactly_at_the_deadline_the_next_days_deadline(five_am_new_york):
+    start = local(NEW_YORK, 2026, 6, 1, 5, 0, 0)
+    assert five_am_new_york.first_after(start) == local(NEW_YORK, 2026, 6, 2, 5, 0)
+
+
+def test_it_gives_a_batch_started_just_after_the_deadline_the_next_days_deadline(five_am_new_york):
+    start = local(NEW_YORK, 2026, 6, 1, 5, 0, 1)
+    assert five_am_new_york.first_after(start) == local(NEW_YORK, 2026, 6, 2, 5, 0)
+
+
+def test_it_gives_a_batch_started_after_midnight_the_same_local_days_deadline(five_am_new_york):
+    # 00:30 EDT is already the next UTC day's 04:30; the deadline is 05:00 that same local day.
+    start = local(NEW_YORK, 2026, 6, 2, 0, 30)
+    assert five_am_new_york.first_after(start) == utc(2026, 6, 2, 9, 0)
+
+
+def test_it_gives_a_batch_started_in_the_evening_the_next_mornings_deadline(five_am_new_york):
+    start = local(NEW_YORK, 2026, 6, 1, 23, 0)
+    assert five_am_new_york.first_after(start) == utc(2026, 6, 2, 9, 0)
+
+
+# --------------------------------------------------------------------------- DST in America/New_York
+
+
+def test_it_puts_05_00_on_the_spring_forward_day_at_05_00_edt(five_am_new_york):
+    start = local(NEW_YORK, 2026, 3, 8, 0, 30)  # still EST
+    assert five_am_new_york.first_after(start) == utc(2026, 3, 8, 9, 0)
+    assert five_am_new_york.to_local(utc(2026, 3, 8, 9, 0)).strftime("%H:%M %Z") == "05:00 EDT"
+
+
+def test_it_gives_a_batch_started_the_evening_before_spring_forward_a_23_hour_night(five_am_new_york):
+    start = local(NEW_YORK, 2026, 3, 7, 22, 0)  # EST
+    due = five_am_new_york.first_after(start)
+    assert due == utc(2026, 3, 8, 9, 0)
+    assert due - start == 6 * 3600  # 22:00 EST -> 05:00 EDT is six real hours, not seven
+
+
+def test_it_puts_05_00_on_the_fall_back_day_at_05_00_est(five_am_new_york):
+    start = local(NEW_YORK, 2026, 11, 1, 0, 30)  # still EDT
+    assert five_am_new_york.first_after(start) == utc(2026, 11, 1, 10, 0)
+    assert five_am_new_york.to_local(utc(2026, 11, 1, 10, 0)).strftime("%H:%M %Z") == "05:00 EST"
+
+
+def test_it_gives_a_batch_started_the_evening_before_fall_back_a_25_hour_night(five_am_new_york):
+    start = local(NEW_YORK, 2026, 10, 31, 22, 0)  # EDT
+    assert five_am_new_york.first_after(start) - start == 8 * 3600  # 22:00 EDT -> 05:00 EST
+
+
+def test_it_moves_a_deadline_inside_the_spring_gap_to_the_first_instant_after_it():
+    deadline = DailyDeadline(2, 30, NEW_YORK)  # 02:30 does not exist on 2026-03-08
+    assert deadline.on_local_date(dt.date(2026, 3, 8)) == utc(2026, 3, 8, 7, 0)  # 03:00 EDT
+    start = local(NEW_YORK, 2026, 3, 8, 1, 0)
+    due = deadline.first_after(start)
+    assert due == utc(2026, 3, 8, 7, 0)
+    assert deadline.to_local(due).strftime("%H:%M %Z") == "03:00 EDT"
+    # The days around the gap keep their normal 02:30.
+    assert deadline.on_local_date(dt.date(2026, 3, 7)) == utc(2026, 3, 7, 7, 30)
+    assert deadline.on_local_date(dt.date(2026, 3, 9)) == utc(2026, 3, 9, 6, 30)
+
+
+def test_it_takes_the_first_occurrence_of_a_deadline_in_the_ambiguous_hour():
+    deadline = DailyDeadline(1, 30, NEW_YORK)  # 01:30 happens twice on 2026-11-01
+    assert deadline.on_local_date(dt.date(2026, 11, 1)) == utc(2026, 11, 1, 5, 30)  # 01:30 EDT
+    start = local(NEW_YORK, 2026, 11, 1, 0, 15)
+    due = deadline.first_after(start)
+    assert due == utc(2026, 11, 1, 5, 30)
+    assert deadline.to_local(due).strftime("%H:%M %Z") == "01:30 EDT"
+
+
+def test_it_does_not_count_the_second_occurrence_of_an_ambiguous_time_as_a_deadline():
+    deadline = DailyDeadline(1, 30, NEW_YORK)
+    between_occurrences = utc(2026, 11, 1, 5, 45)  # 01:45 EDT, before 01:30 EST comes round
+    assert deadline.first_after(between_occurrences) == utc(2026, 11, 2, 6, 30)  # next day 01:30 EST
+
+
+# --------------------------------------------------------------------------- other zones
+
+
+@pytest.mark.parametrize(
+    ("zone", "hour", "minute", "day", "expected"),
+    [
+        # Europe/Berlin: 2026-03-29 02:00 CET -> 03:00 CEST; 2026-10-25 03:00 CEST -> 02:00 CET.
+        ("Europe/Berlin", 5, 0, dt.date(2026, 3, 29), utc(2026, 3, 29, 3, 0)),
+        ("Europe/Berlin", 5, 0, dt.date(2026, 10, 25), utc(2026, 10, 25, 4, 0)),
+        ("Europe/Berlin", 2, 30, dt.date(2026, 3, 29), utc(2026, 3, 29, 1, 0)),  # gap -> 03:00 CEST
+        ("Europe/Berlin", 2, 30, dt.date(2026, 10, 25), utc(2026, 10, 25, 0, 30)),  # first, CEST
+        # Australia/Lord_Howe: +10:30 standard, +11 summer, a 30-minute shift.
+        # 2026-04-05 02:00 +11 -> 01:30 +10:30; 2026-10-04 02:00 +10:30 -> 02:30 +11.
+        ("Australia/Lord_Howe", 5, 0, dt.date(2026, 4, 5), utc(2026, 4, 4, 18, 30)),
+        ("Australia/Lord_Howe", 5, 0, dt.date(2026, 10, 4), utc(2026, 10, 3, 18, 0)),
+        ("Australia/Lord_Howe", 2, 15, dt.date(2026, 10, 4), utc(2026, 10, 3, 15, 30)),  # gap -> 02:30 +11
+        ("Australia/Lord_Howe", 1, 45, dt.date(2026, 4, 5), utc(2026, 4, 4, 14, 45)),  # first, +11
+        ("UTC", 5, 0, dt.date(2026, 3, 8), utc(2026, 3, 8, 5, 0)),
+        ("UTC", 23, 59, dt.date(2026, 12, 31), utc(2026, 12, 31, 23, 59)),
+    ],
+)
+def test_it_maps_a_local_deadline_to_the_right_instant_in_other_zones(zone, hour, minute, day, expected):
+    assert DailyDeadline(hour, minute, zone).on_local_date(day) == expected
+
+
+def test_it_gives_a_utc_batch_started_at_05_00_exactly_the_next_days_deadline():
+    deadline = DailyDeadline(5, 0, "UTC")
+    assert deadline.first_after(utc(2026, 7, 1, 5, 0)) == utc(2026, 7, 2, 5, 0)
+    assert deadline.first_after(utc(2026, 7, 1, 4, 59, 59)) == utc(2026, 7, 1, 5, 0)
+
+
+# --------------------------------------------------------------------------- every day of 2026
+
+
+@pytest.mark.parametrize(
+    ("zone", "hour", "minute"),
+    [(NEW_YORK, 5, 0), (NEW_YORK, 2, 30), (NEW_YORK, 1, 30), ("Australia/Lord_Howe", 2, 15), ("UTC", 0, 0)],
+)
+def test_it_puts_every_2026_deadline_strictly_after_the_start_and_within_48h(zone, hour, minute):
+    deadline = DailyDeadline(hour, minute, zone)
+    first_day = utc(2026, 1, 1)
+    for day in range(365):
+        midnight = first_day + day * 86400
+        today = deadline.on_local_date(dt.date(2026, 1, 1) + dt.timedelta(days=day))
+        starts = (midnight, midnight + 13 * 3600, today - 1, today)  # today: exactly at a deadline
+        for start in starts:
+            due = deadline.first_after(start)
+            assert start < due <= start + 48 * 3600, (zone, format_utc(start), format_utc(due))
+            # ... and it is the *first* one: no deadline lies between the start and it.
+            assert deadline.previous(due) <= start, (zone, format_utc(start), format_utc(due))
+
+
+def test_it_keeps_the_configured_wall_time_on_every_2026_day_in_new_york(five_am_new_york):
+    for day in range(365):
+        date = dt.date(2026, 1, 1) + dt.timedelta(days=day)
+        local_due = five_am_new_york.to_local(five_am_new_york.on_local_date(date))
+        assert (local_due.date(), local_due.hour, local_due.minute) == (date, 5, 0)
+
+
+# --------------------------------------------------------------------------- navigation and formatting
+
+
+def test_it_finds_the_latest_deadline_at_or_before_an_instant(five_am_new_york):
+    due = utc(2026, 6, 2, 9, 0)
+    assert five_am_new_york.last_at_or_before(due) == due
+    assert five_am_new_york.last_at_or_before(due - 1) == utc(2026, 6, 1, 9, 0)
+    assert five_am_new_york.previous(due) == utc(2026, 6, 1, 9, 0)
+
+
+def test_it_lists_the_deadlines_in_a_window_oldest_first_and_bounded(five_am_new_york):
+    after = utc(2026, 6, 1, 9, 0)  # excluded: the window is (after, until]
+    until = utc(2026, 6, 4, 9, 0)  # included
+    assert five_am_new_york.between(after, until) == [utc(2026, 6, d, 9, 0) for d in (2, 3, 4)]
+    assert five_am_new_york.between(after, until, limit=2) == [utc(2026, 6, d, 9, 0) for d in (3, 4)]
+    assert five_am_new_york.between(until, until) == []
+
+
+def test_it_lists_the_short_and_long_nights_across_both_transitions(five_am_new_york):
+    spring = five_am_new_york.between(utc(2026, 3, 7), utc(2026, 3, 9, 12))
+    assert [b - a for a, b in itertools.pairwise(spring)] == [23 * 3600, 24 * 3600]
+    fall = five_am_new_york.between(utc(2026, 10, 31), utc(2026, 11, 2, 12))
+    assert [b - a for a, b in itertools.pairwise(fall)] == [25 * 3600, 24 * 3600]
+
+
+def test_it_formats_utc_with_an_explicit_offset():
+    assert format_utc(utc(2026, 3, 8, 7, 0)) == "2026-03-08T07:00:00+00:00"
+    assert format_utc(None) is None
+
+
+@pytest.mark.parametrize(("hour", "minute"), [(24, 0), (-1, 0), (5, 60), (5, -1)])
+def test_it_refuses_an_hour_or_minute_out_of_range(hour, minute):
+    with pytest.raises(ValueError, match=r"hour|minute"):
+        DailyDeadline(hour, minute, NEW_YORK)
+
+
+def test_it_refuses_an_unknown_zone():
+    with pytest.raises(pytz.UnknownTimeZoneError):
+        DailyDeadline(5, 0, "Mars/Olympus")
