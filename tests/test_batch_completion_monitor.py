@@ -1,0 +1,715 @@
+"""The completion monitor (utils/monitor.py and bin/batch_completion_monitor.py).
+
+Most tests drive ``Monitor.step()`` with a FakeClock against a real SMTP server on
+127.0.0.1; a few run the entry point as a real subprocess on the real clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+
+import pytest
+from conftest import PROJECT_ROOT, VENV_PYTHON, free_port, wait_until
+
+from utils.alerting import parse_message
+from utils.batch_tracker import BatchTracker, TrackerConfig, sibling_file
+from utils.monitor import Monitor, StepResult
+from utils.monitor_config import MonitorConfig, Secret
+from utils.sdnotify import SystemdNotifier
+
+MONITOR = str(PROJECT_ROOT / "bin" / "batch_completion_monitor.py")
+BATCH = "20261123T060000Z-ab12"
+
+
+def ny(text: str, zone: str = "America/New_York") -> float:
+    """``YYYY-MM-DD HH:MM[:SS]`` wall time in ``zone`` as a UTC epoch (a valid, unambiguous time)."""
+    import pytz
+
+    fmt = "%Y-%m-%d %H:%M:%S" if text.count(":") == 2 else "%Y-%m-%d %H:%M"
+    return pytz.timezone(zone).localize(dt.datetime.strptime(text, fmt), is_dst=None).timestamp()
+
+
+def utc(text: str) -> float:
+    return dt.datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=dt.UTC).timestamp()
+
+
+class World:
+    """A tracker, a fake clock, a real SMTP sink, and monitors built on the same files."""
+
+    def __init__(self, tmp_path, tracker_file, clock, sink):
+        self.tmp_path = tmp_path
+        self.clock = clock
+        self.sink = sink
+        self.tracker_config = TrackerConfig(
+            tracker_file=str(tracker_file), expected_stages=("scrape", "enrich", "score")
+        )
+        self.tracker = BatchTracker(self.tracker_config, clock=clock)
+        self.state_file = sibling_file(str(tracker_file), "monitor")
+
+    def config(self, **changes) -> MonitorConfig:
+        values = {
+            "tracker": self.tracker_config,
+            "outbox_dir": str(self.tmp_path / "outbox"),
+            "email_to": ("ops@example.com", "oncall@example.org"),
+            "email_from": "leadfactory@example.com",
+            "smtp_server": "127.0.0.1",
+            "smtp_port": self.sink.port,
+            "smtp_security": "plain",
+            "smtp_timeout_seconds": 5.0,
+            "metrics_port": 0,
+        }
+        values.update(changes)
+        return MonitorConfig(**values)
+
+    def monitor(self, **changes) -> Monitor:
+        return Monitor(self.config(**changes), clock=self.clock)
+
+    def at(self, when: float) -> None:
+        self.clock.set(when)
+
+    def subjects(self) -> list[str]:
+        return [str(m["Subject"]) for m in self.sink.received()]
+
+    def state(self) -> dict:
+        return json.loads(open(self.state_file).read())
+
+
+@pytest.fixture
+def world(tmp_path, tracker_file, clock, smtp_server) -> World:
+    return World(tmp_path, tracker_file, clock, smtp_server)
+
+
+def start_batch(world: World, when: str, batch_id: str = BATCH) -> None:
+    world.at(ny(when))
+    world.tracker.start(batch_id=batch_id)
+
+
+# --------------------------------------------------------------------------- late, failed, missing
+
+
+def test_it_alerts_a_late_batch_once_and_then_its_recovery(world):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor()
+    assert monitor.step().notifications == ()
+    start_batch(world, "2026-11-23 01:00")
+    world.at(ny("2026-11-23 02:00"))
+    world.tracker.stage("scrape", 100)
+    world.at(ny("2026-11-23 04:59:59"))
+    assert monitor.step().ok
+    world.at(ny("2026-11-23 05:00"))
+    result = monitor.step()
+    assert result.opened == (f"late:{BATCH}",) and not result.ok
+    assert [n.type for n in result.notifications] == ["alert"]
+    assert len(result.delivery.delivered) == 1
+    assert world.subjects() == [f"[LATE] nightly batch {BATCH} missed its 05:00 EST deadline (Mon 2026-11-23)"]
+    for minutes in (5, 10, 30):
+        world.at(ny("2026-11-23 05:00") + minutes * 60)
+        assert monitor.step().notifications == ()
+    world.at(ny("2026-11-23 05:47"))
+    world.tracker.end()
+    result = monitor.step()
+    assert result.cleared == (f"late:{BATCH}",) and result.ok
+    assert (
+        world.subjects()[1] == f"[RECOVERED] nightly LATE: batch {BATCH} completed 47 min late, at 2026-11-23 05:47 EST"
+    )
+    world.at(ny("2026-11-23 09:00"))
+    monitor.step()
+    assert len(world.sink.received()) == 2
+    rcpts, message = world.sink.messages[0]
+    assert rcpts == ["ops@example.com", "oncall@example.org"]
+    body = message.get_content()
+    assert BATCH in body and "Looks stuck:   enrich" in body and "python -m utils.batch_tracker status" in body
+
+
+def test_it_alerts_a_failed_batch_at_once_with_its_reason_and_recovers_after_resume(world):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor()
+    monitor.step()
+    start_batch(world, "2026-11-23 01:00")
+    world.at(ny("2026-11-23 02:10"))
+    world.tracker.fail("enrich", "exit code 3")
+    result = monitor.step()
+    assert result.opened == (f"failed:{BATCH}",)
+    assert world.subjects() == [f"[FAILED] nightly batch {BATCH} failed at stage enrich (2026-11-23 02:10 EST)"]
+    assert "Failure:       stage enrich: exit code 3" in world.sink.received()[0].get_content()
+    assert result.status_line() == f"PROBLEM: failed: batch {BATCH} failed at stage enrich: exit code 3"
+    world.at(ny("2026-11-23 02:30"))
+    world.tracker.resume()
+    assert monitor.step().notifications == ()  # resumed is not yet recovered
+    world.at(ny("2026-11-23 04:00"))
+    world.tracker.end()
+    result = monitor.step()
+    assert result.cleared == (f"failed:{BATCH}",)
+    assert world.subjects()[1].startswith(f"[RECOVERED] nightly FAILED: batch {BATCH} completed after resume at")
+    assert len(world.sink.received()) == 2
+
+
+def test_it_clears_a_failed_batch_when_a_new_batch_completes(world):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor()
+    start_batch(world, "2026-11-23 01:00", "b1")
+    world.tracker.fail("score", "killed")
+    monitor.step()
+    start_batch(world, "2026-11-23 04:00", "b2")
+    world.at(ny("2026-11-23 04:30"))
+    world.tracker.end()
+    result = monitor.step()
+    assert result.cleared == ("failed:b1",)
+    assert world.subjects()[-1] == "[RECOVERED] nightly FAILED: a new batch b2 completed at 2026-11-23 04:30 EST"
+
+
+def test_it_alerts_a_missing_batch_on_a_fresh_install_and_recovers_when_one_starts(world, tracker_file):
+    assert not tracker_file.exists()
+    world.at(ny("2026-11-22 12:00"))
+    monitor = world.monitor()
+    assert monitor.step().ok
+    assert world.state()["watch_since"] == ny("2026-11-22 12:00")
+    world.at(ny("2026-11-23 04:59:59"))
+    assert monitor.step().ok
+    world.at(ny("2026-11-23 05:00"))
+    result = monitor.step()
+    key = f"{ny('2026-11-23 05:00'):.0f}"
+    assert result.opened == (f"missing:{key}",)
+    assert world.subjects() == ["[MISSING] no nightly batch started before the 05:00 EST deadline (Mon 2026-11-23)"]
+    start_batch(world, "2026-11-23 06:10", "late-start")
+    result = monitor.step()
+    assert result.cleared == (f"missing:{key}",)
+    assert world.subjects()[1] == (
+        "[RECOVERED] nightly MISSING: batch late-start started at 2026-11-23 06:10 EST, "
+        "1 h 10 min after the 2026-11-23 05:00 EST deadline"
+    )
+
+
+def test_it_does_not_call_deadlines_before_it_watched_missing(world):
+    world.at(ny("2026-11-23 10:00"))  # installed after this morning's deadline, no batch ever
+    result = world.monitor().step()
+    assert result.ok and result.notifications == ()
+    assert result.status_line().startswith("OK: no batch recorded yet; watching since 2026-11-23 10:00 EST")
+
+
+def test_it_alerts_an_unreadable_tracker_without_clearing_other_incidents(world, tracker_file):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor()
+    monitor.step()
+    start_batch(world, "2026-11-23 01:00")
+    world.at(ny("2026-11-23 05:01"))
+    monitor.step()
+    good = tracker_file.read_bytes()
+    tracker_file.write_text("{not json")
+    world.at(ny("2026-11-23 05:02"))
+    result = monitor.step()
+    assert result.opened == ("tracker_unreadable:tracker",) and result.cleared == ()
+    assert {r["kind"] for r in result.open_incidents} == {"late", "tracker_unreadable"}
+    tracker_file.write_bytes(good)
+    world.at(ny("2026-11-23 05:03"))
+    result = monitor.step()
+    assert result.cleared == ("tracker_unreadable:tracker",)
+    assert [r["kind"] for r in result.open_incidents] == ["late"]
+    subjects = world.subjects()
+    assert len(subjects) == 3
+    assert subjects[1].startswith("[TRACKER UNREADABLE] nightly batch tracker file cannot be read")
+    assert subjects[2] == "[RECOVERED] nightly TRACKER UNREADABLE: the tracker file is readable again"
+
+
+# --------------------------------------------------------------------------- exactly once
+
+
+def test_it_delivers_exactly_once_through_an_smtp_outage(world):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor()
+    start_batch(world, "2026-11-23 01:00")
+    world.sink.reject_with = "451 4.3.0 mail system busy"
+    world.at(ny("2026-11-23 05:00"))
+    result = monitor.step()
+    assert len(result.delivery.deferred) == 1 and world.sink.received() == []
+    assert world.state()["counters"]["delivery_failures"] == 1
+    assert world.state()["outbox"]["pending"] == 1
+    for _ in range(20):  # hours of outage; the alert stays queued and no new one is made
+        world.clock.advance(600)
+        assert monitor.step().notifications == ()
+    assert world.sink.received() == []
+    world.sink.reject_with = None
+    world.clock.advance(600)
+    result = monitor.step()
+    assert len(result.delivery.delivered) == 1
+    world.clock.advance(3600)
+    monitor.step()
+    assert len(world.sink.received()) == 1
+    assert world.state()["counters"]["delivery_failures"] == 21
+    assert world.state()["outbox"]["pending"] == 0
+
+
+def test_it_delivers_once_when_the_smtp_server_was_down_and_comes_back(tmp_path, tracker_file, clock):
+    from conftest import SmtpSink
+
+    first = SmtpSink().start()
+    world = World(tmp_path, tracker_file, clock, first)
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor()
+    start_batch(world, "2026-11-23 01:00")
+    first.stop()  # the server goes away: connection refused
+    world.at(ny("2026-11-23 02:00"))
+    world.tracker.fail("enrich", "exit code 3")
+    result = monitor.step()
+    assert len(result.delivery.deferred) == 1 and "Connection refused" in result.delivery.deferred[0].last_error
+    revived = SmtpSink(port=first.port).start()
+    try:
+        world.clock.advance(4)
+        assert monitor.step().delivery.delivered == ()  # still backing off
+        world.clock.advance(1)
+        assert len(monitor.step().delivery.delivered) == 1
+        world.clock.advance(600)
+        monitor.step()
+        assert len(revived.received()) == 1 and first.received() == []
+    finally:
+        revived.stop()
+
+
+def test_it_neither_repeats_nor_forgets_an_alert_after_a_restart(world):
+    world.at(ny("2026-11-23 00:30"))
+    world.monitor().step()
+    start_batch(world, "2026-11-23 01:00")
+    world.at(ny("2026-11-23 05:00"))
+    world.monitor().step()
+    assert len(world.sink.received()) == 1
+    for minutes in (1, 2, 3):
+        world.at(ny("2026-11-23 05:00") + minutes * 60)
+        assert world.monitor().step().notifications == ()  # a new Monitor object each time: a restart
+    world.at(ny("2026-11-23 05:30"))
+    world.tracker.end()
+    assert [n.type for n in world.monitor().step().notifications] == ["recovery"]
+    world.at(ny("2026-11-23 05:31"))
+    world.monitor().step()
+    assert len(world.sink.received()) == 2
+
+
+@pytest.mark.parametrize("crash", ["before_outbox", "after_outbox"])
+def test_it_sends_an_alert_interrupted_by_a_crash_exactly_once(world, crash):
+    world.at(ny("2026-11-23 00:30"))
+    world.monitor().step()
+    start_batch(world, "2026-11-23 01:00")
+    world.at(ny("2026-11-23 05:00"))
+    crashing = world.monitor()
+    real_enqueue = crashing.outbox.enqueue
+
+    def enqueue_then_die(message, **kwargs):
+        if crash == "after_outbox":
+            real_enqueue(message, **kwargs)
+        raise KeyboardInterrupt("simulated crash")
+
+    crashing.outbox.enqueue = enqueue_then_die
+    with pytest.raises(KeyboardInterrupt):
+        crashing.step()
+    assert len(world.state()["pending_notifications"]) == 1  # the intent survived the crash
+    world.at(ny("2026-11-23 05:00:30"))
+    result = world.monitor().step()
+    assert len(result.delivery.delivered) == 1
+    world.at(ny("2026-11-23 05:10"))
+    assert world.monitor().step().notifications == ()
+    assert len(world.sink.received()) == 1
+    assert world.state()["pending_notifications"] == []
+    assert world.state()["counters"]["alerts_sent"] == {"late": 1}
+
+
+def test_it_sends_reminders_only_when_asked(world):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor(alert_repeat_seconds=3600, check_interval_seconds=7200)
+    monitor.step()
+    start_batch(world, "2026-11-23 01:00")
+    world.at(ny("2026-11-23 05:00"))
+    monitor.step()
+    assert monitor.next_wake_at(ny("2026-11-23 05:30")) == ny("2026-11-23 06:00")
+    world.at(ny("2026-11-23 05:59:59"))
+    assert monitor.step().notifications == ()
+    world.at(ny("2026-11-23 06:00"))
+    assert [n.type for n in monitor.step().notifications] == ["reminder"]
+    world.at(ny("2026-11-23 06:30"))
+    assert monitor.step().notifications == ()
+    world.at(ny("2026-11-23 07:00"))
+    monitor.step()
+    subjects = world.subjects()
+    assert subjects[1].startswith("[REMINDER 1] [LATE]") and subjects[1].endswith("open for 1 h 00 min")
+    assert subjects[2].startswith("[REMINDER 2] [LATE]")
+    assert len({m["Message-ID"] for m in world.sink.received()}) == 3
+    # Reminders are off by default.
+    assert world.monitor().config.alert_repeat_seconds == 0
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def test_it_wakes_at_the_next_deadline_whatever_the_interval(world):
+    monitor = world.monitor(check_interval_seconds=3600)
+    assert monitor.next_wake_at(ny("2026-11-23 04:59:30")) == ny("2026-11-23 05:00")
+    assert monitor.next_wake_at(ny("2026-11-23 02:00")) == ny("2026-11-23 03:00")
+
+
+@pytest.mark.parametrize(
+    ("zone", "hhmm", "started", "due_utc", "label"),
+    [
+        ("America/New_York", (5, 0), "2026-03-07 22:00", "2026-03-08 09:00", "05:00 EDT"),
+        ("America/New_York", (5, 0), "2026-10-31 22:00", "2026-11-01 10:00", "05:00 EST"),
+        ("America/New_York", (2, 30), "2026-03-07 22:00", "2026-03-08 07:00", "03:00 EDT"),  # 02:30 does not exist
+        ("America/New_York", (1, 30), "2026-10-31 22:00", "2026-11-01 05:30", "01:30 EDT"),  # first 01:30
+        ("Europe/Berlin", (5, 0), "2026-03-28 22:00", "2026-03-29 03:00", "05:00 CEST"),
+    ],
+)
+def test_it_fires_at_the_right_utc_instant_on_dst_days(world, zone, hhmm, started, due_utc, label):
+    config = world.tracker_config.replace(timezone=zone, deadline_hour=hhmm[0], deadline_minute=hhmm[1])
+    world.tracker = BatchTracker(config, clock=world.clock)
+    world.at(ny(started, zone) - 60)
+    monitor = world.monitor(tracker=config)
+    monitor.step()
+    world.at(ny(started, zone))
+    world.tracker.start(batch_id="dst")
+    due = utc(due_utc)
+    world.at(due - 1)
+    assert monitor.step().ok
+    assert monitor.next_wake_at(due - 1) == due
+    world.at(due)
+    result = monitor.step()
+    assert result.opened == ("late:dst",)
+    assert f"missed its {label} deadline" in world.subjects()[0]
+
+
+# --------------------------------------------------------------------------- delivery variants
+
+
+def test_it_writes_eml_files_into_the_outbox_without_an_smtp_server(world, caplog):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor(smtp_server=None)
+    monitor.step()
+    start_batch(world, "2026-11-23 01:00")
+    world.at(ny("2026-11-23 05:00"))
+    with caplog.at_level(logging.INFO):
+        result = monitor.step()
+    path = result.delivery.receipts[0]
+    assert os.path.dirname(path) == str(world.tmp_path / "outbox") and path.endswith(".eml")
+    assert os.path.basename(path).startswith("20261123T100000Z-late-alert-")
+    assert parse_message(open(path, "rb").read())["Subject"].startswith("[LATE] nightly batch")
+    assert path in caplog.text
+    assert world.sink.received() == []
+
+
+def test_it_counts_and_logs_a_permanent_refusal(world, caplog):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor()
+    start_batch(world, "2026-11-23 01:00")
+    world.sink.reject_with = "550 5.1.1 mailbox unavailable"
+    world.at(ny("2026-11-23 05:00"))
+    with caplog.at_level(logging.ERROR):
+        result = monitor.step()
+    assert len(result.delivery.failed) == 1
+    assert world.state()["counters"]["permanent_failures"] == 1
+    assert "refused permanently" in caplog.text
+    assert list((world.tmp_path / "outbox" / "failed").glob("*.eml"))
+
+
+def test_it_cannot_be_made_to_add_headers_by_a_failure_reason(world):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor()
+    start_batch(world, "2026-11-23 01:00")
+    world.tracker.fail("enrich", "boom\r\nBcc: evil@example.com\r\nSubject: fake")
+    monitor.step()
+    rcpts, message = world.sink.messages[0]
+    assert rcpts == ["ops@example.com", "oncall@example.org"]
+    assert message["Bcc"] is None
+    assert message.get_all("Subject") == [
+        f"[FAILED] nightly batch {BATCH} failed at stage enrich (2026-11-23 01:00 EST)"
+    ]
+    assert "evil@example.com" in message.get_content()  # shown to people, never used as an address
+
+
+def test_it_never_logs_the_smtp_password(world, caplog):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor(smtp_username="monitor", smtp_password=Secret("pa55-never-shown"))
+    start_batch(world, "2026-11-23 01:00")
+    world.tracker.fail("enrich", "x")
+    with caplog.at_level(logging.DEBUG):
+        result = monitor.step()  # the sink offers no AUTH: the login fails
+    assert len(result.delivery.deferred) == 1
+    stored = "".join(p.read_text(errors="replace") for p in world.tmp_path.rglob("*") if p.is_file())
+    assert "pa55-never-shown" not in caplog.text + stored + repr(monitor.config) + repr(monitor.transport)
+
+
+def test_it_records_the_alert_state_other_modules_read(world):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor()
+    monitor.step()  # the first check records when watching began
+    start_batch(world, "2026-11-23 01:00")
+    world.at(ny("2026-11-23 05:00"))
+    monitor.step()
+    state = world.state()
+    assert state["schema_version"] == 1
+    assert state["watch_since"] == ny("2026-11-23 00:30") and state["last_check_at"] == ny("2026-11-23 05:00")
+    record = state["open_incidents"][f"late:{BATCH}"]
+    assert {"kind", "key", "summary", "since", "batch_id", "opened_at", "alerted_at"} <= set(record)
+    assert record["alerted_at"] == ny("2026-11-23 05:00") and record["batch_id"] == BATCH
+    alert = state["recent_alerts"][-1]
+    assert {"at", "kind", "key", "type", "subject", "message_id"} <= set(alert) and alert["type"] == "alert"
+    counters = state["counters"]
+    assert counters["alerts_sent"] == {"late": 1} and counters["recoveries_sent"] == 0
+    assert counters["delivery_failures"] == 0 and counters["permanent_failures"] == 0
+    assert alert["message_id"] == world.sink.received()[0]["Message-ID"]
+
+
+def test_it_moves_a_corrupt_alert_state_aside(world, caplog):
+    os.makedirs(os.path.dirname(world.state_file), exist_ok=True)
+    with open(world.state_file, "w") as handle:
+        handle.write("[1, 2")
+    world.at(ny("2026-11-23 00:30"))
+    with caplog.at_level(logging.ERROR):
+        assert world.monitor().step().ok
+    assert "moved aside" in caplog.text
+    assert world.state()["watch_since"] == ny("2026-11-23 00:30")
+    assert [p for p in os.listdir(os.path.dirname(world.state_file)) if ".monitor.json.corrupt-" in p]
+
+
+def test_it_summarises_one_step_in_a_status_line(world):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor()
+    start_batch(world, "2026-11-23 01:00")
+    world.at(ny("2026-11-23 04:30"))
+    world.tracker.end()
+    result = monitor.step()
+    assert isinstance(result, StepResult) and result.exit_code == 0
+    assert result.status_line().startswith(f"OK: batch {BATCH} completed on time")
+
+
+# --------------------------------------------------------------------------- the loop, in process
+
+
+def test_it_runs_a_loop_that_reacts_to_the_tracker_and_stops_promptly(world, tracker_file):
+    real = BatchTracker(world.tracker_config)
+    real.start()
+    port = free_port()
+    monitor = Monitor(world.config(check_interval_seconds=300, metrics_port=port), clock=time.time)
+    thread = threading.Thread(target=monitor.run)
+    thread.start()
+    try:
+        wait_until(lambda: monitor.health()[0], timeout=5, message="a first check")
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
+        real.fail("enrich", "exit code 3")
+        recorded = time.monotonic()
+        world.sink.wait_for(1, timeout=2.0)
+        assert time.monotonic() - recorded < 2.0
+        status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=5).read())
+        assert status["state"] == "failed"
+        assert [i["kind"] for i in status["monitor"]["open_incidents"]] == ["failed"]
+        assert status["monitor"]["recent_alerts"][-1]["type"] == "alert"
+    finally:
+        asked = time.monotonic()
+        monitor.request_stop()
+        thread.join(5)
+    assert not thread.is_alive() and time.monotonic() - asked < 1.0
+    assert monitor.health() == (True, "ok")
+
+
+def test_it_reports_unhealthy_before_the_first_check(world):
+    assert world.monitor().health() == (False, "no check has completed yet")
+
+
+# --------------------------------------------------------------------------- the entry point, as a subprocess
+
+
+@pytest.fixture
+def monitor_env(base_env, tmp_path, smtp_server) -> dict:
+    env = dict(base_env)
+    env.update(
+        {
+            "BATCH_OUTBOX_DIR": str(tmp_path / "outbox"),
+            "SMTP_SERVER": "127.0.0.1",
+            "SMTP_PORT": str(smtp_server.port),
+            "SMTP_SECURITY": "plain",
+            "METRICS_PORT": "0",
+            "BATCH_EXPECTED_STAGES": "scrape,enrich,score",
+        }
+    )
+    return env
+
+
+def tracker_cli(env, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [VENV_PYTHON, "-m", "utils.batch_tracker", *args],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+
+
+def run_once(env, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [VENV_PYTHON, MONITOR, "--once"], env=env, cwd=cwd, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BATCH_COMPLETION_CHECK_INTERVAL_SECONDS", "soon"),
+        ("SMTP_SECURITY", "tls"),
+        ("ALERT_EMAIL_TO", "nobody"),
+        ("BATCH_COMPLETION_TIMEZONE", "Atlantis/Capital"),
+    ],
+)
+def test_it_exits_2_naming_the_bad_variable(monitor_env, tmp_path, variable, value):
+    env = dict(monitor_env, **{variable: value})
+    for args in (["--once"], []):
+        result = subprocess.run(
+            [VENV_PYTHON, MONITOR, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and variable in lines[0] and "configuration error" in lines[0]
+    assert not (tmp_path / "outbox").exists() and not (tmp_path / "data").exists()
+
+
+def test_it_exits_0_with_once_when_all_is_well(monitor_env, tmp_path, smtp_server):
+    tracker_cli(monitor_env, "start")
+    result = run_once(monitor_env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK: batch ") and "running" in result.stdout
+    assert len(result.stdout.strip().splitlines()) == 1
+    assert smtp_server.received() == []
+
+
+def test_it_exits_1_with_once_and_delivers_the_alert_when_a_batch_failed(monitor_env, tmp_path, smtp_server):
+    tracker_cli(monitor_env, "start")
+    tracker_cli(monitor_env, "fail", "--stage", "enrich", "--reason", "exit code 3")
+    result = run_once(monitor_env, tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith("PROBLEM: failed: batch ") and "exit code 3" in result.stdout
+    assert len(smtp_server.received()) == 1
+    again = run_once(monitor_env, tmp_path)
+    assert again.returncode == 1 and len(smtp_server.received()) == 1  # alerted once, not once per run
+
+
+def test_it_prints_every_variable_in_help(tmp_path):
+    result = subprocess.run([VENV_PYTHON, MONITOR, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    for name in ("ALERT_EMAIL_TO", "SMTP_PASSWORD_FILE", "BATCH_OUTBOX_DIR", "METRICS_PORT", "LOG_LEVEL", "--once"):
+        assert name in result.stdout
+    assert "[300]" in result.stdout and "[9469]" in result.stdout
+
+
+@pytest.fixture
+def notify_socket():
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET (abstract namespace)."""
+    name = f"batch-monitor-test-{uuid.uuid4().hex}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(10)
+    yield "@" + name, sock
+    sock.close()
+
+
+def test_it_alerts_within_two_seconds_of_a_failure_and_stops_within_one_second_of_sigterm(
+    monitor_env, tmp_path, smtp_server, notify_socket
+):
+    address, sock = notify_socket
+    tracker_cli(monitor_env, "start")
+    env = dict(
+        monitor_env,
+        BATCH_COMPLETION_CHECK_INTERVAL_SECONDS="300",
+        NOTIFY_SOCKET=address,
+        WATCHDOG_USEC="2000000",
+    )
+    process = subprocess.Popen(
+        [VENV_PYTHON, MONITOR], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        messages = []
+        while not any("READY=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        tracker_cli(monitor_env, "fail", "--stage", "enrich", "--reason", "exit code 3")
+        recorded = time.monotonic()
+        smtp_server.wait_for(1, timeout=2.0)
+        assert time.monotonic() - recorded < 2.0
+        assert smtp_server.received()[0]["Subject"].startswith("[FAILED] nightly batch ")
+        watchdog_pings = 0
+        while watchdog_pings < 2:  # pinged at least every WATCHDOG_USEC/2 while idle
+            watchdog_pings += sock.recv(4096) == b"WATCHDOG=1"
+        asked = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=5)
+        assert time.monotonic() - asked < 1.0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _stdout, stderr = process.communicate(timeout=5)
+    assert returncode == 0, stderr
+    rest = []
+    sock.settimeout(0.5)
+    try:
+        while True:
+            rest.append(sock.recv(4096).decode())
+    except TimeoutError:
+        pass
+    assert "STOPPING=1" in rest
+    assert "stopping on SIGTERM" in stderr
+    assert len(smtp_server.received()) == 1
+
+
+def test_it_runs_from_any_directory_and_sdnotify_is_a_noop_without_a_socket(monitor_env, tmp_path):
+    assert SystemdNotifier({}).ready() is False
+    result = run_once(monitor_env, "/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK: no batch recorded yet")
+
+
+def test_it_runs_as_an_executable_under_the_projects_venv_whatever_python3_is(monitor_env, tmp_path):
+    assert os.access(MONITOR, os.X_OK)
+    env = dict(monitor_env, PATH="/usr/bin:/bin")  # python3 here is not the venv's: the script re-executes
+    result = subprocess.run([MONITOR, "--once"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK: no batch recorded yet")
+
+
+def test_it_logs_with_syslog_priorities_under_journald(monitor_env, tmp_path):
+    tracker_cli(monitor_env, "start")
+    tracker_cli(monitor_env, "fail", "--reason", "exit code 3")
+    env = dict(monitor_env, JOURNAL_STREAM="8:12345", LOG_LEVEL="WARNING")
+    result = run_once(env, tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(line.startswith(("<4>", "<3>")) for line in lines), result.stderr
+    assert any(line.startswith("<4>utils.monitor: alert queued for failed:") for line in lines)
+
+
+def test_it_warns_early_when_a_batch_is_projected_late_and_lets_the_late_alert_take_over(world):
+    for night in ("2026-11-20", "2026-11-21", "2026-11-22"):
+        start_batch(world, f"{night} 01:00", f"normal-{night}")
+        for stage, done in (("scrape", "01:30"), ("enrich", "02:30"), ("score", "03:00")):
+            world.at(ny(f"{night} {done}"))
+            world.tracker.stage(stage, 100)
+        world.tracker.end()
+    world.at(ny("2026-11-22 12:00"))
+    monitor = world.monitor()
+    assert monitor.step().ok
+    start_batch(world, "2026-11-23 01:00", "slow")
+    world.at(ny("2026-11-23 03:00"))
+    world.tracker.stage("scrape", 50)  # half of scrape in 2 h, where a whole one usually takes 30 min
+    result = monitor.step()
+    assert "at_risk:slow" in result.opened
+    assert (
+        world.subjects()[0]
+        == "[AT RISK] nightly batch slow is projected to miss its 05:00 EST deadline (Mon 2026-11-23)"
+    )
+    assert "projected to finish at" in world.sink.received()[0].get_content()
+    world.at(ny("2026-11-23 05:00"))
+    result = monitor.step()
+    assert "late:slow" in result.opened and "at_risk:slow" in result.retired
+    assert not any("RECOVERED" in subject for subject in world.subjects())

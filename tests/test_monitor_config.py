@@ -1,0 +1,190 @@
+"""MonitorConfig: every variable validated once, bad values named, the password never shown."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import pytest
+
+from utils import batch_tracker
+from utils.batch_tracker import PROJECT_ROOT, sibling_file
+from utils.monitor_config import VARIABLES, ConfigError, MonitorConfig, Secret, help_text
+
+COMMON_MONITOR_VARIABLES = (
+    "BATCH_TRACKER_FILE BATCH_COMPLETION_DEADLINE_HOUR BATCH_COMPLETION_DEADLINE_MINUTE BATCH_COMPLETION_TIMEZONE "
+    "BATCH_HISTORY_LIMIT BATCH_EXPECTED_STAGES BATCH_NAME BATCH_PUSHGATEWAY_URL "
+    "BATCH_COMPLETION_CHECK_INTERVAL_SECONDS BATCH_ALERT_REPEAT_SECONDS BATCH_AT_RISK_MARGIN_SECONDS "
+    "BATCH_OUTBOX_DIR ALERT_EMAIL_TO ALERT_EMAIL_FROM SMTP_SERVER SMTP_PORT SMTP_SECURITY SMTP_USERNAME "
+    "SMTP_PASSWORD SMTP_PASSWORD_FILE SMTP_TIMEOUT_SECONDS METRICS_ADDR METRICS_PORT LOG_LEVEL"
+).split()
+
+
+def test_it_uses_the_documented_defaults():
+    config = MonitorConfig.from_env({})
+    assert config.check_interval_seconds == 300
+    assert config.alert_repeat_seconds == 0
+    assert config.at_risk_margin_seconds == 1800
+    assert config.outbox_dir == os.path.join(PROJECT_ROOT, "data", "outbox")
+    assert config.email_to == ("alerts@anthrasite.com",)
+    assert config.email_from == "leadfactory@anthrasite.com"
+    assert config.smtp_server is None
+    assert (config.smtp_security, config.smtp_port) == ("starttls", 587)
+    assert config.smtp_username is None and config.smtp_password is None
+    assert config.smtp_timeout_seconds == 10
+    assert (config.metrics_addr, config.metrics_port) == ("127.0.0.1", 9469)
+    assert config.log_level == "INFO"
+    assert config.tracker == batch_tracker.TrackerConfig.from_env({})
+    assert config.monitor_state_file == sibling_file(config.tracker.tracker_file, "monitor")
+    assert config.monitor_state_file.endswith(os.path.join("data", "batch_tracker.monitor.json"))
+
+
+def test_it_parses_every_variable(tmp_path):
+    env = {
+        "BATCH_TRACKER_FILE": str(tmp_path / "t.json"),
+        "BATCH_COMPLETION_DEADLINE_HOUR": "6",
+        "BATCH_COMPLETION_DEADLINE_MINUTE": "30",
+        "BATCH_COMPLETION_TIMEZONE": "Europe/Berlin",
+        "BATCH_NAME": "weekly",
+        "BATCH_COMPLETION_CHECK_INTERVAL_SECONDS": "60",
+        "BATCH_ALERT_REPEAT_SECONDS": "3600",
+        "BATCH_AT_RISK_MARGIN_SECONDS": "900",
+        "BATCH_OUTBOX_DIR": str(tmp_path / "outbox"),
+        "ALERT_EMAIL_TO": " ops@example.com, oncall@example.org ,ops@example.com",
+        "ALERT_EMAIL_FROM": "monitor@example.net",
+        "SMTP_SERVER": "mail.example.net",
+        "SMTP_SECURITY": "SSL",
+        "SMTP_USERNAME": "monitor",
+        "SMTP_PASSWORD": "s3cret pass",
+        "SMTP_TIMEOUT_SECONDS": "2.5",
+        "METRICS_ADDR": "::1",
+        "METRICS_PORT": "0",
+        "LOG_LEVEL": "debug",
+    }
+    config = MonitorConfig.from_env(env)
+    assert config.tracker.tracker_file == str(tmp_path / "t.json")
+    assert (config.tracker.deadline_hour, config.tracker.deadline_minute) == (6, 30)
+    assert config.tracker.timezone == "Europe/Berlin" and config.tracker.batch_name == "weekly"
+    assert (config.check_interval_seconds, config.alert_repeat_seconds, config.at_risk_margin_seconds) == (
+        60,
+        3600,
+        900,
+    )
+    assert config.outbox_dir == str(tmp_path / "outbox")
+    assert config.email_to == ("ops@example.com", "oncall@example.org")
+    assert config.email_from == "monitor@example.net" and config.sender_domain == "example.net"
+    assert (config.smtp_server, config.smtp_security, config.smtp_port) == ("mail.example.net", "ssl", 465)
+    assert config.smtp_username == "monitor" and config.smtp_password.reveal() == "s3cret pass"
+    assert config.smtp_timeout_seconds == 2.5
+    assert (config.metrics_addr, config.metrics_port) == ("::1", 0)
+    assert config.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(("security", "port"), [("starttls", 587), ("ssl", 465), ("plain", 25)])
+def test_it_defaults_the_smtp_port_by_security(security, port):
+    assert MonitorConfig.from_env({"SMTP_SECURITY": security}).smtp_port == port
+    assert MonitorConfig.from_env({"SMTP_SECURITY": security, "SMTP_PORT": "2525"}).smtp_port == 2525
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BATCH_COMPLETION_CHECK_INTERVAL_SECONDS", "0"),
+        ("BATCH_COMPLETION_CHECK_INTERVAL_SECONDS", "5m"),
+        ("BATCH_ALERT_REPEAT_SECONDS", "-1"),
+        ("BATCH_AT_RISK_MARGIN_SECONDS", "lots"),
+        ("ALERT_EMAIL_TO", "not-an-address"),
+        ("ALERT_EMAIL_TO", "ops@example.com, two words@example.com"),
+        ("ALERT_EMAIL_TO", "ops@example.com\r\nBcc: evil@example.com"),
+        ("ALERT_EMAIL_FROM", "a@example.com,b@example.com"),
+        ("SMTP_SERVER", "mail example com"),
+        ("SMTP_PORT", "70000"),
+        ("SMTP_SECURITY", "tls"),
+        ("SMTP_TIMEOUT_SECONDS", "nan"),
+        ("SMTP_TIMEOUT_SECONDS", "0"),
+        ("METRICS_ADDR", "127.0.0.1; rm"),
+        ("METRICS_PORT", "http"),
+        ("LOG_LEVEL", "LOUD"),
+        ("BATCH_COMPLETION_TIMEZONE", "Mars/Olympus"),
+        ("BATCH_COMPLETION_DEADLINE_HOUR", "24"),
+        ("BATCH_NAME", "night ly"),
+    ],
+)
+def test_it_names_the_bad_variable(variable, value):
+    with pytest.raises(batch_tracker.ConfigError) as raised:
+        MonitorConfig.from_env({variable: value})
+    message = str(raised.value)
+    assert variable in message
+    assert "\n" not in message and "\r" not in message
+
+
+def test_it_raises_its_own_config_error_for_monitor_variables():
+    with pytest.raises(ConfigError, match="LOG_LEVEL"):
+        MonitorConfig.from_env({"LOG_LEVEL": "LOUD"})
+
+
+def test_it_reads_the_password_file_once_at_start_up(tmp_path):
+    secret_file = tmp_path / "smtp_password"
+    secret_file.write_text("correct horse\n")
+    config = MonitorConfig.from_env({"SMTP_USERNAME": "monitor", "SMTP_PASSWORD_FILE": str(secret_file)})
+    secret_file.unlink()
+    assert config.smtp_password.reveal() == "correct horse"
+
+
+def test_it_never_shows_the_password(tmp_path, caplog):
+    config = MonitorConfig.from_env(
+        {"SMTP_SERVER": "mail.example.com", "SMTP_USERNAME": "monitor", "SMTP_PASSWORD": "hunter2-secret"}
+    )
+    logging.getLogger("test").warning("config: %s %r", config, config.smtp_password)
+    shown = repr(config) + str(config) + str(config.smtp_password) + config.describe_smtp() + caplog.text
+    assert "hunter2-secret" not in shown
+    assert "monitor" in config.describe_smtp()
+    assert Secret("x") == Secret("x") and Secret("x") != Secret("y")
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"SMTP_USERNAME": "u", "SMTP_PASSWORD": "p", "SMTP_PASSWORD_FILE": "/etc/x"}, "both set"),
+        ({"SMTP_PASSWORD": "p"}, "SMTP_USERNAME"),
+        ({"SMTP_USERNAME": "u", "SMTP_PASSWORD_FILE": "/nonexistent/secret"}, "SMTP_PASSWORD_FILE"),
+    ],
+)
+def test_it_rejects_inconsistent_password_settings(env, needle):
+    with pytest.raises(ConfigError, match=needle):
+        MonitorConfig.from_env(env)
+
+
+def test_it_rejects_an_empty_or_multi_line_password_file_without_showing_it(tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match=r"SMTP_PASSWORD_FILE.*empty"):
+        MonitorConfig.from_env({"SMTP_USERNAME": "u", "SMTP_PASSWORD_FILE": str(empty)})
+    two_lines = tmp_path / "two"
+    two_lines.write_text("line-one-secret\nline-two-secret\n")
+    with pytest.raises(ConfigError) as raised:
+        MonitorConfig.from_env({"SMTP_USERNAME": "u", "SMTP_PASSWORD_FILE": str(two_lines)})
+    assert "SMTP_PASSWORD_FILE" in str(raised.value)
+    assert "line-one-secret" not in str(raised.value) and "line-two-secret" not in str(raised.value)
+
+
+def test_it_is_frozen():
+    config = MonitorConfig.from_env({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.check_interval_seconds = 1  # type: ignore[misc]
+
+
+def test_it_resolves_relative_paths_from_the_project_root(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    config = MonitorConfig.from_env({"BATCH_OUTBOX_DIR": "var/outbox", "BATCH_TRACKER_FILE": "var/t.json"})
+    assert config.outbox_dir == os.path.join(PROJECT_ROOT, "var", "outbox")
+    assert config.tracker.tracker_file == os.path.join(PROJECT_ROOT, "var", "t.json")
+
+
+def test_it_documents_every_variable_with_its_default():
+    documented = [name for name, _, _ in VARIABLES]
+    assert sorted(documented) == sorted(COMMON_MONITOR_VARIABLES)
+    text = help_text()
+    for name, default, _ in VARIABLES:
+        assert name in text and f"[{default}]" in text

@@ -1,0 +1,318 @@
+"""The completion monitor's settings: every environment variable, validated once.
+
+:meth:`MonitorConfig.from_env` reads the environment (and ``SMTP_PASSWORD_FILE``)
+exactly once at start-up and returns a frozen :class:`MonitorConfig`; a bad value
+raises :class:`ConfigError` with a one-line message that names the variable and
+what is allowed (the entry point maps it to exit status 2). Nothing else in the
+monitor reads the environment.
+
+The SMTP password is held in a :class:`Secret`, whose ``repr``/``str`` never show
+the value, so neither the config's repr nor a log line can leak it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+
+from utils import batch_tracker
+from utils.batch_tracker import PROJECT_ROOT, TrackerConfig, sibling_file
+
+SECURITY_MODES = ("starttls", "ssl", "plain")
+DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "plain": 25}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_OUTBOX_DIR = os.path.join("data", "outbox")
+MAX_PASSWORD_FILE_BYTES = 4096
+
+# (variable, default as documented, meaning): the single source for --help and the docs.
+VARIABLES: tuple[tuple[str, str, str], ...] = (
+    ("BATCH_TRACKER_FILE", "data/batch_tracker.json", "tracker state file (relative paths: from the project root)"),
+    ("BATCH_COMPLETION_DEADLINE_HOUR", "5", "deadline hour, 0-23, local time"),
+    ("BATCH_COMPLETION_DEADLINE_MINUTE", "0", "deadline minute, 0-59"),
+    ("BATCH_COMPLETION_TIMEZONE", "America/New_York", "IANA time zone of the deadline"),
+    ("BATCH_HISTORY_LIMIT", "90", "finished batches kept in the history file"),
+    ("BATCH_EXPECTED_STAGES", "(empty)", "comma-separated stages a batch must finish, if it declares none"),
+    ("BATCH_NAME", "nightly", "batch name used in e-mail subjects and metrics"),
+    ("BATCH_PUSHGATEWAY_URL", "(unset)", "Pushgateway the tracker CLI pushes to (not used by the monitor)"),
+    ("BATCH_COMPLETION_CHECK_INTERVAL_SECONDS", "300", "longest sleep between checks, 1-86400"),
+    ("BATCH_ALERT_REPEAT_SECONDS", "0", "reminder interval while an incident stays open; 0 = no reminders"),
+    ("BATCH_AT_RISK_MARGIN_SECONDS", "1800", "early warning when the projected finish passes the deadline by this"),
+    ("BATCH_OUTBOX_DIR", "data/outbox", "persistent outbox of alert e-mails (relative paths: from the project root)"),
+    ("ALERT_EMAIL_TO", "alerts@anthrasite.com", "comma-separated recipients"),
+    ("ALERT_EMAIL_FROM", "leadfactory@anthrasite.com", "sender address (its domain also names Message-IDs)"),
+    ("SMTP_SERVER", "(unset)", "SMTP host; unset = write alerts as .eml files into BATCH_OUTBOX_DIR"),
+    ("SMTP_PORT", "587 starttls / 465 ssl / 25 plain", "SMTP port"),
+    ("SMTP_SECURITY", "starttls", "starttls | ssl (implicit TLS) | plain"),
+    ("SMTP_USERNAME", "(unset)", "log in with this user; unset = no login"),
+    ("SMTP_PASSWORD", "(unset)", "SMTP password (prefer SMTP_PASSWORD_FILE)"),
+    ("SMTP_PASSWORD_FILE", "(unset)", "file holding the SMTP password, read once at start-up"),
+    ("SMTP_TIMEOUT_SECONDS", "10", "SMTP connect/command timeout, 1-300"),
+    ("METRICS_ADDR", "127.0.0.1", "address of the /metrics, /healthz, /status.json and / HTTP server"),
+    ("METRICS_PORT", "9469", "port of that server; 0 = no HTTP server"),
+    ("LOG_LEVEL", "INFO", "DEBUG | INFO | WARNING | ERROR | CRITICAL"),
+)
+
+
+class ConfigError(batch_tracker.ConfigError):
+    """An environment variable has a value that is not allowed; the message names it."""
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str`` (so never in logs or tracebacks)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorConfig:
+    """Everything the monitor needs, parsed and validated; paths are absolute.
+
+    ``tracker`` is the :class:`~utils.batch_tracker.TrackerConfig` built from the same
+    environment. ``smtp_server`` None means "write alerts as .eml files into the outbox".
+    """
+
+    tracker: TrackerConfig
+    check_interval_seconds: int = 300
+    alert_repeat_seconds: int = 0
+    at_risk_margin_seconds: int = 1800
+    outbox_dir: str = os.path.join(PROJECT_ROOT, DEFAULT_OUTBOX_DIR)
+    email_to: tuple[str, ...] = ("alerts@anthrasite.com",)
+    email_from: str = "leadfactory@anthrasite.com"
+    smtp_server: str | None = None
+    smtp_port: int = 587
+    smtp_security: str = "starttls"
+    smtp_username: str | None = None
+    smtp_password: Secret | None = dataclasses.field(default=None, repr=False)
+    smtp_timeout_seconds: float = 10.0
+    metrics_addr: str = "127.0.0.1"
+    metrics_port: int = 9469
+    log_level: str = "INFO"
+
+    @property
+    def tracker_file(self) -> str:
+        return self.tracker.tracker_file
+
+    @property
+    def monitor_state_file(self) -> str:
+        """The monitor's alert-state file beside the tracker file."""
+        return sibling_file(self.tracker.tracker_file, "monitor")
+
+    @property
+    def metrics_state_file(self) -> str:
+        return sibling_file(self.tracker.tracker_file, "metrics")
+
+    @property
+    def sender_domain(self) -> str:
+        return self.email_from.rsplit("@", 1)[1]
+
+    def describe_smtp(self) -> str:
+        """Where alerts go, for logs (never includes the password)."""
+        if self.smtp_server is None:
+            return f".eml files in {self.outbox_dir}"
+        login = f", login as {self.smtp_username}" if self.smtp_username else ""
+        return f"smtp {self.smtp_server}:{self.smtp_port} ({self.smtp_security}{login})"
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None) -> MonitorConfig:
+        """Validate every variable once; raise :class:`ConfigError` naming the first bad one."""
+        env = os.environ if environ is None else environ
+        tracker = TrackerConfig.from_env(env)
+        tracker.deadline()  # validates BATCH_COMPLETION_TIMEZONE now, not at the first deadline
+        security = _choice(env, "SMTP_SECURITY", "starttls", SECURITY_MODES, lower=True)
+        username = _optional_text(env, "SMTP_USERNAME")
+        password = _password(env)
+        if password is not None and username is None:
+            raise ConfigError("SMTP_PASSWORD/SMTP_PASSWORD_FILE is set but SMTP_USERNAME is not (set both or neither)")
+        return cls(
+            tracker=tracker,
+            check_interval_seconds=_int(env, "BATCH_COMPLETION_CHECK_INTERVAL_SECONDS", 300, 1, 86_400),
+            alert_repeat_seconds=_int(env, "BATCH_ALERT_REPEAT_SECONDS", 0, 0, 30 * 86_400),
+            at_risk_margin_seconds=_int(env, "BATCH_AT_RISK_MARGIN_SECONDS", 1800, 0, 86_400),
+            outbox_dir=_path(env, "BATCH_OUTBOX_DIR", DEFAULT_OUTBOX_DIR),
+            email_to=tuple(_addresses(env, "ALERT_EMAIL_TO", "alerts@anthrasite.com")),
+            email_from=_addresses(env, "ALERT_EMAIL_FROM", "leadfactory@anthrasite.com", single=True)[0],
+            smtp_server=_host(env, "SMTP_SERVER"),
+            smtp_port=_int(env, "SMTP_PORT", DEFAULT_PORTS[security], 1, 65_535),
+            smtp_security=security,
+            smtp_username=username,
+            smtp_password=password,
+            smtp_timeout_seconds=_float(env, "SMTP_TIMEOUT_SECONDS", 10.0, 1.0, 300.0),
+            metrics_addr=_metrics_addr(env),
+            metrics_port=_int(env, "METRICS_PORT", 9469, 0, 65_535),
+            log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+        )
+
+
+def help_text() -> str:
+    """Every variable with its default and meaning, for ``--help``."""
+    width = max(len(name) for name, _, _ in VARIABLES)
+    lines = ["environment variables (default in brackets):"]
+    for name, default, meaning in VARIABLES:
+        lines.append(f"  {name:<{width}}  {meaning} [{default}]")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def _raw(env: dict, name: str) -> str:
+    return str(env.get(name, "")).strip()
+
+
+def _shown(raw: str, limit: int = 60) -> str:
+    return repr(raw if len(raw) <= limit else raw[:limit] + "...")
+
+
+def _int(env: dict, name: str, default: int, low: int, high: int) -> int:
+    raw = _raw(env, name)
+    if not raw:
+        return default
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        raise ConfigError(f"{name}={_shown(raw)} is not a whole number (allowed: {low}-{high})") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range (allowed: {low}-{high})")
+    return value
+
+
+def _float(env: dict, name: str, default: float, low: float, high: float) -> float:
+    raw = _raw(env, name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={_shown(raw)} is not a number (allowed: {low:g}-{high:g})") from None
+    if not low <= value <= high:  # also rejects nan
+        raise ConfigError(f"{name}={_shown(raw)} is out of range (allowed: {low:g}-{high:g})")
+    return value
+
+
+def _choice(env: dict, name: str, default: str, allowed: tuple[str, ...], *, lower=False, upper=False) -> str:
+    raw = _raw(env, name)
+    if not raw:
+        return default
+    value = raw.lower() if lower else raw.upper() if upper else raw
+    if value not in allowed:
+        raise ConfigError(f"{name}={_shown(raw)} is not allowed (allowed: {', '.join(allowed)})")
+    return value
+
+
+def _optional_text(env: dict, name: str) -> str | None:
+    raw = _raw(env, name)
+    if not raw:
+        return None
+    if any(not ch.isprintable() for ch in raw):
+        raise ConfigError(f"{name} contains control characters (allowed: printable text)")
+    return raw
+
+
+def _path(env: dict, name: str, default: str) -> str:
+    raw = _raw(env, name) or default
+    if "\0" in raw:
+        raise ConfigError(f"{name} contains a NUL character (allowed: a file system path)")
+    return os.path.abspath(os.path.join(PROJECT_ROOT, os.path.expanduser(raw)))
+
+
+def is_plausible_address(address: str) -> bool:
+    """Loose e-mail address check: ``local@domain``, printable, no whitespace, no header syntax."""
+    if not address or len(address) > 254 or address.count("@") != 1:
+        return False
+    local, domain = address.split("@")
+    if not local or not domain or domain.startswith(".") or domain.endswith("."):
+        return False
+    return all(ch.isprintable() and not ch.isspace() and ch not in '<>,;:"()[]\\' for ch in address)
+
+
+def _addresses(env: dict, name: str, default: str, *, single: bool = False) -> list[str]:
+    raw = str(env.get(name, ""))
+    if any(ch in raw for ch in "\r\n\0"):
+        raise ConfigError(f"{name} contains a line break (allowed: {'an address' if single else 'addresses'})")
+    raw = raw.strip() or default
+    addresses = [part.strip() for part in raw.split(",") if part.strip()]
+    if single and len(addresses) != 1:
+        raise ConfigError(f"{name}={_shown(raw)} must be exactly one address (like ops@example.com)")
+    if not addresses:
+        raise ConfigError(f"{name}={_shown(raw)} names no address (allowed: comma-separated user@domain)")
+    for address in addresses:
+        if not is_plausible_address(address):
+            raise ConfigError(
+                f"{name}: {_shown(address)} is not an e-mail address (allowed: user@domain, comma-separated)"
+            )
+    return list(dict.fromkeys(addresses))  # drop repeats, keep order
+
+
+def _host(env: dict, name: str) -> str | None:
+    raw = _raw(env, name)
+    if not raw:
+        return None
+    if not all(ch.isalnum() or ch in ".-_:[]" for ch in raw) or len(raw) > 253:
+        raise ConfigError(f"{name}={_shown(raw)} is not a host name or IP address")
+    return raw.strip("[]")
+
+
+def _metrics_addr(env: dict) -> str:
+    raw = _raw(env, "METRICS_ADDR") or "127.0.0.1"
+    candidate = raw.strip("[]")
+    try:
+        ipaddress.ip_address(candidate)
+        return candidate
+    except ValueError:
+        pass
+    if candidate == "localhost" or (
+        candidate and len(candidate) <= 253 and all(ch.isalnum() or ch in ".-" for ch in candidate)
+    ):
+        return candidate
+    raise ConfigError(f"METRICS_ADDR={_shown(raw)} is not an IP address or host name (e.g. 127.0.0.1, ::1, 0.0.0.0)")
+
+
+def _password(env: dict) -> Secret | None:
+    inline = str(env.get("SMTP_PASSWORD", ""))
+    file_name = _raw(env, "SMTP_PASSWORD_FILE")
+    if inline and file_name:
+        raise ConfigError("SMTP_PASSWORD and SMTP_PASSWORD_FILE are both set (allowed: one of them)")
+    if inline:
+        if any(ch in inline for ch in "\r\n\0"):
+            raise ConfigError("SMTP_PASSWORD contains a line break (allowed: one line)")
+        return Secret(inline)
+    if not file_name:
+        return None
+    try:
+        with open(os.path.expanduser(file_name), "rb") as handle:
+            data = handle.read(MAX_PASSWORD_FILE_BYTES + 1)
+    except OSError as exc:
+        # Name the file and the OS reason; never echo its contents.
+        raise ConfigError(f"SMTP_PASSWORD_FILE={_shown(file_name)} cannot be read: {exc.strerror}") from None
+    if len(data) > MAX_PASSWORD_FILE_BYTES:
+        raise ConfigError(f"SMTP_PASSWORD_FILE={_shown(file_name)} is too large for a password file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"SMTP_PASSWORD_FILE={_shown(file_name)} is not UTF-8 text") from None
+    # One trailing newline is how editors and `echo` write files; it is not part of the password.
+    password = text[:-1] if text.endswith("\n") else text
+    password = password[:-1] if password.endswith("\r") else password
+    if not password:
+        raise ConfigError(f"SMTP_PASSWORD_FILE={_shown(file_name)} is empty")
+    if any(ch in password for ch in "\r\n\0"):
+        raise ConfigError(f"SMTP_PASSWORD_FILE={_shown(file_name)} holds more than one line")
+    return Secret(password)
