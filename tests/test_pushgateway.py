@@ -1,0 +1,188 @@
+"""Pushing batch metrics from the tracker CLI to a real Prometheus Pushgateway on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import PROJECT_ROOT, free_port, wait_until
+from prometheus_client.parser import text_string_to_metric_families
+
+from utils.batch_tracker import BatchTracker, TrackerConfig
+from utils.pushgateway import PushError, build_registry, instance_name, push_batch_metrics
+
+pytestmark = pytest.mark.prometheus
+
+HOST = os.uname().nodename
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.fixture
+def pushgateway(tmp_path):
+    """A real prometheus-pushgateway (no persistence) on a free loopback port; yields its URL."""
+    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+    if binary is None:
+        pytest.skip("prometheus-pushgateway is not installed (Debian package prometheus-pushgateway)")
+    port = free_port()
+    log = open(tmp_path / "pushgateway.log", "wb")
+    process = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"], stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: process.poll() is not None or _http_ok(url + "/-/ready"), 15, message="pushgateway ready")
+        assert process.poll() is None, (tmp_path / "pushgateway.log").read_text()
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+def gateway_samples(url: str) -> dict:
+    """``{(name, frozenset(labels)): value}`` of the anthrasite_batch_* samples the gateway exposes."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("anthrasite_batch_"):
+                samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset({"job": "nightly", "instance": HOST, **labels}.items())))
+
+
+def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "utils.batch_tracker", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_it_pushes_every_hook_event_to_the_gateway(base_env, pushgateway):
+    env = {**base_env, "BATCH_PUSHGATEWAY_URL": pushgateway}
+    start = cli(env, "start", "--stages", "scrape,enrich")
+    assert start.returncode == 0, start.stderr
+    assert start.stderr == ""
+    batch_id = start.stdout.strip()
+    samples = gateway_samples(pushgateway)
+    assert value(samples, "anthrasite_batch_state", state="running") == 1.0
+    assert value(samples, "anthrasite_batch_info", batch_id=batch_id, host=HOST) == 1.0
+
+    assert cli(env, "stage", "scrape", "100").returncode == 0
+    assert cli(env, "stage", "enrich", "50").returncode == 0
+    samples = gateway_samples(pushgateway)
+    assert value(samples, "anthrasite_batch_stage_completion_percentage", stage="enrich") == 50.0
+    assert value(samples, "anthrasite_batch_completion_percentage") == 75.0
+
+    assert cli(env, "cost", "--per-lead", "0.42", "--gpu-dollars", "1.5").returncode == 0
+    assert cli(env, "fail", "--stage", "enrich", "--reason", "exit 3").returncode == 0
+    samples = gateway_samples(pushgateway)
+    assert value(samples, "anthrasite_batch_state", state="failed") == 1.0
+    assert value(samples, "anthrasite_batch_cost_per_lead") == 0.42
+
+    assert cli(env, "resume").returncode == 0
+    assert cli(env, "stage", "enrich", "100").returncode == 0
+    assert cli(env, "end").returncode == 0
+    samples = gateway_samples(pushgateway)
+    assert value(samples, "anthrasite_batch_state", state="completed") == 1.0
+    assert value(samples, "anthrasite_batch_completion_time_seconds_count") == 1.0
+    assert value(samples, "anthrasite_batch_gpu_cost_dollars_total") == 1.5
+    assert value(samples, "anthrasite_batch_end_timestamp_seconds") is not None
+    # The monitor's own families are not pushed: there is no monitor on this host.
+    assert not any(name.startswith("anthrasite_batch_alerts_sent") for name, _ in samples)
+    assert not any(name == "anthrasite_batch_monitor_last_check_timestamp_seconds" for name, _ in samples)
+
+    # The next night's batch replaces the group: the old stage series are gone, the counts stay.
+    assert cli(env, "start", "--stages", "email").returncode == 0
+    samples = gateway_samples(pushgateway)
+    stages = {dict(labels)["stage"] for name, labels in samples if name.endswith("stage_completion_percentage")}
+    assert stages == {"email"}
+    assert value(samples, "anthrasite_batch_completion_time_seconds_count") == 1.0
+    assert value(samples, "anthrasite_batch_gpu_cost_dollars_total") == 1.5
+
+
+def test_it_groups_by_batch_name_and_instance(base_env, pushgateway):
+    env = {**base_env, "BATCH_PUSHGATEWAY_URL": pushgateway, "BATCH_NAME": "weekly-rescore"}
+    assert cli(env, "start").returncode == 0
+    samples = gateway_samples(pushgateway)
+    key = ("anthrasite_batch_state", frozenset({"job": "weekly-rescore", "instance": HOST, "state": "running"}.items()))
+    assert samples[key] == 1.0
+    assert instance_name() == HOST
+
+
+def test_it_never_fails_the_batch_when_the_gateway_is_down(base_env, tracker_file):
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {**base_env, "BATCH_PUSHGATEWAY_URL": dead}
+    result = cli(env, "start", "--stages", "scrape")
+    assert result.returncode == 0
+    assert result.stdout.strip()  # the batch id
+    assert result.stderr.startswith(f"batch_tracker: warning: push to {dead} failed: ")
+    assert "Connection refused" in result.stderr and "(after 'start')" in result.stderr
+    stage = cli(env, "stage", "scrape", "100")
+    assert stage.returncode == 0 and "warning" in stage.stderr
+    batch = BatchTracker(TrackerConfig(tracker_file=str(tracker_file))).snapshot().current
+    assert batch["stages"]["scrape"]["percentage"] == 100.0  # the hook's real work was done
+
+
+def test_it_raises_a_one_line_push_error_for_a_dead_gateway(tracker_config, clock):
+    tracker = BatchTracker(tracker_config, clock=clock)
+    tracker.start()
+    config = tracker_config.replace(pushgateway_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(PushError, match=r"^.*Connection refused.*\(after 'start'\)$"):
+        push_batch_metrics(config, tracker.snapshot(), clock(), "start", timeout=2)
+
+
+def test_it_reports_a_gateway_that_refuses_the_push(tracker_config, clock, pushgateway):
+    tracker = BatchTracker(tracker_config, clock=clock)
+    tracker.start()
+    config = tracker_config.replace(pushgateway_url=pushgateway + "/no-such-prefix")
+    with pytest.raises(PushError, match="after 'start'"):
+        push_batch_metrics(config, tracker.snapshot(), clock(), "start")
+
+
+def test_it_does_nothing_without_a_url(tracker_config, clock):
+    tracker = BatchTracker(tracker_config, clock=clock)
+    assert push_batch_metrics(tracker_config, tracker.snapshot(), clock(), "start") is None
+
+
+def test_it_builds_the_same_batch_families_as_the_monitor(tracker_config, clock):
+    tracker = BatchTracker(tracker_config, clock=clock)
+    tracker.start()
+    tracker.stage("scrape", 30)
+    registry = build_registry(tracker_config, tracker.snapshot(), clock())
+    assert registry.get_sample_value("anthrasite_batch_stage_completion_percentage", {"stage": "scrape"}) == 30.0
+    assert registry.get_sample_value("anthrasite_batch_state", {"state": "running"}) == 1.0
+    assert registry.get_sample_value("anthrasite_batch_alert_delivery_failures_total") is None
+
+
+def test_it_keeps_prometheus_client_off_the_hook_path_without_a_url(base_env):
+    code = (
+        "import sys; from utils import batch_tracker; "
+        "rc = batch_tracker.main(['start']); "
+        "print(rc, 'prometheus_client' in sys.modules, 'utils.pushgateway' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, env=base_env, capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout.split()[-3:] == ["0", "False", "False"], result.stderr
