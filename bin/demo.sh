@@ -7,11 +7,12 @@
 # resumes the batch so it sends the recovery, then prints the status view.
 #
 # State goes to data/batch_tracker.json, alert e-mails to data/outbox/ (.eml
-# files: no SMTP_SERVER is configured), metrics to http://127.0.0.1:${METRICS_PORT:-9469}/metrics.
-# Run bin/setup.sh first.
+# files: no SMTP_SERVER is configured), metrics to http://127.0.0.1:${METRICS_PORT:-9469}/metrics,
+# logs to logs/. BATCH_TRACKER_FILE, BATCH_OUTBOX_DIR, METRICS_PORT and LOG_DIR
+# move them. Run bin/setup.sh first.
 set -euo pipefail
 
-usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
 case "${1:-}" in
   "") ;;
   -h | --help) usage; exit 0 ;;
@@ -27,25 +28,38 @@ export NIGHTLY_STAGES_FILE="${NIGHTLY_STAGES_FILE:-etc/nightly_stages.demo.conf}
 export BATCH_COMPLETION_CHECK_INTERVAL_SECONDS="${BATCH_COMPLETION_CHECK_INTERVAL_SECONDS:-300}"
 outbox="${BATCH_OUTBOX_DIR:-data/outbox}"
 
-# find fails while the outbox does not exist yet; that is zero mails, not an error.
-count_mails() { { find "$outbox" -maxdepth 1 -name '*.eml' 2>/dev/null || true; } | wc -l; }
+batch_id=""
 
-wait_for_mails() { # wait_for_mails COUNT: poll the outbox for up to 10 s
-  local want=$1 tries=0
-  until [ "$(count_mails)" -ge "$want" ]; do
-    tries=$((tries + 1))
-    if [ "$tries" -gt 100 ]; then echo "demo.sh: no alert after 10 s" >&2; return 1; fi
-    sleep 0.1
+mail_for() { # mail_for alert|recovery: the outbox file of that notification for this batch's failure
+  local file
+  for file in "$outbox"/*.eml; do
+    [ -e "$file" ] || continue
+    if grep -q "^X-Batch-Incident: failed:$batch_id" "$file" && grep -q "^X-Batch-Notification: $1" "$file"; then
+      echo "$file"
+      return 0
+    fi
   done
+  return 1
 }
 
-echo "== starting the completion monitor (log: logs/demo_monitor.log)"
-mkdir -p logs
-"$python" bin/batch_completion_monitor.py 2>logs/demo_monitor.log &
+show_mail() { # show_mail alert|recovery: poll the outbox for up to 10 s, then print its path and subject
+  local tries=0 file
+  until file=$(mail_for "$1"); do
+    tries=$((tries + 1))
+    if [ "$tries" -gt 100 ]; then echo "demo.sh: no $1 e-mail in $outbox after 10 s" >&2; return 1; fi
+    sleep 0.1
+  done
+  echo "   $file"
+  grep -m1 '^Subject:' "$file" | sed 's/^/   /'
+}
+
+log_dir="${LOG_DIR:-logs}"
+echo "== starting the completion monitor (log: $log_dir/demo_monitor.log)"
+mkdir -p "$log_dir"
+"$python" bin/batch_completion_monitor.py 2>"$log_dir/demo_monitor.log" &
 monitor_pid=$!
 trap 'kill -TERM "$monitor_pid" 2>/dev/null; wait "$monitor_pid" 2>/dev/null || true' EXIT
 
-mails_before=$(count_mails)
 echo "== nightly batch, with the 'score' stage made to fail"
 if DEMO_STAGE_FAIL=score bin/run_nightly.sh; then
   echo "demo.sh: expected the demo batch to fail at 'score'" >&2
@@ -53,19 +67,14 @@ if DEMO_STAGE_FAIL=score bin/run_nightly.sh; then
 else
   echo "-- run_nightly.sh exited $? (the failed stage's exit code)"
 fi
-wait_for_mails $((mails_before + 1))
+batch_id=$("$python" -c 'import json, sys; print(json.load(sys.stdin)["id"])' < <(bin/batch_tracker status --json))
 echo "== the monitor's alert:"
-newest=$(find "$outbox" -maxdepth 1 -name '*.eml' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2-)
-echo "   $newest"
-grep -m1 '^Subject:' "$newest" | sed 's/^/   /'
+show_mail alert
 
 echo "== resuming the failed batch from its failed stage"
 bin/run_nightly.sh --resume
-wait_for_mails $((mails_before + 2))
-newest=$(find "$outbox" -maxdepth 1 -name '*.eml' -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2-)
 echo "== the recovery:"
-echo "   $newest"
-grep -m1 '^Subject:' "$newest" | sed 's/^/   /'
+show_mail recovery
 
 echo "== one monitor check (--once)"
 "$python" bin/batch_completion_monitor.py --once || true
