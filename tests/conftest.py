@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -48,6 +49,19 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, message
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def run_tracker_cli(env: dict, *args: str, cwd=None) -> subprocess.CompletedProcess:
+    """``python -m utils.batch_tracker ARGS`` as a real subprocess, output captured as text."""
+    return subprocess.run(
+        [VENV_PYTHON, "-m", "utils.batch_tracker", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def free_port() -> int:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_tracker_cli
 
 from utils import batch_tracker
 from utils.batch_tracker import (
@@ -422,14 +423,7 @@ def test_it_names_sibling_files_after_the_tracker_file():
 
 
 def cli(env, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "utils.batch_tracker", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_tracker_cli(env, *args)
 
 
 def test_it_runs_a_whole_batch_from_the_cli(base_env, tracker_file):

@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, FakeClock, free_port, wait_until
+from conftest import PROJECT_ROOT, FakeClock, free_port, run_tracker_cli, wait_until
 
 from utils.batch_tracker import BatchTracker, TrackerConfig
 
@@ -179,15 +179,7 @@ def prometheus(binaries, monitor, tmp_path):
 
 
 def cli(env: dict, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "utils.batch_tracker", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_tracker_cli(env, *args, cwd=PROJECT_ROOT)
     assert result.returncode == 0, f"batch_tracker {' '.join(args)}: {result.stderr}"
     return result.stdout.strip()
 

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import PROJECT_ROOT, free_port, wait_until
+from conftest import PROJECT_ROOT, free_port, run_tracker_cli, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from utils.batch_tracker import BatchTracker, TrackerConfig
@@ -67,16 +67,8 @@ def value(samples: dict, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset({"job": "nightly", "instance": HOST, **labels}.items())))
 
 
-def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "utils.batch_tracker", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+def cli(env, *args):
+    return run_tracker_cli(env, *args, cwd=PROJECT_ROOT)
 
 
 def test_it_pushes_every_hook_event_to_the_gateway(base_env, pushgateway):

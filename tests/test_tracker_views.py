@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
+from conftest import run_tracker_cli
 
 from utils import tracker_views
 from utils.batch_tracker import BatchTracker, TrackerConfig, get_batch_status
@@ -33,14 +32,7 @@ DOCUMENTED_STATUS_KEYS = {
 
 
 def cli(env, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "utils.batch_tracker", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_tracker_cli(env, *args)
 
 
 @pytest.fixture

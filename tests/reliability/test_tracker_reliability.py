@@ -14,6 +14,7 @@ import time
 import uuid
 
 import pytest
+from conftest import run_tracker_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -100,14 +101,7 @@ def small_tmpfs(path, size="64k"):
 
 
 def _cli(env, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "utils.batch_tracker", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_tracker_cli(env, *args)
 
 
 def test_it_reports_a_full_disk_with_exit_3_and_keeps_the_old_file(tmp_path, base_env):
