@@ -21,7 +21,9 @@ delivered, across restarts and outages::
 
 ``<id>`` is a hash of the Message-ID, so enqueueing the same message twice is a
 no-op. A delivered message moves to ``sent/`` only after the transport accepted it:
-a crash in between repeats that one e-mail (same Message-ID) and never loses it.
+a crash in between repeats that one e-mail (same Message-ID) and never loses it. A disk
+that refuses to record the move (full, read-only) does not repeat it: the outbox remembers
+in memory what the server accepted and records it once the disk takes writes again.
 
 Delivery (:meth:`Outbox.deliver_due`): transient failures (connection refused,
 timeouts, SMTP 4xx, disconnects) are retried with exponential backoff (5 s doubling to
@@ -675,6 +677,9 @@ class Outbox:
         self.pending_dir = os.path.join(self.directory, "pending")
         self.sent_dir = os.path.join(self.directory, "sent")
         self.failed_dir = os.path.join(self.directory, "failed")
+        # id -> sent-record fields of messages the transport accepted but the disk would not record
+        # as sent (full, read-only): later passes record them instead of sending them again.
+        self._accepted: dict[str, dict] = {}
 
     def _ensure_dirs(self) -> None:
         try:
@@ -786,11 +791,14 @@ class Outbox:
         finally:
             os.close(fd)
 
-    def deliver_due(self, transport, *, now: float | None = None) -> DeliveryReport:
+    def deliver_due(self, transport, *, now: float | None = None, retry_waiting: bool = False) -> DeliveryReport:
         """Try every pending message that is due, oldest first; return what happened.
 
         After a transient failure the rest of this pass's due messages are deferred
         to the same retry time without an attempt: they would meet the same outage.
+        With ``retry_waiting``, messages still backing off are due too: a process that
+        just started may have a fixed configuration, and on-call should not wait out
+        a back-off of up to ten minutes earned by the previous one.
         """
         delivered: list[QueuedMessage] = []
         receipts: list[str] = []
@@ -802,7 +810,15 @@ class Outbox:
             self._repair(moment)
             outage_until: float | None = None
             for item in self.pending():
-                if item.next_attempt_at > moment:
+                accepted = self._accepted.get(item.id)
+                if accepted is not None:  # already with the server: record it, never send it twice
+                    record = self._finish(item, self.sent_dir, **accepted)  # StorageError while the disk refuses
+                    del self._accepted[item.id]
+                    LOGGER.info("alert %r (%s) recorded as delivered at last", item.subject, item.message_id)
+                    delivered.append(QueuedMessage.from_record(record, "sent"))
+                    receipts.append(str(accepted["receipt"]))
+                    continue
+                if item.next_attempt_at > moment and not retry_waiting:
                     not_due += 1
                     continue
                 if outage_until is not None:
@@ -847,7 +863,19 @@ class Outbox:
                     if record is not None:
                         deferred.append(QueuedMessage.from_record(record, "pending"))
                 else:
-                    record = self._finish(item, self.sent_dir, delivered_at=moment, receipt=receipt)
+                    try:
+                        record = self._finish(item, self.sent_dir, delivered_at=moment, receipt=receipt)
+                    except StorageError as exc:
+                        self._accepted[item.id] = {"delivered_at": moment, "receipt": receipt}
+                        LOGGER.error(
+                            "alert %r (%s) was delivered via %s but cannot be recorded as sent (%s); "
+                            "this process will not send it again",
+                            item.subject,
+                            item.message_id,
+                            receipt,
+                            exc,
+                        )
+                        raise
                     LOGGER.info(
                         "alert delivered via %s: %r to %s (Message-ID %s)",
                         receipt,
