@@ -275,6 +275,31 @@ def test_it_delivers_once_when_the_smtp_server_was_down_and_comes_back(tmp_path,
         revived.stop()
 
 
+def test_it_retries_a_backing_off_alert_at_once_after_a_restart(world):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor()
+    start_batch(world, "2026-11-23 01:00")
+    world.sink.reject_with = "451 4.3.0 mail system busy"
+    world.at(ny("2026-11-23 02:00"))
+    world.tracker.fail("enrich", "exit code 3")
+
+    def waiting() -> dict:
+        return json.loads(next((world.tmp_path / "outbox" / "pending").glob("*.json")).read_text())
+
+    monitor.step()
+    for _ in range(7):  # the back-off grows while the same process keeps failing
+        world.at(waiting()["next_attempt_at"])
+        monitor.step()
+    assert waiting()["attempts"] == 8 and waiting()["next_attempt_at"] >= world.clock() + 300
+    assert monitor.step().delivery.deferred == ()  # this process waits out its back-off
+    world.sink.reject_with = None  # on-call fixes the mail server, then restarts the monitor
+    assert world.monitor().step().delivery.delivered != ()
+    assert len(world.sink.received()) == 1
+    world.clock.advance(3600)
+    world.monitor().step()
+    assert len(world.sink.received()) == 1
+
+
 def test_it_neither_repeats_nor_forgets_an_alert_after_a_restart(world):
     world.at(ny("2026-11-23 00:30"))
     world.monitor().step()

@@ -256,6 +256,20 @@ def test_it_names_the_active_stage_the_one_to_look_at(tracker, clock):
     assert get_batch_status(ny(1, 2, 0), config=tracker.config)["active_stage"] == "enrich"
 
 
+def test_it_times_a_stage_reported_only_at_100_from_the_end_of_the_one_before(tracker, clock):
+    start_at(tracker, clock, ny(1, 1, 0))
+    clock.set(ny(1, 1, 30))
+    tracker.stage("scrape", 100)  # the runner's way: one record, at the end
+    clock.set(ny(1, 2, 15))
+    tracker.stage("enrich", 100)
+    clock.set(ny(1, 2, 20))
+    tracker.stage("score", 40)
+    stages = {s["name"]: s for s in get_batch_status(ny(1, 2, 30), config=tracker.config)["stages"]}
+    assert stages["scrape"]["duration_seconds"] == 30 * 60
+    assert stages["enrich"]["duration_seconds"] == 45 * 60
+    assert stages["score"]["duration_seconds"] is None  # unfinished
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [

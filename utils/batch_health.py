@@ -180,6 +180,7 @@ def check(snapshot, now: float, deadline: DailyDeadline) -> tuple[bool, str]:
 
 def _stage_details(batch: dict) -> list[dict]:
     details = []
+    durations = stage_durations(batch)
     for name in ordered_stage_names(batch):
         stage = batch["stages"].get(name)
         details.append(
@@ -189,17 +190,36 @@ def _stage_details(batch: dict) -> list[dict]:
                 "first_seen_at": format_utc(stage["first_seen_at"]) if stage else None,
                 "updated_at": format_utc(stage["updated_at"]) if stage else None,
                 "completed_at": format_utc(stage.get("completed_at")) if stage else None,
-                "duration_seconds": stage_duration(stage) if stage else None,
+                "duration_seconds": durations.get(name),
             }
         )
     return details
 
 
-def stage_duration(stage: dict) -> float | None:
-    """Seconds from a stage's first record to its reaching 100%, or None while unfinished."""
-    if stage.get("completed_at") is None:
-        return None
-    return stage["completed_at"] - stage["first_seen_at"]
+def stage_windows(batch: dict) -> dict[str, tuple[float, float | None]]:
+    """``{stage: (start, completed_at or None)}`` for the stages that have started, in order.
+
+    A stage starts at the earlier of its first record and the moment the stages before
+    it had all finished (the batch start for the first one): the nightly runner reports
+    some stages only once, at 100%, and their first record is then their end.
+    """
+    windows: dict[str, tuple[float, float | None]] = {}
+    boundary = batch["started_at"]
+    for name in ordered_stage_names(batch):
+        detail = batch["stages"].get(name)
+        if detail is None:
+            continue
+        start = min(detail.get("first_seen_at", boundary), boundary)
+        done = detail.get("completed_at")
+        windows[name] = (start, done)
+        if done is not None:
+            boundary = max(boundary, done)
+    return windows
+
+
+def stage_durations(batch: dict) -> dict[str, float]:
+    """Durations of the stages that reached 100% in ``batch``."""
+    return {name: done - start for name, (start, done) in stage_windows(batch).items() if done is not None}
 
 
 def on_time(batch: dict, deadline: DailyDeadline, now: float) -> bool | None:

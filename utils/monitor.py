@@ -114,11 +114,16 @@ class StepResult:
         """``--once`` exit status: 0 all well, 1 an incident is open."""
         return 0 if self.ok else 1
 
+    @property
+    def summary(self) -> str:
+        """Why ``ok`` is what it is: the open incidents (``late: ...; failed: ...``), else the reason."""
+        if self.open_incidents:
+            return "; ".join(f"{r['kind']}: {r['summary']}" for r in self.open_incidents)
+        return self.reason
+
     def status_line(self) -> str:
         """One line for ``--once``: ``OK: ...`` or ``PROBLEM: late: ...; failed: ...``."""
-        if self.open_incidents:
-            return "PROBLEM: " + "; ".join(f"{r['kind']}: {r['summary']}" for r in self.open_incidents)
-        return "OK: " + self.reason
+        return ("OK: " if self.ok else "PROBLEM: ") + self.summary
 
 
 # --------------------------------------------------------------------------- helpers
@@ -328,6 +333,8 @@ class Monitor:
         self._last_ok_monotonic: float | None = None
         self._last_error: str | None = None
         self._last_ping = 0.0
+        self._delivered_once = False
+        self._last_result: StepResult | None = None
 
     # ----- one check
 
@@ -359,7 +366,7 @@ class Monitor:
                 self.state_store.write(state)
             self._last_state = state
         ok_reason = self._reason(snapshot, now, state)
-        return StepResult(
+        result = StepResult(
             now=now,
             open_incidents=tuple(
                 {k: r.get(k) for k in (*RECORD_KEYS, "opened_at", "alerted_at")}
@@ -371,6 +378,8 @@ class Monitor:
             notifications=tuple(notifications),
             reason=ok_reason,
         )
+        self._last_result = result  # one reference swap: the HTTP thread reads it without a lock
+        return result
 
     def _reason(self, snapshot, now: float, state: dict) -> str:
         """The tracker's verdict, reworded when it names a problem the monitor does not count as open."""
@@ -386,8 +395,13 @@ class Monitor:
         return f"no open incident (watching since {watching}); the tracker notes: {reason}"
 
     def deliver(self) -> DeliveryReport:
-        """One delivery pass over due outbox messages; failures are counted in the alert state."""
-        report = self.outbox.deliver_due(self.transport)
+        """One delivery pass over due outbox messages; failures are counted in the alert state.
+
+        The first pass of this monitor also tries messages still backing off: a restart
+        is often what follows fixing the SMTP settings.
+        """
+        first_pass, self._delivered_once = not self._delivered_once, True
+        report = self.outbox.deliver_due(self.transport, retry_waiting=first_pass)
         if report.delivered or report.attempt_failures:
             now = self.clock()
             with self.state_store.locked():
@@ -753,5 +767,8 @@ class Monitor:
             "delivery": self.transport.describe(),
             "state_error": error,
             "healthy": self.health()[0],
+            # The verdict that alerts: deadlines count only from watch_since, early warnings included.
+            "ok": None if self._last_result is None else self._last_result.ok,
+            "reason": None if self._last_result is None else self._last_result.summary,
         }
         return report

@@ -24,7 +24,16 @@ from __future__ import annotations
 import collections
 import statistics
 
-from utils.batch_health import Incident, batch_deadline, format_duration, format_local, identity, ordered_stage_names
+from utils.batch_health import (
+    Incident,
+    batch_deadline,
+    format_duration,
+    format_local,
+    identity,
+    ordered_stage_names,
+    stage_durations,
+    stage_windows,
+)
 
 AT_RISK, TOO_SHORT, STALLED_STAGE = "at_risk", "too_short", "stalled_stage"
 RECENT_BATCHES = 14
@@ -36,27 +45,6 @@ Projection = collections.namedtuple(
     "Projection", ["completion_at", "remaining_seconds", "slow_stage", "slow_stage_elapsed", "slow_stage_usual"]
 )
 Projection.__doc__ = "A projected finish; ``slow_stage`` is the stage furthest behind its usual pace."
-
-
-def stage_windows(batch: dict) -> dict[str, tuple[float, float | None]]:
-    """``{stage: (start, completed_at or None)}`` for the stages that have started, in order."""
-    windows: dict[str, tuple[float, float | None]] = {}
-    boundary = batch["started_at"]
-    for name in ordered_stage_names(batch):
-        detail = batch["stages"].get(name)
-        if detail is None:
-            continue
-        start = min(detail.get("first_seen_at", boundary), boundary)
-        done = detail.get("completed_at")
-        windows[name] = (start, done)
-        if done is not None:
-            boundary = max(boundary, done)
-    return windows
-
-
-def stage_durations(batch: dict) -> dict[str, float]:
-    """Durations of the stages that reached 100% in ``batch``."""
-    return {name: done - start for name, (start, done) in stage_windows(batch).items() if done is not None}
 
 
 def recent_completed(history: list[dict], limit: int = RECENT_BATCHES) -> list[dict]:
