@@ -22,7 +22,8 @@ from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, VENV_PYTHON, FakeClock, SmtpSink, free_port, wait_until
+from conftest import PROJECT_ROOT, VENV_PYTHON, FakeClock, SmtpSink, free_port, run_tracker_cli, wait_until
+from disk_faults import fill, remount, small_tmpfs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -87,15 +88,10 @@ def far_deadline() -> dict:
 
 
 def tracker_cli(env, *args, check=True) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [VENV_PYTHON, "-m", "utils.batch_tracker", *args],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=check,
-    )
+    result = run_tracker_cli(env, *args, cwd=PROJECT_ROOT)
+    if check:
+        assert result.returncode == 0, f"batch_tracker {' '.join(args)}: {result.stderr}"
+    return result
 
 
 @contextlib.contextmanager
@@ -186,38 +182,6 @@ def freeze_away_from(process: subprocess.Popen, directory: Path) -> None:
         return False
 
     wait_until(attempt, timeout=10, interval=0.01, message="a moment the monitor holds no file on the disk")
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str = "256k"):
-    """Mount a tiny tmpfs at ``path``; skip when this machine forbids mounts."""
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, check=False
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def remount(path: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True, capture_output=True)
-
-
-def fill(disk: Path) -> Path:
-    """Fill ``disk`` to the last byte with one file; return it (delete it to heal the disk)."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(fd, b"\0" * 4096)
-    finally:
-        os.close(fd)
-    return filler
 
 
 # --------------------------------------------------------------------------- SMTP outage

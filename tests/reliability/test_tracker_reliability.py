@@ -13,8 +13,8 @@ import sys
 import time
 import uuid
 
-import pytest
 from conftest import run_tracker_cli
+from disk_faults import fill, remount, small_tmpfs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -85,38 +85,17 @@ def test_it_keeps_every_update_from_8_processes_x_200(tracker_config):
     assert all(stages[f"w{w}_{i}"]["percentage"] == (i % 100) + 0.5 for w in range(8) for i in range(200))
 
 
-@contextlib.contextmanager
-def small_tmpfs(path, size="64k"):
-    """Mount a tiny tmpfs at ``path``; skip when this machine forbids mounts."""
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, check=False
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def _cli(env, *args):
     return run_tracker_cli(env, *args)
 
 
 def test_it_reports_a_full_disk_with_exit_3_and_keeps_the_old_file(tmp_path, base_env):
-    with small_tmpfs(tmp_path / "disk") as disk:
+    with small_tmpfs(tmp_path / "disk", size="64k") as disk:
         env = dict(base_env, BATCH_TRACKER_FILE=str(disk / "batch_tracker.json"))
         assert _cli(env, "start", "--stages", "scrape").returncode == 0
         assert _cli(env, "stage", "scrape", "40").returncode == 0
         before = (disk / "batch_tracker.json").read_bytes()
-        filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
-        try:  # fill the disk to the last byte
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(filler, b"\0" * 4096)
-        finally:
-            os.close(filler)
+        fill(disk)
         result = _cli(env, "stage", "scrape", "60")
         assert result.returncode == 3, result.stderr
         assert "no space left on device" in result.stderr
@@ -130,7 +109,7 @@ def test_it_reports_a_read_only_disk_with_exit_3_and_keeps_the_old_file(tmp_path
         env = dict(base_env, BATCH_TRACKER_FILE=str(disk / "batch_tracker.json"))
         assert _cli(env, "start", "--stages", "scrape").returncode == 0
         before = (disk / "batch_tracker.json").read_bytes()
-        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        remount(disk, "ro")
         result = _cli(env, "stage", "scrape", "60")
         assert result.returncode == 3, result.stderr
         assert "read-only file system" in result.stderr.lower()
