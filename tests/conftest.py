@@ -51,9 +51,12 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, message
         time.sleep(interval)
 
 
-def run_tracker_cli(env: dict, *args: str, cwd=None) -> subprocess.CompletedProcess:
-    """``python -m utils.batch_tracker ARGS`` as a real subprocess, output captured as text."""
-    return subprocess.run(
+def run_tracker_cli(env: dict, *args: str, cwd=None, check: bool = False) -> subprocess.CompletedProcess:
+    """``python -m utils.batch_tracker ARGS`` as a real subprocess, output captured as text.
+
+    With ``check``, a non-zero exit fails the test with the command and its stderr.
+    """
+    result = subprocess.run(
         [VENV_PYTHON, "-m", "utils.batch_tracker", *args],
         cwd=cwd,
         env=env,
@@ -62,6 +65,9 @@ def run_tracker_cli(env: dict, *args: str, cwd=None) -> subprocess.CompletedProc
         timeout=30,
         check=False,
     )
+    if check:
+        assert result.returncode == 0, f"batch_tracker {' '.join(args)}: exit {result.returncode}: {result.stderr}"
+    return result
 
 
 def free_port() -> int:

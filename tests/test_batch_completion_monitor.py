@@ -19,7 +19,7 @@ import urllib.request
 import uuid
 
 import pytest
-from conftest import PROJECT_ROOT, VENV_PYTHON, free_port, wait_until
+from conftest import PROJECT_ROOT, VENV_PYTHON, free_port, run_tracker_cli, wait_until
 
 from utils.alerting import parse_message
 from utils.batch_tracker import BatchTracker, TrackerConfig, sibling_file
@@ -564,15 +564,7 @@ def monitor_env(base_env, tmp_path, smtp_server) -> dict:
 
 
 def tracker_cli(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [VENV_PYTHON, "-m", "utils.batch_tracker", *args],
-        env=env,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
+    return run_tracker_cli(env, *args, cwd=PROJECT_ROOT, check=True)
 
 
 def run_once(env, cwd) -> subprocess.CompletedProcess:

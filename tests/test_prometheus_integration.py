@@ -179,9 +179,7 @@ def prometheus(binaries, monitor, tmp_path):
 
 
 def cli(env: dict, *args: str) -> str:
-    result = run_tracker_cli(env, *args, cwd=PROJECT_ROOT)
-    assert result.returncode == 0, f"batch_tracker {' '.join(args)}: {result.stderr}"
-    return result.stdout.strip()
+    return run_tracker_cli(env, *args, cwd=PROJECT_ROOT, check=True).stdout.strip()
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

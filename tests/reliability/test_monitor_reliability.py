@@ -88,10 +88,7 @@ def far_deadline() -> dict:
 
 
 def tracker_cli(env, *args, check=True) -> subprocess.CompletedProcess:
-    result = run_tracker_cli(env, *args, cwd=PROJECT_ROOT)
-    if check:
-        assert result.returncode == 0, f"batch_tracker {' '.join(args)}: {result.stderr}"
-    return result
+    return run_tracker_cli(env, *args, cwd=PROJECT_ROOT, check=check)
 
 
 @contextlib.contextmanager
