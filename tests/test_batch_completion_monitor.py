@@ -21,8 +21,8 @@ import uuid
 import pytest
 from conftest import PROJECT_ROOT, VENV_PYTHON, free_port, run_tracker_cli, wait_until
 
-from utils.alerting import parse_message
 from utils.batch_tracker import BatchTracker, TrackerConfig, sibling_file
+from utils.mail_compose import parse_message
 from utils.monitor import Monitor, StepResult
 from utils.monitor_config import MonitorConfig, Secret
 from utils.sdnotify import SystemdNotifier

@@ -39,25 +39,15 @@ import time
 from collections.abc import Callable
 
 from utils import batch_health, prediction
-from utils.alerting import (
-    ALERT,
-    RECOVERY,
-    REMINDER,
-    DeliveryReport,
-    FileTransport,
-    MailContext,
-    Outbox,
-    SmtpTransport,
-    compose_message,
-    message_id_for,
-    resolution,
-)
 from utils.batch_health import UNREADABLE, Incident, format_duration, format_local
 from utils.batch_tracker import BatchTracker, get_batch_status
 from utils.deadline import format_utc
+from utils.mail_compose import ALERT, RECOVERY, REMINDER, MailContext, compose_message, message_id_for, resolution
 from utils.monitor_config import MonitorConfig
+from utils.outbox import DeliveryReport, Outbox
 from utils.sdnotify import SystemdNotifier
 from utils.state_store import CorruptStateError, JsonStateStore, StorageError
+from utils.transports import FileTransport, SmtpTransport
 
 LOGGER = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ This module is on the nightly hook's critical path: keep its imports minimal.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -211,3 +212,28 @@ class JsonStateStore:
         except OSError as exc:
             raise StorageError(_describe_os_error("move aside", self.path, exc)) from exc
         return target
+
+
+def write_bytes_atomically(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (temp file, fsync, rename, fsync dir); raise StorageError."""
+    directory = os.path.dirname(path) or "."
+    temp_path = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp_path, path)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_path)
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -27,7 +27,16 @@ from disk_faults import fill, remount, small_tmpfs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from utils.alerting import (
+from utils.batch_tracker import (
+    MAX_REASON_LENGTH,
+    NAME_CHARACTERS,
+    BatchTracker,
+    TrackerConfig,
+    TrackerSnapshot,
+    sibling_file,
+)
+from utils.deadline import DailyDeadline
+from utils.mail_compose import (
     ALERT,
     KIND_LABELS,
     RECOVERY,
@@ -38,15 +47,6 @@ from utils.alerting import (
     header_safe,
     message_id_for,
 )
-from utils.batch_tracker import (
-    MAX_REASON_LENGTH,
-    NAME_CHARACTERS,
-    BatchTracker,
-    TrackerConfig,
-    TrackerSnapshot,
-    sibling_file,
-)
-from utils.deadline import DailyDeadline
 from utils.monitor import Monitor
 from utils.monitor_config import MonitorConfig
 from utils.state_store import StorageError

@@ -1,0 +1,424 @@
+"""The persistent outbox: every notification is held on disk until it is delivered.
+
+Outbox (:class:`Outbox`): a directory that holds every notification until it is
+delivered, across restarts and outages::
+
+    <outbox>/pending/<id>.eml   the message, written atomically before any attempt
+    <outbox>/pending/<id>.json  sidecar: recipients, attempts, next_attempt_at, last_error
+    <outbox>/sent/              delivered messages (the newest ``keep`` pairs are kept)
+    <outbox>/failed/            messages refused permanently (5xx)
+    <outbox>/<UTC>-<kind>-<type>-<id8>.eml   alerts "delivered" by :class:`FileTransport`
+
+``<id>`` is a hash of the Message-ID, so enqueueing the same message twice is a
+no-op. A delivered message moves to ``sent/`` only after the transport accepted it:
+a crash in between repeats that one e-mail (same Message-ID) and never loses it. A disk
+that refuses to record the move (full, read-only) does not repeat it: the outbox remembers
+in memory what the server accepted and records it once the disk takes writes again.
+
+Delivery (:meth:`Outbox.deliver_due`): transient failures (connection refused,
+timeouts, SMTP 4xx, disconnects) are retried with exponential backoff (5 s doubling to
+10 min) for as long as it takes; permanent ones (SMTP 5xx) are logged at ERROR and the
+message moves to ``failed/``. Authentication and TLS problems are logged at ERROR but
+retried: fixing the configuration and restarting must still deliver the alert.
+Passwords never appear in logs or exception messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+
+from utils.batch_health import format_duration
+from utils.mail_compose import ALERT, MAIL_POLICY, outbox_id
+from utils.state_store import StorageError, read_json_object, write_bytes_atomically, write_json_atomically
+from utils.transports import KEEP_DELIVERED, DeliveryError, PermanentDeliveryError
+
+LOGGER = logging.getLogger(__name__)
+
+BACKOFF_INITIAL_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 600.0
+ORPHAN_MAX_AGE_SECONDS = 86_400
+
+
+@dataclasses.dataclass(frozen=True)
+class QueuedMessage:
+    """A message in the outbox: its sidecar record and where it lives."""
+
+    id: str
+    message_id: str
+    subject: str
+    kind: str
+    type: str
+    recipients: tuple[str, ...]
+    sender: str
+    created_at: float
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    state: str  # pending | sent | failed
+
+    @classmethod
+    def from_record(cls, record: dict, state: str) -> QueuedMessage:
+        return cls(
+            id=record["id"],
+            message_id=record["message_id"],
+            subject=record.get("subject", ""),
+            kind=record.get("kind", ""),
+            type=record.get("type", ALERT),
+            recipients=tuple(record.get("recipients", ())),
+            sender=record.get("sender", ""),
+            created_at=float(record.get("created_at", 0.0)),
+            attempts=int(record.get("attempts", 0)),
+            next_attempt_at=float(record.get("next_attempt_at", 0.0)),
+            last_error=record.get("last_error"),
+            state=state,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliveryReport:
+    """What one delivery pass did. ``next_attempt_at`` is when a pending message is next due (or None)."""
+
+    delivered: tuple[QueuedMessage, ...] = ()
+    receipts: tuple[str, ...] = ()
+    deferred: tuple[QueuedMessage, ...] = ()  # failed transiently this pass, retried later
+    failed: tuple[QueuedMessage, ...] = ()  # refused permanently, moved to failed/
+    not_due: int = 0
+    next_attempt_at: float | None = None
+
+    @property
+    def attempt_failures(self) -> int:
+        return len(self.deferred) + len(self.failed)
+
+
+class Outbox:
+    """The persistent outbox under ``directory``; see the module docstring for the layout.
+
+    Enqueueing is idempotent per Message-ID. One delivery pass at a time runs (an
+    ``flock`` on ``<directory>/.deliver.lock``), across threads and processes.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        keep: int = KEEP_DELIVERED,
+        backoff_initial: float = BACKOFF_INITIAL_SECONDS,
+        backoff_max: float = BACKOFF_MAX_SECONDS,
+    ):
+        self.directory = os.path.abspath(directory)
+        self.clock = clock
+        self.keep = keep
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.pending_dir = os.path.join(self.directory, "pending")
+        self.sent_dir = os.path.join(self.directory, "sent")
+        self.failed_dir = os.path.join(self.directory, "failed")
+        # id -> sent-record fields of messages the transport accepted but the disk would not record
+        # as sent (full, read-only): later passes record them instead of sending them again.
+        self._accepted: dict[str, dict] = {}
+
+    def _ensure_dirs(self) -> None:
+        try:
+            for path in (self.pending_dir, self.sent_dir, self.failed_dir):
+                os.makedirs(path, mode=0o750, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the outbox {self.directory}: {exc.strerror or exc}") from exc
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed attempt: 5, 10, 20, ... up to 600."""
+        return min(self.backoff_max, self.backoff_initial * 2 ** max(0, attempts - 1))
+
+    # ----- enqueue
+
+    def enqueue(self, message: EmailMessage, *, kind: str, notification_type: str) -> QueuedMessage:
+        """Store ``message`` durably before any delivery attempt; return its record.
+
+        A message with the same Message-ID already pending, sent or failed is not
+        stored again (its existing record is returned).
+        """
+        self._ensure_dirs()
+        message_id = str(message["Message-ID"])
+        oid = outbox_id(message_id)
+        for state, directory in (("pending", self.pending_dir), ("sent", self.sent_dir), ("failed", self.failed_dir)):
+            existing = self._read_sidecar(os.path.join(directory, oid + ".json"))
+            if existing is not None:
+                return QueuedMessage.from_record(existing, state)
+        now = self.clock()
+        recipients = [addr.strip() for addr in str(message["To"]).split(",") if addr.strip()]
+        record = {
+            "id": oid,
+            "message_id": message_id,
+            "subject": str(message["Subject"]),
+            "kind": kind,
+            "type": notification_type,
+            "recipients": recipients,
+            "sender": str(message["From"]),
+            "created_at": now,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "last_error": None,
+        }
+        # The message first, then the sidecar: a sidecar always has its message.
+        write_bytes_atomically(os.path.join(self.pending_dir, oid + ".eml"), message.as_bytes(policy=MAIL_POLICY))
+        write_json_atomically(os.path.join(self.pending_dir, oid + ".json"), record)
+        return QueuedMessage.from_record(record, "pending")
+
+    # ----- reads
+
+    @staticmethod
+    def _read_sidecar(path: str) -> dict | None:
+        try:
+            record = read_json_object(path)
+        except StorageError as exc:
+            LOGGER.error("outbox record %s is unreadable (%s); leaving it", path, exc)
+            return None
+        if record is None or not isinstance(record.get("id"), str) or not isinstance(record.get("message_id"), str):
+            return None
+        return record
+
+    def _records(self, directory: str) -> list[dict]:
+        try:
+            names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageError(f"cannot list {directory}: {exc.strerror or exc}") from exc
+        records = [self._read_sidecar(os.path.join(directory, name)) for name in names]
+        return [r for r in records if r is not None]
+
+    def pending(self) -> list[QueuedMessage]:
+        """Messages waiting for delivery, oldest first."""
+        records = sorted(self._records(self.pending_dir), key=lambda r: (r.get("created_at", 0), r["id"]))
+        return [QueuedMessage.from_record(r, "pending") for r in records]
+
+    def sent(self) -> list[QueuedMessage]:
+        return [QueuedMessage.from_record(r, "sent") for r in self._records(self.sent_dir)]
+
+    def failed(self) -> list[QueuedMessage]:
+        return [QueuedMessage.from_record(r, "failed") for r in self._records(self.failed_dir)]
+
+    def next_attempt_at(self) -> float | None:
+        """When the earliest pending message is due, or None when nothing is pending."""
+        due = [m.next_attempt_at for m in self.pending()]
+        return min(due) if due else None
+
+    def summary(self) -> dict:
+        """Counts for the monitor's state file and status page."""
+        pending = self.pending()
+        return {
+            "pending": len(pending),
+            "oldest_pending_at": min((m.created_at for m in pending), default=None),
+            "failed": len(self._records(self.failed_dir)),
+        }
+
+    # ----- delivery
+
+    @contextlib.contextmanager
+    def _delivery_lock(self) -> Iterator[None]:
+        self._ensure_dirs()
+        path = os.path.join(self.directory, ".deliver.lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise StorageError(f"cannot lock {path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def deliver_due(self, transport, *, now: float | None = None, retry_waiting: bool = False) -> DeliveryReport:
+        """Try every pending message that is due, oldest first; return what happened.
+
+        After a transient failure the rest of this pass's due messages are deferred
+        to the same retry time without an attempt: they would meet the same outage.
+        With ``retry_waiting``, messages still backing off are due too: a process that
+        just started may have a fixed configuration, and on-call should not wait out
+        a back-off of up to ten minutes earned by the previous one.
+        """
+        delivered: list[QueuedMessage] = []
+        receipts: list[str] = []
+        deferred: list[QueuedMessage] = []
+        failed: list[QueuedMessage] = []
+        not_due = 0
+        with self._delivery_lock():
+            moment = self.clock() if now is None else now
+            self._repair(moment)
+            outage_until: float | None = None
+            for item in self.pending():
+                accepted = self._accepted.get(item.id)
+                if accepted is not None:  # already with the server: record it, never send it twice
+                    record = self._finish(item, self.sent_dir, **accepted)  # StorageError while the disk refuses
+                    del self._accepted[item.id]
+                    LOGGER.info("alert %r (%s) recorded as delivered at last", item.subject, item.message_id)
+                    delivered.append(QueuedMessage.from_record(record, "sent"))
+                    receipts.append(str(accepted["receipt"]))
+                    continue
+                if item.next_attempt_at > moment and not retry_waiting:
+                    not_due += 1
+                    continue
+                if outage_until is not None:
+                    self._update_pending(item.id, next_attempt_at=outage_until)
+                    not_due += 1
+                    continue
+                raw = self._read_message(item)
+                if raw is None:
+                    continue
+                try:
+                    receipt = transport.send(
+                        raw,
+                        sender=item.sender,
+                        recipients=list(item.recipients),
+                        meta={"id": item.id, "kind": item.kind, "type": item.type},
+                    )
+                except PermanentDeliveryError as exc:
+                    record = self._finish(item, self.failed_dir, last_error=str(exc), failed_at=moment)
+                    LOGGER.error(
+                        "alert %r (%s) refused permanently, moved to %s: %s",
+                        item.subject,
+                        item.message_id,
+                        self.failed_dir,
+                        exc,
+                    )
+                    failed.append(QueuedMessage.from_record(record, "failed"))
+                except DeliveryError as exc:
+                    attempts = item.attempts + 1
+                    retry_at = moment + self.backoff(attempts)
+                    record = self._update_pending(
+                        item.id, attempts=attempts, next_attempt_at=retry_at, last_error=str(exc)
+                    )
+                    outage_until = retry_at
+                    log = LOGGER.error if exc.loud else LOGGER.warning
+                    log(
+                        "could not deliver alert %r (attempt %d, retry in %s): %s",
+                        item.subject,
+                        attempts,
+                        format_duration(retry_at - moment),
+                        exc,
+                    )
+                    if record is not None:
+                        deferred.append(QueuedMessage.from_record(record, "pending"))
+                else:
+                    try:
+                        record = self._finish(item, self.sent_dir, delivered_at=moment, receipt=receipt)
+                    except StorageError as exc:
+                        self._accepted[item.id] = {"delivered_at": moment, "receipt": receipt}
+                        LOGGER.error(
+                            "alert %r (%s) was delivered via %s but cannot be recorded as sent (%s); "
+                            "this process will not send it again",
+                            item.subject,
+                            item.message_id,
+                            receipt,
+                            exc,
+                        )
+                        raise
+                    LOGGER.info(
+                        "alert delivered via %s: %r to %s (Message-ID %s)",
+                        receipt,
+                        item.subject,
+                        ", ".join(item.recipients),
+                        item.message_id,
+                    )
+                    delivered.append(QueuedMessage.from_record(record, "sent"))
+                    receipts.append(receipt)
+            self._prune(self.sent_dir)
+            self._prune(self.failed_dir)
+        return DeliveryReport(
+            delivered=tuple(delivered),
+            receipts=tuple(receipts),
+            deferred=tuple(deferred),
+            failed=tuple(failed),
+            not_due=not_due,
+            next_attempt_at=self.next_attempt_at(),
+        )
+
+    def _read_message(self, item: QueuedMessage) -> bytes | None:
+        path = os.path.join(self.pending_dir, item.id + ".eml")
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            LOGGER.error("outbox message %s has no .eml file; dropping its record", item.id)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.pending_dir, item.id + ".json"))
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+    def _update_pending(self, oid: str, **changes: object) -> dict | None:
+        path = os.path.join(self.pending_dir, oid + ".json")
+        record = self._read_sidecar(path)
+        if record is None:
+            return None
+        record.update(changes)
+        write_json_atomically(path, record)
+        return record
+
+    def _finish(self, item: QueuedMessage, target_dir: str, **changes: object) -> dict:
+        """Move a pending message to ``sent/`` or ``failed/``: the record first (it decides), then the .eml."""
+        source_json = os.path.join(self.pending_dir, item.id + ".json")
+        record = self._read_sidecar(source_json) or {}
+        record.update(changes)
+        write_json_atomically(os.path.join(target_dir, item.id + ".json"), record)
+        try:
+            os.unlink(source_json)
+            os.replace(os.path.join(self.pending_dir, item.id + ".eml"), os.path.join(target_dir, item.id + ".eml"))
+        except OSError as exc:
+            # The record in target_dir already says what happened; _repair finishes the move.
+            LOGGER.warning("could not finish moving outbox message %s: %s", item.id, exc)
+        return record
+
+    def _repair(self, now: float) -> None:
+        """Finish moves a crash interrupted; drop message files whose enqueue never completed."""
+        try:
+            names = os.listdir(self.pending_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            oid, _, ext = name.rpartition(".")
+            path = os.path.join(self.pending_dir, name)
+            for target in (self.sent_dir, self.failed_dir):
+                if os.path.exists(os.path.join(target, oid + ".json")):
+                    with contextlib.suppress(OSError):
+                        if ext == "eml":
+                            os.replace(path, os.path.join(target, name))
+                        else:
+                            os.unlink(path)
+                    break
+            else:
+                if ext == "eml" and not os.path.exists(os.path.join(self.pending_dir, oid + ".json")):
+                    with contextlib.suppress(OSError):
+                        if now - os.stat(path).st_mtime > ORPHAN_MAX_AGE_SECONDS:
+                            os.unlink(path)
+                elif ".tmp-" in name:
+                    with contextlib.suppress(OSError):
+                        if now - os.stat(path).st_mtime > ORPHAN_MAX_AGE_SECONDS:
+                            os.unlink(path)
+
+    def _prune(self, directory: str) -> None:
+        """Keep the newest ``keep`` messages in ``directory`` (by record time)."""
+        try:
+            names = [n for n in os.listdir(directory) if n.endswith(".json")]
+        except OSError:
+            return
+        if len(names) <= self.keep:
+            return
+
+        def age_key(name: str) -> tuple[float, str]:
+            try:
+                return (os.stat(os.path.join(directory, name)).st_mtime, name)
+            except OSError:
+                return (0.0, name)
+
+        for name in sorted(names, key=age_key)[: len(names) - self.keep]:
+            for ext in (".json", ".eml"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name[:-5] + ext))
