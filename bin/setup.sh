@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Usage: bin/setup.sh [--test]
 #
-# Prepares a fresh checkout to run: creates .venv/ with requirements.txt and
-# byte-compiles the code (the nightly hook's start-up time depends on it).
+# Prepares a fresh checkout to run: creates .venv/ with requirements.txt (the
+# runtime) and byte-compiles the code (the nightly hook's start-up time depends on it).
 #
-#   --test   also installs the Debian packages the test suite drives for real
-#            (prometheus + promtool, prometheus-pushgateway, shellcheck, chromium,
-#            systemd-analyze, flock), when they are missing. Needs root or sudo.
+#   --test   also installs requirements-test.txt and the Debian packages the test
+#            suite drives for real, when missing: prometheus + promtool,
+#            prometheus-pushgateway, the shell linter, chromium, systemd-analyze,
+#            flock, libfaketime, and a system python3 with venv (installer tests).
+#            Needs root or sudo.
 #
 # Idempotent: re-running only installs what is missing.
 # Exit codes: 0 ready, 2 bad usage, other: the failing step's code.
 set -euo pipefail
 
-usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,15s/^# \{0,1\}//p' "$0"; }
 
 with_test_tools=false
 case "${1:-}" in
@@ -36,11 +38,14 @@ if $with_test_tools; then
   declare -A package_for=(
     [promtool]=prometheus [prometheus]=prometheus [prometheus-pushgateway]=prometheus-pushgateway
     [shellcheck]=shellcheck [chromium]=chromium [systemd-analyze]=systemd [flock]=util-linux
+    [faketime]=faketime
   )
   missing=()
   for tool in "${!package_for[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${package_for[$tool]}")
   done
+  # The installer builds the service venv from the system interpreter, never a pyenv/asdf one.
+  /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
   if [ "${#missing[@]}" -gt 0 ]; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     echo "setup.sh: installing Debian packages: ${missing[*]}"
@@ -53,7 +58,9 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+requirements="requirements.txt"
+if $with_test_tools; then requirements="requirements-test.txt"; fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
 .venv/bin/python -m compileall -q utils bin >/dev/null
 mkdir -p data logs
 echo "setup.sh: ready (.venv/bin/python, $(.venv/bin/python --version))"
