@@ -236,10 +236,21 @@ def test_it_resumes_a_failed_batch_with_the_same_id(api, clock):
 
 
 def test_it_refuses_to_resume_a_batch_that_did_not_fail(api):
-    api.start()
+    batch_id = api.start()
+    api.end()
     before = api.raw()
-    with pytest.raises(BatchStateError, match="only a failed batch"):
+    with pytest.raises(BatchStateError, match=f"batch {batch_id} is completed, not running; only a failed batch"):
         api.resume()
+    assert api.raw() == before
+
+
+def test_it_says_a_running_batch_is_already_running_when_asked_to_resume_it(api):
+    batch_id = api.start()
+    before = api.raw()
+    with pytest.raises(BatchStateError) as refused:
+        api.resume()
+    assert str(refused.value) == f"batch {batch_id} is already running; nothing to resume"
+    assert "no batch is running" not in str(refused.value)
     assert api.raw() == before
 
 
@@ -422,8 +433,8 @@ def test_it_names_sibling_files_after_the_tracker_file():
 # --------------------------------------------------------------------------- CLI (real subprocess)
 
 
-def cli(env, *args):
-    return run_tracker_cli(env, *args)
+def cli(env, *args, check=False):
+    return run_tracker_cli(env, *args, check=check)
 
 
 def test_it_runs_a_whole_batch_from_the_cli(base_env, tracker_file):
@@ -533,14 +544,16 @@ def test_it_exits_3_when_the_tracker_directory_cannot_be_created(base_env, tmp_p
     assert blocker.read_text() == "not a directory"
 
 
-def test_it_exits_3_when_the_tracker_file_is_a_directory(base_env, tmp_path):
+@pytest.mark.parametrize("command", ["start", "status", "check"])
+def test_it_exits_2_naming_the_variable_when_the_tracker_file_is_a_directory(base_env, tmp_path, command):
     directory = tmp_path / "tracker-dir"
     directory.mkdir()
     env = dict(base_env, BATCH_TRACKER_FILE=str(directory))
-    result = cli(env, "start")
-    assert result.returncode == 3
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert str(directory) in result.stderr
+    result = cli(env, command)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "BATCH_TRACKER_FILE" in lines[0] and str(directory) in lines[0]
+    assert "names a directory" in lines[0]
     assert os.listdir(directory) == []
 
 
@@ -584,3 +597,179 @@ def test_it_reports_the_api_names_the_issue_fixes():
         "get_batch_status",
     ):
         assert callable(getattr(batch_tracker, name))
+
+
+# --------------------------------------------------------------------------- field trial (issue 10)
+
+
+def test_it_refuses_gpu_dollars_whose_sum_is_not_finite_and_keeps_the_batch(api):
+    batch_id = api.start()
+    api.cost(gpu=1e308)
+    before = api.raw()
+    with pytest.raises(InvalidInputError, match=r"GPU dollars 1e\+308 would make .* inf"):
+        api.cost(gpu=1e308)
+    assert api.raw() == before
+    api.stage("scrape", 50)  # the next hook still finds its batch
+    assert api.snapshot().current["id"] == batch_id
+    assert api.snapshot().storage_events == []
+
+
+def test_it_exits_2_from_the_cli_for_gpu_dollars_whose_sum_is_not_finite(base_env, tracker_file):
+    batch_id = cli(base_env, "start", check=True).stdout.strip()
+    cli(base_env, "cost", "--gpu-dollars", "1e308", check=True)
+    before = tracker_file.read_bytes()
+
+    again = cli(base_env, "cost", "--gpu-dollars", "1e308")
+
+    assert again.returncode == 2
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'1e308'" in lines[0]
+    assert tracker_file.read_bytes() == before
+    assert b"Infinity" not in before
+    cli(base_env, "stage", "scrape", "100", check=True)  # the next hook finds the batch, moves nothing aside
+    assert [p.name for p in tracker_file.parent.iterdir() if ".corrupt-" in p.name] == []
+    assert json.loads(cli(base_env, "status", "--json", check=True).stdout)["id"] == batch_id
+
+
+def cli_lines(result) -> list[str]:
+    return result.stderr.strip().splitlines()
+
+
+@pytest.mark.parametrize("percentage", [" 50 ", "5_0", "\u0665\u0660", "50\n", "\uff15\uff10", "inf", "1e999"])
+def test_it_exits_2_for_a_percentage_python_would_parse_but_a_person_would_not_write(
+    base_env, tracker_file, percentage
+):
+    record_batch_start(["scrape"], config=TrackerConfig(tracker_file=str(tracker_file)))
+    before = tracker_file.read_bytes()
+    result = cli(base_env, "stage", "scrape", percentage)
+    assert result.returncode == 2
+    assert len(cli_lines(result)) == 1 and repr(percentage) in result.stderr
+    assert tracker_file.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BATCH_COMPLETION_DEADLINE_HOUR", "\u0665"),  # Arabic-Indic five: int() takes it
+        ("BATCH_COMPLETION_DEADLINE_HOUR", "0_5"),
+        ("BATCH_COMPLETION_DEADLINE_HOUR", " 5 "),
+        ("BATCH_COMPLETION_DEADLINE_HOUR", "+5"),
+        ("BATCH_COMPLETION_DEADLINE_MINUTE", "\uff13\uff10"),  # full-width 30
+        ("BATCH_HISTORY_LIMIT", "1_000"),
+    ],
+)
+def test_it_accepts_only_ascii_digits_in_whole_number_settings(base_env, tracker_file, variable, value):
+    with pytest.raises(ConfigError) as raised:
+        TrackerConfig.from_env({variable: value})
+    assert f"{variable}={value!r}" in str(raised.value)
+    result = cli(dict(base_env, **{variable: value}), "start")
+    assert result.returncode == 2
+    assert len(cli_lines(result)) == 1 and f"{variable}={value!r}" in result.stderr
+    assert not tracker_file.exists()
+
+
+def test_it_still_reads_plain_numbers(api):
+    config = TrackerConfig.from_env({"BATCH_COMPLETION_DEADLINE_HOUR": "07", "BATCH_HISTORY_LIMIT": "30"})
+    assert (config.deadline_hour, config.history_limit) == (7, 30)
+    api.start()
+    assert [api.stage("s", raw)["percentage"] for raw in ("0", "42.5", ".5", "1e1", "100")] == [0, 42.5, 0.5, 10, 100]
+
+
+def test_it_exits_2_and_changes_nothing_when_start_names_the_running_batchs_id(base_env, tracker_file):
+    cli(base_env, "start", "--id", "night-1", check=True)
+    before = tracker_file.read_bytes()
+
+    again = cli(base_env, "start", "--id", "night-1")
+
+    assert again.returncode == 2
+    assert len(cli_lines(again)) == 1 and "'night-1' is already used" in again.stderr
+    assert tracker_file.read_bytes() == before
+    status = json.loads(cli(base_env, "status", "--json", check=True).stdout)
+    assert (status["id"], status["state"], status["history"]["count"]) == ("night-1", "running", 0)
+
+
+def test_it_never_reuses_an_id_from_history(base_env, tracker_file):
+    cli(base_env, "start", "--id", "night-1", check=True)
+    cli(base_env, "end", check=True)
+    cli(base_env, "start", "--id", "night-2", check=True)
+    history_file = tracker_file.with_name("batch_tracker.history.json")
+    before = (tracker_file.read_bytes(), history_file.read_bytes())
+
+    again = cli(base_env, "start", "--id", "night-1")
+
+    assert again.returncode == 2
+    assert "'night-1' is already used by a batch in history" in again.stderr
+    assert (tracker_file.read_bytes(), history_file.read_bytes()) == before
+    ids = [b["id"] for b in json.loads(cli(base_env, "history", "--json", check=True).stdout)]
+    assert ids == ["night-2", "night-1"]
+
+
+def test_it_says_what_is_wrong_when_resume_meets_a_running_batch_from_the_cli(base_env, tracker_file):
+    batch_id = cli(base_env, "start", check=True).stdout.strip()
+    before = tracker_file.read_bytes()
+    result = cli(base_env, "resume")
+    assert result.returncode == 2
+    assert cli_lines(result) == [f"batch_tracker: error: batch {batch_id} is already running; nothing to resume"]
+    assert tracker_file.read_bytes() == before
+
+
+HOSTILE_REASON = "exit 3\nMAINPID=1\r\x1b[2J\x1b]0;owned\x07 \u202egnp.exe\u2028done\t."
+
+
+def test_it_stores_a_failure_reason_as_one_printable_line(api):
+    api.start()
+    reason = api.fail("scrape", HOSTILE_REASON)["failure"]["reason"]
+    assert reason == batch_tracker.clean_text(HOSTILE_REASON)
+    assert reason.isprintable()
+    assert reason == "exit 3 MAINPID=1 \\x1b[2J\\x1b]0;owned\\x07 \\u202egnp.exe done ."
+
+
+def test_it_keeps_hook_text_off_the_terminal_in_status_check_and_history(base_env, tracker_file):
+    batch_id = cli(base_env, "start", "--stages", "scrape", check=True).stdout.strip()
+    cli(base_env, "fail", "--stage", "scrape", "--reason", HOSTILE_REASON, check=True)
+
+    outputs = [cli(base_env, *command) for command in (["status"], ["check"], ["history"], ["status", "--color"])]
+
+    for result in outputs:
+        assert result.returncode in (0, 1)
+        assert "\r" not in result.stdout and "\x07" not in result.stdout and "\u202e" not in result.stdout
+    status, check, history, coloured = (r.stdout for r in outputs)
+    for text in (status, check, history):
+        assert "\x1b" not in text
+    # The whole reason stays on the line it belongs to.
+    (failure_line,) = [line for line in status.splitlines() if line.startswith("failed at stage")]
+    assert failure_line.endswith("done .") and "MAINPID=1" in failure_line
+    assert check.count("\n") == 1 and batch_id in check and "MAINPID=1" in check
+    assert not any(
+        line.startswith("MAINPID") for text in (status, check, history, coloured) for line in text.splitlines()
+    )
+    # With --color only our own colour codes are escapes: none comes from the reason.
+    assert "\x1b[2J" not in coloured and "\x1b]0;" not in coloured
+
+
+def test_it_creates_the_state_directory_0750_and_files_0640_under_umask_000(base_env, tmp_path):
+    tracker = tmp_path / "fresh" / "state" / "batch_tracker.json"
+    env = dict(base_env, BATCH_TRACKER_FILE=str(tracker))
+    script = f'umask 000 && exec "{sys.executable}" -m utils.batch_tracker "$@"'
+    for args in (["start"], ["stage", "scrape", "50"], ["end"], ["start"]):
+        subprocess.run(["sh", "-c", script, "sh", *args], env=env, cwd=PROJECT_ROOT, check=True, capture_output=True)
+
+    for directory in (tmp_path / "fresh", tracker.parent):
+        assert os.stat(directory).st_mode & 0o777 == 0o750, directory
+    files = sorted(tracker.parent.iterdir())
+    assert {f.name for f in files} >= {"batch_tracker.json", "batch_tracker.json.lock", "batch_tracker.history.json"}
+    for path in files:
+        assert os.stat(path).st_mode & 0o027 == 0, f"{path.name}: {oct(os.stat(path).st_mode & 0o777)}"
+
+
+def test_it_keeps_a_hostile_reason_to_one_line_in_the_monitors_once_output(base_env, tmp_path):
+    cli(base_env, "start", "--stages", "scrape", check=True)
+    cli(base_env, "fail", "--stage", "scrape", "--reason", HOSTILE_REASON, check=True)
+    env = dict(base_env, BATCH_OUTBOX_DIR=str(tmp_path / "outbox"), METRICS_PORT="0")
+    monitor = os.path.join(PROJECT_ROOT, "bin", "batch_completion_monitor.py")
+
+    result = subprocess.run([sys.executable, monitor, "--once"], env=env, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.count("\n") == 1 and "MAINPID=1" in result.stdout
+    assert not any(ch in result.stdout for ch in "\x1b\r\x07\u202e\u2028")

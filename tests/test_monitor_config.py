@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -17,7 +19,8 @@ COMMON_MONITOR_VARIABLES = (
     "BATCH_HISTORY_LIMIT BATCH_EXPECTED_STAGES BATCH_NAME BATCH_PUSHGATEWAY_URL "
     "BATCH_COMPLETION_CHECK_INTERVAL_SECONDS BATCH_ALERT_REPEAT_SECONDS BATCH_AT_RISK_MARGIN_SECONDS "
     "BATCH_OUTBOX_DIR ALERT_EMAIL_TO ALERT_EMAIL_FROM SMTP_SERVER SMTP_PORT SMTP_SECURITY SMTP_USERNAME "
-    "SMTP_PASSWORD SMTP_PASSWORD_FILE SMTP_TIMEOUT_SECONDS METRICS_ADDR METRICS_PORT LOG_LEVEL"
+    "SMTP_PASSWORD SMTP_PASSWORD_FILE SMTP_TIMEOUT_SECONDS METRICS_ADDR METRICS_PORT LOG_LEVEL "
+    "BATCH_CLI_COMMAND BATCH_RUN_COMMAND BATCH_RESUME_COMMAND LOG_DIR STATUS_PAGE_URL ALERT_OUTPUT_TAIL_LINES"
 ).split()
 
 
@@ -188,3 +191,83 @@ def test_it_documents_every_variable_with_its_default():
     text = help_text()
     for name, default, _ in VARIABLES:
         assert name in text and f"[{default}]" in text
+
+
+# --------------------------------------------------------------------------- field trial (issue 10.11)
+
+MONITOR = os.path.join(PROJECT_ROOT, "bin", "batch_completion_monitor.py")
+
+ACCEPTED_ALTHOUGH_WRONG = [
+    ("SMTP_SERVER", ":::::"),
+    ("SMTP_SERVER", "999.1.1.1"),
+    ("SMTP_SERVER", "mail..example.com"),
+    ("SMTP_SERVER", "-mail.example.com"),
+    ("SMTP_SERVER", "m\u00e4il.example.com"),
+    ("METRICS_ADDR", "999.1.1.1"),
+    ("METRICS_ADDR", "127.0.0.256"),
+    ("METRICS_ADDR", ":::::"),
+    ("BATCH_COMPLETION_DEADLINE_HOUR", "\u0665"),  # Arabic-Indic five: int() takes it
+    ("BATCH_COMPLETION_DEADLINE_MINUTE", "3_0"),
+    ("METRICS_PORT", "\uff19\uff14\uff16\uff19"),  # full-width 9469
+    ("SMTP_PORT", " 25 "),
+    ("BATCH_COMPLETION_CHECK_INTERVAL_SECONDS", "6_0"),
+    ("SMTP_TIMEOUT_SECONDS", " 5 "),
+    ("SMTP_TIMEOUT_SECONDS", "5_0"),
+    ("SMTP_TIMEOUT_SECONDS", "\u0665"),
+    ("SMTP_TIMEOUT_SECONDS", "infinity"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value"), ACCEPTED_ALTHOUGH_WRONG)
+def test_it_refuses_values_python_parses_but_are_wrong(variable, value):
+    with pytest.raises(batch_tracker.ConfigError) as raised:
+        MonitorConfig.from_env({variable: value})
+    message = str(raised.value)
+    assert f"{variable}={value.strip()!r}" in message or f"{variable}={value!r}" in message
+    assert "\n" not in message
+
+
+def test_it_refuses_a_tracker_file_that_names_a_directory(tmp_path):
+    with pytest.raises(batch_tracker.ConfigError, match=r"BATCH_TRACKER_FILE=.* names a directory"):
+        MonitorConfig.from_env({"BATCH_TRACKER_FILE": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "stored"),
+    [
+        ("SMTP_SERVER", "smtp.example.com", "smtp.example.com"),
+        ("SMTP_SERVER", "mail-relay_1.internal.", "mail-relay_1.internal."),
+        ("SMTP_SERVER", "192.0.2.7", "192.0.2.7"),
+        ("SMTP_SERVER", "[2001:db8::1]", "2001:db8::1"),
+        ("SMTP_SERVER", "localhost", "localhost"),
+        ("METRICS_ADDR", "::", "::"),
+        ("METRICS_ADDR", "0.0.0.0", "0.0.0.0"),
+        ("METRICS_ADDR", "[::1]", "::1"),
+        ("METRICS_ADDR", "monitor.example.net", "monitor.example.net"),
+    ],
+)
+def test_it_accepts_real_host_names_and_addresses(variable, value, stored):
+    config = MonitorConfig.from_env({variable: value})
+    assert (config.smtp_server if variable == "SMTP_SERVER" else config.metrics_addr) == stored
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SMTP_SERVER", ":::::"),
+        ("METRICS_ADDR", "999.1.1.1"),
+        ("BATCH_COMPLETION_DEADLINE_HOUR", "\u0665"),
+        ("SMTP_TIMEOUT_SECONDS", "5_0"),
+        ("BATCH_TRACKER_FILE", "{tmp}"),
+    ],
+)
+def test_it_makes_the_monitor_exit_2_with_one_line_naming_the_value(base_env, tmp_path, variable, value):
+    value = value.format(tmp=tmp_path)
+    env = dict(base_env, BATCH_OUTBOX_DIR=str(tmp_path / "outbox"), METRICS_PORT="0", **{variable: value})
+    result = subprocess.run(
+        [sys.executable, MONITOR, "--once"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{variable}={value!r}" in lines[0], lines
+    assert not (tmp_path / "outbox").exists()

@@ -100,3 +100,52 @@ def test_it_returns_false_instead_of_raising_when_the_socket_is_gone(tmp_path):
 def test_it_derives_the_watchdog_interval_for_this_process_only(environ, expected):
     notifier = SystemdNotifier({"NOTIFY_SOCKET": "/run/systemd/notify", **environ})
     assert notifier.watchdog_interval_seconds == expected
+
+
+# --------------------------------------------------------------------------- hostile text (issue 10.10)
+
+HOSTILE = "batch b1 failed: x\nMAINPID=1\r\nWATCHDOG=trigger\0\x1b[2J\u2028READY=1"
+
+
+def assignment_lines(datagram: bytes) -> list[tuple[str, str]]:
+    return [tuple(line.split("=", 1)) for line in datagram.decode().split("\n")]
+
+
+def test_it_sends_one_status_assignment_whatever_the_text(notify_socket):
+    path, sock = notify_socket
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": path})
+
+    assert notifier.status(HOSTILE) is True
+    assert notifier.ready(HOSTILE) is True
+
+    status = assignment_lines(sock.recv(4096))
+    ready = assignment_lines(sock.recv(4096))
+    assert [key for key, _ in status] == ["STATUS"]
+    assert [key for key, _ in ready] == ["READY", "STATUS"]
+    for _, value in status + ready:
+        assert value.isprintable()
+    assert "MAINPID=1" in status[0][1]  # kept as text inside the one value
+
+
+def test_it_refuses_to_send_a_message_that_is_not_all_assignments(notify_socket):
+    path, sock = notify_socket
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": path})
+
+    for bad in ["STATUS=a\nnot an assignment", "STATUS=a\n", "status=lower", "STATUS=\x1b[2J", "=1", "READY"]:
+        assert notifier.notify(bad) is False, bad
+    assert notifier.notify("READY=1\nSTATUS=fine") is True
+    assert sock.recv(4096) == b"READY=1\nSTATUS=fine"  # nothing refused got through before it
+
+
+def test_it_caps_the_status_length(notify_socket):
+    path, sock = notify_socket
+    assert SystemdNotifier({"NOTIFY_SOCKET": path}).status("x" * 10_000) is True
+    assert len(sock.recv(65536)) == len("STATUS=") + 1000
+
+
+@pytest.mark.parametrize("value", ["\u0662000000", "2_000_000"])
+def test_it_ignores_a_watchdog_interval_not_in_ascii_digits(value):
+    assert (
+        SystemdNotifier({"NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": value}).watchdog_interval_seconds
+        is None
+    )

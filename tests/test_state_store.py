@@ -392,3 +392,51 @@ def test_it_loses_no_update_when_processes_write_different_stages_at_once(tracke
     expected = {f"w{w}-{i}": float(i + 1) for w in range(WRITERS) for i in range(UPDATES)}
     assert {name: detail["percentage"] for name, detail in stages.items()} == expected
     assert temp_files(os.path.dirname(tracker.path)) == []
+
+
+# --------------------------------------------------------------------------- field trial (issue 10)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_it_refuses_to_write_nan_or_infinity_and_leaves_the_file_untouched(tmp_path, bad):
+    path = str(tmp_path / "state.json")
+    write_json_atomically(path, {"gpu_cost_dollars": 1.0})
+    with open(path, "rb") as handle:
+        before = handle.read()
+
+    with pytest.raises(state_store.UnwritableValueError) as refused:
+        write_json_atomically(path, {"current": {"gpu_cost_dollars": bad}})
+
+    assert isinstance(refused.value, StorageError)
+    assert path in str(refused.value) and "NaN or Infinity" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    with open(path, "rb") as handle:
+        assert handle.read() == before
+    assert temp_files(tmp_path) == []
+
+
+def test_it_creates_missing_directories_0750_whatever_the_umask(tmp_path):
+    target = tmp_path / "a" / "b" / "c"
+    previous = os.umask(0)
+    try:
+        state_store.ensure_directory(str(target))
+        state_store.ensure_directory(str(target))  # already there: no error
+        JsonStateStore(str(tmp_path / "x" / "y" / "state.json")).update(lambda document: {"ok": True})
+    finally:
+        os.umask(previous)
+    for directory in (tmp_path / "a", tmp_path / "a" / "b", target, tmp_path / "x", tmp_path / "x" / "y"):
+        assert os.stat(directory).st_mode & 0o777 == 0o750, directory
+    for name in ("state.json", "state.json.lock"):
+        assert os.stat(tmp_path / "x" / "y" / name).st_mode & 0o777 == 0o640, name
+
+
+def test_it_leaves_an_existing_directory_mode_alone_and_refuses_a_file_in_the_way(tmp_path):
+    existing = tmp_path / "shared"
+    existing.mkdir(mode=0o755)
+    os.chmod(existing, 0o755)
+    state_store.ensure_directory(str(existing / "sub"))
+    assert os.stat(existing).st_mode & 0o777 == 0o755
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError):
+        state_store.ensure_directory(str(blocker / "sub"))

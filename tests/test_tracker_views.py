@@ -106,8 +106,9 @@ def test_it_renders_an_unreadable_tracker_and_an_empty_one(tracker_config, track
 def test_it_renders_history_rows_or_says_there_is_none():
     assert tracker_views.render_history([]) == "no batches recorded\n"
     row = {"id": "b1", "state": "completed", "started_at": "2026-06-01T05:00:00+00:00"}
-    text = tracker_views.render_history([dict(row, duration_seconds=7200, on_time=True)])
+    text = tracker_views.render_history([dict(row, duration_seconds=7200, on_time=True)], zone="America/New_York")
     assert "b1" in text and "completed" in text and "2 h 00 min" in text and "on time" in text
+    assert "2026-06-01 01:00 EDT" in text and "+00:00" not in text
     late = tracker_views.render_history([dict(row, duration_seconds=None, on_time=False)])
     assert "LATE" in late
 
@@ -195,3 +196,89 @@ def test_it_shows_a_corrupt_file_in_status_without_touching_it(base_env, tracker
     check = cli(base_env, "check")
     assert check.returncode == 1 and "tracker file unreadable" in check.stdout
     assert tracker_file.read_bytes() == b'{"schema_version": 1, "current": ['
+
+
+# --------------------------------------------------------------------------- field trial (issues 10.10, 11.11)
+
+ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d|[+-]\d\d:\d\d\b|\bUTC\b")
+HUMAN_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d (EST|EDT)\b")
+
+
+def test_it_shows_every_human_time_in_the_deadline_zone_with_its_abbreviation(tracker, tracker_file, clock):
+    # 1_700_000_000 is 2023-11-14 22:13:20 UTC, 17:13 in New York (EST).
+    tracker_file.parent.mkdir(parents=True)
+    tracker_file.write_text("garbage")  # so the "moved aside" note, with its time, is shown too
+    tracker.start(batch_id="b1")
+    tracker.end()
+    clock.advance(3600)
+    tracker.start(batch_id="b2")
+    tracker.stage("scrape", 40)
+    text = tracker_views.render_status(get_batch_status(config=tracker.config, clock=clock))
+
+    assert "started 2023-11-14 18:13 EST  elapsed 0 s" in text
+    assert "deadline 2023-11-15 05:00 EST, in 10 h 46 min" in text
+    assert "at 2023-11-14 17:13 EST" in text  # the repaired-file note
+    scrape = next(line for line in text.splitlines() if " scrape " in line)
+    assert scrape.endswith("2023-11-14 18:13 EST")
+    b1 = next(line for line in text.splitlines() if line.strip().startswith("b1"))
+    assert "2023-11-14 17:13 EST" in b1
+    assert not ISO_TIME.search(text), text
+
+    idle = TrackerConfig(tracker_file=str(tracker_file.with_name("other.json")), timezone="Europe/Berlin")
+    assert "next deadline: 2023-11-15 05:00 CET" in tracker_views.render_status(
+        get_batch_status(config=idle, clock=clock)
+    )
+
+
+def test_it_prints_local_times_in_the_cli_and_keeps_utc_iso_in_json(base_env, tracker_file):
+    tracker = BatchTracker(TrackerConfig(tracker_file=str(tracker_file)))
+    tracker.start(["scrape"], batch_id="b1")
+    tracker.stage("scrape", 100)
+    tracker.end()
+    tracker.start(["scrape"], batch_id="b2")
+
+    status, history, check = (cli(base_env, command).stdout for command in ("status", "history", "check"))
+
+    for text in (status, history, check):
+        assert not ISO_TIME.search(text), text
+        assert HUMAN_TIME.search(text), text
+    assert "started (UTC)" not in history
+    listed = json.loads(cli(base_env, "history", "--json").stdout)
+    assert all(b["started_at"].endswith("+00:00") and "T" in b["started_at"] for b in listed)
+    assert json.loads(cli(base_env, "status", "--json").stdout)["started_at"].endswith("+00:00")
+
+
+def test_it_escapes_control_characters_it_finds_in_the_state_file(base_env, tracker_file):
+    # A file written by an older release (or by hand) can hold raw control characters.
+    tracker = BatchTracker(TrackerConfig(tracker_file=str(tracker_file)))
+    tracker.start(["scrape"], batch_id="b1")
+    tracker.fail("scrape", "placeholder")
+    document = json.loads(tracker_file.read_text())
+    raw_reason = "exit 3\nMAINPID=1\r\x1b[2J\x1b]0;owned\x07"
+    document["current"]["id"] = "b1\x1b[31m"
+    document["current"]["failure"]["reason"] = raw_reason
+    document["current"]["failures"][-1]["reason"] = raw_reason
+    tracker_file.write_text(json.dumps(document))
+
+    for command in ("status", "check", "history"):
+        result = cli(base_env, command)
+        assert result.returncode in (0, 1), result.stderr
+        assert not any(ch in result.stdout for ch in "\x1b\r\x07"), (command, result.stdout)
+        assert not any(line.startswith("MAINPID") for line in result.stdout.splitlines()), command
+    status = cli(base_env, "status").stdout
+    assert "failed at stage scrape: exit 3\\x0aMAINPID=1\\x0d\\x1b[2J\\x1b]0;owned\\x07" in status
+    assert "batch b1\\x1b[31m  state failed" in status
+    assert json.loads(cli(base_env, "status", "--json").stdout)["failure"]["reason"] == raw_reason  # JSON escapes
+
+
+def test_it_escapes_what_a_terminal_would_act_on_and_nothing_else():
+    assert tracker_views.terminal_safe("plain text, caf\u00e9 \u2713") == "plain text, caf\u00e9 \u2713"
+    assert tracker_views.terminal_safe("a\nb\r\x1b[2J\u202e\x00") == "a\\x0ab\\x0d\\x1b[2J\\u202e\\x00"
+    assert tracker_views.terminal_safe(None) == ""
+
+
+@pytest.mark.parametrize("limit", ["\u0665", " 5", "5_0", "+5"])
+def test_it_refuses_a_history_limit_not_in_ascii_digits(base_env, limit):
+    result = cli(base_env, "history", "--limit", limit)
+    assert result.returncode == 2
+    assert repr(limit) in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -48,6 +48,10 @@ NAME_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxy
 NAME_RULE = "use 1-64 of A-Z a-z 0-9 _ . -"
 BATCH_STATES = ("running", "completed", "failed", "abandoned")
 MAX_REASON_LENGTH = 2000
+# The failed stage's last output lines kept with a failure record (fail --output-file): bounded so a
+# chatty stage cannot bloat the state file every hook rewrites.
+MAX_OUTPUT_TAIL_LINES = 100
+MAX_OUTPUT_TAIL_BYTES = 8192
 MAX_STORAGE_EVENTS = 20
 RECENT_HISTORY_SIZE = 7
 
@@ -154,6 +158,12 @@ class TrackerConfig:
         """Build the config from environment variables; raise :class:`ConfigError` naming a bad one."""
         env = os.environ if environ is None else environ
         tracker_file = env.get("BATCH_TRACKER_FILE", "").strip() or DEFAULT_TRACKER_FILE
+        tracker_path = os.path.join(PROJECT_ROOT, os.path.expanduser(tracker_file))
+        if "\0" in tracker_file or tracker_file.endswith(os.sep) or os.path.isdir(tracker_path):
+            raise ConfigError(
+                f"BATCH_TRACKER_FILE={_shorten(tracker_file, 300)!r} names a directory (allowed: a file path, "
+                "e.g. data/batch_tracker.json)"
+            )
         stages_raw = env.get("BATCH_EXPECTED_STAGES", "").strip()
         expected = tuple(name.strip() for name in stages_raw.split(",") if name.strip())
         for name in expected:
@@ -166,7 +176,7 @@ class TrackerConfig:
         if not is_valid_name(batch_name):
             raise ConfigError(f"BATCH_NAME={batch_name!r} is not allowed ({NAME_RULE})")
         return cls(
-            tracker_file=os.path.join(PROJECT_ROOT, os.path.expanduser(tracker_file)),
+            tracker_file=tracker_path,
             deadline_hour=_int_setting(env, "BATCH_COMPLETION_DEADLINE_HOUR", 5, 0, 23),
             deadline_minute=_int_setting(env, "BATCH_COMPLETION_DEADLINE_MINUTE", 0, 0, 59),
             timezone=env.get("BATCH_COMPLETION_TIMEZONE", "").strip() or "America/New_York",
@@ -197,14 +207,34 @@ def _looks_like_http_url(url: str) -> bool:
     return sep == "://" and scheme in ("http", "https") and bool(host) and not any(c.isspace() for c in url)
 
 
+def is_plain_whole_number(text: str) -> bool:
+    """True for ASCII digits only: no sign, underscore, whitespace or other scripts' digits.
+
+    ``int()`` also accepts ``" 5 "``, ``"5_0"`` and ``"\\u0665"`` (Arabic-Indic five); settings and
+    command-line numbers must look like what a person reading them takes them for.
+    """
+    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
+
+
+def is_plain_decimal(text: str) -> bool:
+    """True when ``text`` spells a decimal number in ASCII (``12``, ``-0.5``, ``1e3``).
+
+    Refuses what ``float()`` would otherwise accept: surrounding whitespace, underscores,
+    other scripts' digits, ``inf``/``nan``. ``float()`` then checks the syntax itself.
+    """
+    return 0 < len(text) <= 400 and _DECIMAL_CHARACTERS.issuperset(text) and any(c.isdigit() for c in text)
+
+
+_DECIMAL_CHARACTERS = frozenset("0123456789.eE+-")
+
+
 def _int_setting(env: dict, name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
+    raw = env.get(name, "")
+    if not raw.strip():
         return default
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number (allowed: {low}-{high})") from None
+    if not is_plain_whole_number(raw):
+        raise ConfigError(f"{name}={raw!r} is not a whole number in ASCII digits (allowed: {low}-{high})")
+    value = int(raw, 10)
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is out of range (allowed: {low}-{high})")
     return value
@@ -231,6 +261,10 @@ def validate_percentage(percentage: object) -> float:
 def _finite_number(raw: object, what: str) -> float:
     if isinstance(raw, bool):
         raise InvalidInputError(f"{what} {raw!r} is not a number")
+    if isinstance(raw, str) and not is_plain_decimal(raw):
+        raise InvalidInputError(
+            f"{what} {_shorten(raw)!r} is not a number (allowed: ASCII digits like 42 or 0.5, no spaces or _)"
+        )
     try:
         value = float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
@@ -253,9 +287,59 @@ def _shorten(value: object, limit: int = 80) -> object:
     return value
 
 
-def _clean_reason(reason: object) -> str:
-    text = "" if reason is None else str(reason)
-    return text[:MAX_REASON_LENGTH]
+def clean_text(value: object, limit: int = MAX_REASON_LENGTH) -> str:
+    """The one rule for free text that hooks hand in (failure reasons), applied where it enters.
+
+    Line breaks and tabs (including U+2028/U+2029/U+0085) become one space each, every other
+    character that is not printable (ESC, other controls, bidi overrides, unassigned) becomes
+    a visible escape such as ``\\x1b``; the result is stripped and cut to ``limit`` characters.
+    So stored text is one printable line: it cannot add a line to systemd's notify message,
+    a log line or a mail header, nor drive a terminal.
+    """
+    text = "" if value is None else str(value)
+    out = []
+    for char in text[: limit * 2]:
+        if char.isprintable():
+            out.append(char)
+        elif char in _LINE_SPACES:
+            out.append(" ")
+        else:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out).strip()[:limit]
+
+
+_LINE_SPACES = frozenset("\t\n\v\f\r\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def clean_output_tail(output: str | bytes | None) -> str | None:
+    """The last lines of a stage's output, bounded and safe to store and show; None when empty.
+
+    Bytes are decoded as UTF-8 (undecodable bytes replaced). ANSI escape sequences are
+    removed, tabs become spaces, every other control character (CR included) is dropped:
+    only newlines separate lines. At most :data:`MAX_OUTPUT_TAIL_LINES` lines and
+    :data:`MAX_OUTPUT_TAIL_BYTES` bytes (UTF-8) are kept, the last ones.
+    """
+    if output is None:
+        return None
+    if isinstance(output, bytes):
+        output = output[-8 * MAX_OUTPUT_TAIL_BYTES :].decode("utf-8", errors="replace")
+    import re  # not at import time: only a failing stage needs it
+
+    text = re.sub(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])", "", str(output))
+    text = text.replace("\t", " ")
+    lines = ["".join(ch for ch in line if ch.isprintable()).rstrip() for line in text.split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    lines = lines[-MAX_OUTPUT_TAIL_LINES:]
+    while lines and len("\n".join(lines).encode()) > MAX_OUTPUT_TAIL_BYTES:
+        if len(lines) == 1:  # one huge line: keep its end, cut at a character boundary
+            lines[0] = lines[0].encode()[-MAX_OUTPUT_TAIL_BYTES:].decode("utf-8", errors="ignore")
+            break
+        lines.pop(0)
+    while lines and not lines[0]:
+        lines.pop(0)
+    return "\n".join(lines) or None
 
 
 # --------------------------------------------------------------------------- storage shape
@@ -289,7 +373,7 @@ def _check_batch_shape(batch: object) -> None:
         raise CorruptStateError("batch record lacks a valid id or state")
     if not _is_number(batch.get("started_at")):
         raise CorruptStateError(f"batch {batch['id']!r} has no valid started_at")
-    for key in ("ended_at", "cost_per_lead", "duration_seconds"):
+    for key in ("ended_at", "cost_per_lead", "duration_seconds", "deadline_at"):
         if batch.get(key) is not None and not _is_number(batch[key]):
             raise CorruptStateError(f"batch {batch['id']!r} has an invalid {key}")
     if not _is_number(batch.get("gpu_cost_dollars", 0)):
@@ -403,12 +487,16 @@ class BatchTracker:
             raise InvalidInputError(f"batch id {_shorten(batch_id)!r} is not allowed ({NAME_RULE})")
         now = self.clock()
         new_id = batch_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + os.urandom(3).hex()
+        daily = self.config.deadline()  # the batch's deadline is fixed now, with today's settings
         with self.store.locked():
             # Once a night is often enough to sweep what killed writers left behind.
             remove_stale_temp_files(self.store.path)
             remove_stale_temp_files(self.history_store.path)
             document = self._read_for_update(now)
             previous = document.get("current")
+            if batch_id is not None:
+                self._refuse_used_id(batch_id, previous)
+            due = daily.for_new_batch(now, previous["started_at"] if previous is not None else None)
             if previous is not None:
                 if previous["state"] == "running":
                     previous["state"] = "abandoned"
@@ -436,6 +524,10 @@ class BatchTracker:
                 "cost_per_lead": None,
                 "gpu_cost_dollars": 0.0,
                 "host": os.uname().nodename,
+                # Every reader judges the batch by these, whatever its own settings say.
+                "deadline_at": due,
+                "deadline_timezone": self.config.timezone,
+                "deadline_time": f"{self.config.deadline_hour:02d}:{self.config.deadline_minute:02d}",
             }
             self.store.write(document)
         return new_id
@@ -468,13 +560,20 @@ class BatchTracker:
 
         return self._update_running(apply, "end the batch")
 
-    def fail(self, stage: str | None = None, reason: str = "") -> dict:
-        """Mark the running batch failed at ``stage`` with ``reason``; return it."""
+    def fail(self, stage: str | None = None, reason: str = "", output_tail: str | bytes | None = None) -> dict:
+        """Mark the running batch failed at ``stage`` with ``reason``; return it.
+
+        ``output_tail``: the failed stage's last output; stored (as ``output_tail`` in the
+        failure record) after :func:`clean_output_tail` bounds and sanitises it.
+        """
         failed_stage = validate_stage_name(stage) if stage is not None else None
-        text = _clean_reason(reason)
+        text = clean_text(reason)
+        tail = clean_output_tail(output_tail)
 
         def apply(batch: dict, now: float) -> dict:
             failure = {"stage": failed_stage, "reason": text, "at": now}
+            if tail is not None:
+                failure["output_tail"] = tail
             batch["state"] = "failed"
             batch["ended_at"] = now
             batch["duration_seconds"] = now - batch["started_at"]
@@ -490,6 +589,8 @@ class BatchTracker:
         with self.store.locked():
             document = self._read_for_update(now)
             batch = document.get("current")
+            if batch is not None and batch["state"] == "running":
+                raise BatchStateError(f"batch {batch['id']} is already running; nothing to resume")
             if batch is None or batch["state"] != "failed":
                 raise BatchStateError(
                     f"cannot resume: {self._describe_current(batch)}; only a failed batch can be resumed"
@@ -515,10 +616,18 @@ class BatchTracker:
             batch = document.get("current")
             if batch is None:
                 raise BatchStateError("cannot record a cost: no batch has been started")
+            total = None if gpu is None else batch.get("gpu_cost_dollars", 0.0) + gpu
+            if total is not None and not math.isfinite(total):
+                # Each value was finite, but their sum is not: JSON cannot hold it, and a reader
+                # would take the tracker file for corrupt and move the running batch aside.
+                raise InvalidInputError(
+                    f"GPU dollars {_shorten(gpu_cost_dollars)!r} would make the batch's GPU spend "
+                    f"{total} (allowed: a total below {sys.float_info.max:.3g})"
+                )
             if per_lead is not None:
                 batch["cost_per_lead"] = per_lead
-            if gpu is not None:
-                batch["gpu_cost_dollars"] = batch.get("gpu_cost_dollars", 0.0) + gpu
+            if total is not None:
+                batch["gpu_cost_dollars"] = total
             batch["updated_at"] = now
             self.store.write(document)
             return batch
@@ -535,11 +644,33 @@ class BatchTracker:
             self.store.write(document)
             return result
 
+    def _refuse_used_id(self, batch_id: str, current: dict | None) -> None:
+        """Raise InvalidInputError when ``batch_id`` names the current batch or one in history.
+
+        Ids are never reused: a second record under one id would make alerts, history and
+        metrics mix two batches. Caller holds the lock; nothing has been changed yet.
+        """
+        if current is not None and current["id"] == batch_id:
+            raise InvalidInputError(
+                f"batch id {batch_id!r} is already used by the current batch ({current['state']}); "
+                "ids are never reused (omit --id for a fresh one)"
+            )
+        try:
+            history = self.history_store.read()
+            batches = _check_document(history, "history")["batches"] if history is not None else []
+        except CorruptStateError:
+            batches = []  # _archive moves it aside; its ids cannot be known
+        if any(batch["id"] == batch_id for batch in batches):
+            raise InvalidInputError(
+                f"batch id {batch_id!r} is already used by a batch in history; ids are never reused "
+                "(omit --id for a fresh one)"
+            )
+
     @staticmethod
     def _describe_current(batch: dict | None) -> str:
         if batch is None:
             return "no batch has been started"
-        return f"no batch is running (the last batch {batch['id']} is {batch['state']})"
+        return f"batch {batch['id']} is {batch['state']}, not running"
 
     def _read_for_update(self, now: float) -> dict:
         """Read the tracker file under the lock, repairing a corrupt one. Caller holds the lock."""
@@ -681,7 +812,9 @@ commands:
   start [--stages a,b,c] [--id ID]   start a batch, print its id
   stage NAME PERCENT                 record a stage's completion (0-100)
   end                                mark the running batch completed
-  fail [--stage S] [--reason R]      mark the running batch failed
+  fail [--stage S] [--reason R] [--output-file PATH]
+                                     mark the running batch failed; PATH (- for stdin) holds the
+                                     failed stage's output, whose last lines are kept
   resume                             put a failed batch back to running
   cost [--per-lead X] [--gpu-dollars Y]
   status [--json]                    show the current batch
@@ -765,9 +898,10 @@ def _run_command(argv: list[str], environ: dict, out) -> int:
         tracker.end()
         _push(config, tracker, "end")
     elif command == "fail":
-        positionals, options = _take_options(args, {"--stage": True, "--reason": True})
+        positionals, options = _take_options(args, {"--stage": True, "--reason": True, "--output-file": True})
         _expect_positionals(positionals, [], command)
-        tracker.fail(options.get("--stage"), str(options.get("--reason", "")))  # type: ignore[arg-type]
+        output = _read_output_tail(options.get("--output-file"))  # type: ignore[arg-type]
+        tracker.fail(options.get("--stage"), str(options.get("--reason", "")), output)  # type: ignore[arg-type]
         _push(config, tracker, "fail")
     elif command == "resume":
         _expect_positionals(_take_options(args, {})[0], [], command)
@@ -788,6 +922,32 @@ def _run_command(argv: list[str], environ: dict, out) -> int:
             f"unknown command {_shorten(command)!r} (allowed: start, stage, end, fail, resume, cost, status, history, check)"
         )
     return EXIT_OK
+
+
+def _read_output_tail(path: str | None) -> bytes | None:
+    """The end of ``path`` (``-``: stdin), enough for :func:`clean_output_tail`.
+
+    An unreadable file is a warning, not an error: the failure itself must still be recorded.
+    """
+    if path is None:
+        return None
+    limit = 8 * MAX_OUTPUT_TAIL_BYTES
+    try:
+        if path == "-":
+            data = b""
+            while chunk := sys.stdin.buffer.read(65536):
+                data = (data + chunk)[-limit:]
+            return data
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - limit))
+            return handle.read()
+    except OSError as exc:
+        sys.stderr.write(
+            f"batch_tracker: warning: --output-file {_shorten(path)!r} cannot be read ({exc.strerror}); "
+            "recording the failure without the output\n"
+        )
+        return None
 
 
 def _push(config: TrackerConfig, tracker: BatchTracker, event: str) -> None:

@@ -15,6 +15,10 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+from email import errors
+from email import policy as email_policy
+from email.headerregistry import Address
+from email.utils import parseaddr
 
 from utils import batch_tracker
 from utils.batch_tracker import PROJECT_ROOT, TrackerConfig, sibling_file
@@ -39,8 +43,14 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("BATCH_ALERT_REPEAT_SECONDS", "0", "reminder interval while an incident stays open; 0 = no reminders"),
     ("BATCH_AT_RISK_MARGIN_SECONDS", "1800", "early warning when the projected finish passes the deadline by this"),
     ("BATCH_OUTBOX_DIR", "data/outbox", "persistent outbox of alert e-mails (relative paths: from the project root)"),
-    ("ALERT_EMAIL_TO", "alerts@anthrasite.com", "comma-separated recipients"),
-    ("ALERT_EMAIL_FROM", "leadfactory@anthrasite.com", "sender address (its domain also names Message-IDs)"),
+    ("ALERT_EMAIL_TO", "alerts@anthrasite.com", "comma-separated recipients, each user@domain or Name <user@domain>"),
+    ("ALERT_EMAIL_FROM", "leadfactory@anthrasite.com", "sender, user@domain or Name <user@domain>; names Message-IDs"),
+    ("BATCH_CLI_COMMAND", "bin/batch_tracker (in the project root)", "tracker CLI named in the e-mails"),
+    ("BATCH_RUN_COMMAND", "bin/run_nightly.sh (in the project root)", "command the e-mails give to start a batch"),
+    ("BATCH_RESUME_COMMAND", "bin/run_nightly.sh --resume (in the project root)", "command to resume a failed batch"),
+    ("LOG_DIR", "logs", "directory of the nightly logs (nightly_YYYYMMDD.log), named in the e-mails"),
+    ("STATUS_PAGE_URL", "(unset)", "public http(s) URL of the status page, linked from the e-mails"),
+    ("ALERT_OUTPUT_TAIL_LINES", "20", "last lines of the failed stage's output in a failure e-mail, 0-100"),
     ("SMTP_SERVER", "(unset)", "SMTP host; unset = write alerts as .eml files into BATCH_OUTBOX_DIR"),
     ("SMTP_PORT", "587 starttls / 465 ssl / 25 plain", "SMTP port"),
     ("SMTP_SECURITY", "starttls", "starttls | ssl (implicit TLS) | plain"),
@@ -105,6 +115,13 @@ class MonitorConfig:
     metrics_addr: str = "127.0.0.1"
     metrics_port: int = 9469
     log_level: str = "INFO"
+    cli_command: str = os.path.join(PROJECT_ROOT, "bin", "batch_tracker")
+    run_command: str = os.path.join(PROJECT_ROOT, "bin", "run_nightly.sh")
+    resume_command: str = os.path.join(PROJECT_ROOT, "bin", "run_nightly.sh") + " --resume"
+    log_dir: str = os.path.join(PROJECT_ROOT, "logs")
+    status_page_url: str | None = None
+    output_tail_lines: int = 20
+    under_systemd: bool = False  # started by systemd (INVOCATION_ID set): its log is in the journal
 
     @property
     def tracker_file(self) -> str:
@@ -121,7 +138,7 @@ class MonitorConfig:
 
     @property
     def sender_domain(self) -> str:
-        return self.email_from.rsplit("@", 1)[1]
+        return parseaddr(self.email_from)[1].rsplit("@", 1)[1]
 
     def describe_smtp(self) -> str:
         """Where alerts go, for logs (never includes the password)."""
@@ -158,6 +175,13 @@ class MonitorConfig:
             metrics_addr=_metrics_addr(env),
             metrics_port=_int(env, "METRICS_PORT", 9469, 0, 65_535),
             log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
+            cli_command=_optional_text(env, "BATCH_CLI_COMMAND") or cls.cli_command,
+            run_command=_optional_text(env, "BATCH_RUN_COMMAND") or cls.run_command,
+            resume_command=_optional_text(env, "BATCH_RESUME_COMMAND") or cls.resume_command,
+            log_dir=_path(env, "LOG_DIR", "logs"),
+            status_page_url=_http_url(env, "STATUS_PAGE_URL"),
+            output_tail_lines=_int(env, "ALERT_OUTPUT_TAIL_LINES", 20, 0, 100),
+            under_systemd=bool(_raw(env, "INVOCATION_ID")),
         )
 
 
@@ -182,23 +206,25 @@ def _shown(raw: str, limit: int = 60) -> str:
 
 
 def _int(env: dict, name: str, default: int, low: int, high: int) -> int:
-    raw = _raw(env, name)
-    if not raw:
+    raw = str(env.get(name, ""))
+    if not raw.strip():
         return default
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        raise ConfigError(f"{name}={_shown(raw)} is not a whole number (allowed: {low}-{high})") from None
+    # ASCII digits only: int() would also take " 5 ", "5_0" and other scripts' digits.
+    if not batch_tracker.is_plain_whole_number(raw):
+        raise ConfigError(f"{name}={_shown(raw)} is not a whole number in ASCII digits (allowed: {low}-{high})")
+    value = int(raw, 10)
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is out of range (allowed: {low}-{high})")
     return value
 
 
 def _float(env: dict, name: str, default: float, low: float, high: float) -> float:
-    raw = _raw(env, name)
-    if not raw:
+    raw = str(env.get(name, ""))
+    if not raw.strip():
         return default
     try:
+        if not batch_tracker.is_plain_decimal(raw):
+            raise ValueError(raw)  # float() would also take " 5 ", "5_0", "inf" and other scripts' digits
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={_shown(raw)} is not a number (allowed: {low:g}-{high:g})") from None
@@ -244,43 +270,82 @@ def is_plausible_address(address: str) -> bool:
 
 
 def _addresses(env: dict, name: str, default: str, *, single: bool = False) -> list[str]:
+    """Addresses as ``user@domain`` or ``Name <user@domain>`` (display names kept, quoted as needed)."""
     raw = str(env.get(name, ""))
     if any(ch in raw for ch in "\r\n\0"):
         raise ConfigError(f"{name} contains a line break (allowed: {'an address' if single else 'addresses'})")
     raw = raw.strip() or default
-    addresses = [part.strip() for part in raw.split(",") if part.strip()]
+    allowed = "user@domain or Name <user@domain>" + ("" if single else ", comma-separated")
+    header = email_policy.default.header_factory("To", raw)
+    bad = next((d for d in header.defects if not isinstance(d, errors.ObsoleteHeaderDefect)), None)
+    addresses = [a for a in header.addresses if a.addr_spec]
     if single and len(addresses) != 1:
         raise ConfigError(f"{name}={_shown(raw)} must be exactly one address (like ops@example.com)")
     if not addresses:
-        raise ConfigError(f"{name}={_shown(raw)} names no address (allowed: comma-separated user@domain)")
+        raise ConfigError(f"{name}={_shown(raw)} names no address (allowed: {allowed})")
     for address in addresses:
-        if not is_plausible_address(address):
-            raise ConfigError(
-                f"{name}: {_shown(address)} is not an e-mail address (allowed: user@domain, comma-separated)"
-            )
-    return list(dict.fromkeys(addresses))  # drop repeats, keep order
+        if not is_plausible_address(address.addr_spec) or not address.display_name.isprintable():
+            raise ConfigError(f"{name}: {_shown(str(address))} is not an e-mail address (allowed: {allowed})")
+    if bad is not None:
+        raise ConfigError(f"{name}={_shown(raw)} is not a valid address list ({bad}; allowed: {allowed})")
+    unique = {a.addr_spec.lower(): a for a in reversed(addresses)}  # drop repeats, keep the first
+    return [
+        str(Address(a.display_name, addr_spec=a.addr_spec)) if a.display_name else a.addr_spec
+        for a in addresses
+        if unique[a.addr_spec.lower()] is a
+    ]
+
+
+def _http_url(env: dict, name: str) -> str | None:
+    raw = _raw(env, name)
+    if not raw:
+        return None
+    scheme, sep, rest = raw.partition("://")
+    host = rest.split("/", 1)[0]
+    if sep != "://" or scheme.lower() not in ("http", "https") or not host or not raw.isprintable() or " " in raw:
+        raise ConfigError(f"{name}={_shown(raw)} is not an http:// or https:// URL")
+    return raw
+
+
+def host_or_address(raw: str) -> str | None:
+    """``raw`` as a host name or IP address (``[v6]`` brackets removed), or None when it is neither.
+
+    An IP address must parse as one (``999.1.1.1`` and ``:::::`` do not); a host name is
+    dot-separated ASCII labels of letters, digits, ``-`` (and ``_``), 1-63 each, 253 in all,
+    with a last label that is not all digits (else it is a mistyped IPv4 address).
+    """
+    candidate = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        pass
+    if candidate is not raw or not candidate.isascii() or len(candidate) > 253:
+        return None
+    labels = candidate[:-1].split(".") if candidate.endswith(".") else candidate.split(".")
+    for label in labels:
+        if not 0 < len(label) <= 63 or label[0] == "-" or label[-1] == "-":
+            return None
+        if not all(ch.isalnum() or ch in "-_" for ch in label):
+            return None
+    if labels[-1].isdigit():
+        return None
+    return candidate
 
 
 def _host(env: dict, name: str) -> str | None:
     raw = _raw(env, name)
     if not raw:
         return None
-    if not all(ch.isalnum() or ch in ".-_:[]" for ch in raw) or len(raw) > 253:
-        raise ConfigError(f"{name}={_shown(raw)} is not a host name or IP address")
-    return raw.strip("[]")
+    host = host_or_address(raw)
+    if host is None:
+        raise ConfigError(f"{name}={_shown(raw)} is not a host name or IP address (e.g. smtp.example.com, 192.0.2.7)")
+    return host
 
 
 def _metrics_addr(env: dict) -> str:
     raw = _raw(env, "METRICS_ADDR") or "127.0.0.1"
-    candidate = raw.strip("[]")
-    try:
-        ipaddress.ip_address(candidate)
-        return candidate
-    except ValueError:
-        pass
-    if candidate == "localhost" or (
-        candidate and len(candidate) <= 253 and all(ch.isalnum() or ch in ".-" for ch in candidate)
-    ):
+    candidate = host_or_address(raw)
+    if candidate is not None:
         return candidate
     raise ConfigError(f"METRICS_ADDR={_shown(raw)} is not an IP address or host name (e.g. 127.0.0.1, ::1, 0.0.0.0)")
 

@@ -3,12 +3,37 @@
 A few lines over a datagram socket instead of a dependency. Without
 ``NOTIFY_SOCKET`` every call is a no-op returning False, so the monitor behaves
 the same outside systemd.
+
+The message is newline-separated ``KEY=VALUE`` assignments, so a line break inside
+a value (say a failure reason in ``STATUS=``) would add an assignment of its own,
+e.g. ``MAINPID=1``. This module is safe by itself, whatever callers pass: values are
+flattened to one printable line (:func:`one_line`) and :meth:`SystemdNotifier.notify`
+refuses a message whose lines are not all ``KEY=VALUE`` with an upper-case key.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+
+MAX_STATUS_LENGTH = 1000
+_KEY_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def one_line(value: object, limit: int = MAX_STATUS_LENGTH) -> str:
+    """``value`` as one printable line: every non-printable character (line breaks, NUL,
+    ESC, other controls) becomes a space, then it is cut to ``limit`` characters."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
+    return text[:limit]
+
+
+def is_assignment_message(message: str) -> bool:
+    """True when every line of ``message`` is ``KEY=VALUE`` with KEY of A-Z 0-9 _ and a printable VALUE."""
+    for line in message.split("\n"):
+        key, sep, value = line.partition("=")
+        if not sep or not key or not _KEY_CHARACTERS.issuperset(key) or not value.isprintable():
+            return False
+    return True
 
 
 class SystemdNotifier:
@@ -21,8 +46,10 @@ class SystemdNotifier:
         self.address = "\0" + address[1:] if address.startswith("@") else address
         watchdog_usec = env.get("WATCHDOG_USEC", "").strip()
         watchdog_pid = env.get("WATCHDOG_PID", "").strip()
-        interval = int(watchdog_usec) / 1_000_000 if watchdog_usec.isdigit() and int(watchdog_usec) > 0 else None
-        if watchdog_pid.isdigit() and int(watchdog_pid) != os.getpid():
+        # isascii(): str.isdigit() is also true for other scripts' digits.
+        usec_ok = watchdog_usec.isascii() and watchdog_usec.isdigit()
+        interval = int(watchdog_usec) / 1_000_000 if usec_ok and int(watchdog_usec) > 0 else None
+        if watchdog_pid.isascii() and watchdog_pid.isdigit() and int(watchdog_pid) != os.getpid():
             interval = None  # the watchdog is meant for another process
         self.watchdog_interval_seconds: float | None = interval
 
@@ -31,8 +58,13 @@ class SystemdNotifier:
         return bool(self.address)
 
     def notify(self, message: str) -> bool:
-        """Send ``message``; True when delivered. Never raises: systemd may be gone."""
-        if not self.address:
+        """Send ``message`` (``KEY=VALUE`` lines); True when delivered.
+
+        Never raises: systemd may be gone. A message with a line that is not a
+        ``KEY=VALUE`` assignment with a printable value is not sent (False): build
+        values with :func:`one_line`, as :meth:`ready` and :meth:`status` do.
+        """
+        if not self.address or not is_assignment_message(message):
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
@@ -43,13 +75,13 @@ class SystemdNotifier:
         return True
 
     def ready(self, status: str = "") -> bool:
-        return self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
+        return self.notify("READY=1" + (f"\nSTATUS={one_line(status)}" if status else ""))
 
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
 
     def status(self, text: str) -> bool:
-        return self.notify(f"STATUS={text}")
+        return self.notify(f"STATUS={one_line(text)}")
 
     def stopping(self) -> bool:
         return self.notify("STOPPING=1")

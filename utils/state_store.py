@@ -38,6 +38,15 @@ class CorruptStateError(StorageError):
     """The state file exists but is not a JSON object."""
 
 
+class UnwritableValueError(StorageError, ValueError):
+    """The document holds a value JSON cannot represent (NaN, Infinity); nothing was written."""
+
+
+# Owner and group only, whatever the umask (which can only make these stricter).
+STATE_DIRECTORY_MODE = 0o750
+STATE_FILE_MODE = 0o640
+
+
 def _describe_os_error(action: str, path: str, exc: OSError) -> str:
     reason = exc.strerror or str(exc)
     if exc.errno == errno.ENOSPC:
@@ -53,17 +62,52 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+def ensure_directory(directory: str, mode: int = STATE_DIRECTORY_MODE) -> None:
+    """Create ``directory`` and any missing parents with ``mode`` (0750: owner and group only).
+
+    ``os.makedirs`` gives intermediate directories the umask's default (0777 under
+    ``umask 000``), so each missing level is made here with ``mode``; the umask can
+    only make it stricter. Existing directories are left as they are. Raises OSError.
+    """
+    missing = []
+    current = os.path.abspath(directory)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for level in reversed(missing):
+        try:
+            os.mkdir(level, mode)
+        except FileExistsError:
+            if not os.path.isdir(level):
+                raise
+            continue  # another process made it first
+
+
+def _encode_json(path: str, document: Any) -> bytes:
+    try:
+        # allow_nan=False: NaN/Infinity are not JSON; a reader would take the file for corrupt.
+        return json.dumps(document, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+    except ValueError as exc:
+        raise UnwritableValueError(
+            f"refusing to write {path}: it would hold a number JSON cannot represent (NaN or Infinity)"
+        ) from exc
+
+
 def write_json_atomically(path: str, document: Any) -> None:
     """Replace ``path`` with ``document`` as JSON so no reader ever sees a torn file.
 
     Raises :class:`StorageError`; on failure the previous file is unchanged and no
-    temporary file is left behind.
+    temporary file is left behind. A document holding NaN or Infinity raises
+    :class:`UnwritableValueError` before anything is touched.
     """
     directory = os.path.dirname(path) or "."
-    payload = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+    payload = _encode_json(path, document)
     temp_path = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     try:
-        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, STATE_FILE_MODE)
     except OSError as exc:
         raise StorageError(_describe_os_error("write", path, exc)) from exc
     try:
@@ -116,8 +160,8 @@ class _ExclusiveLock:
 
     def __enter__(self) -> None:
         try:
-            os.makedirs(os.path.dirname(self.lock_path) or ".", exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+            ensure_directory(os.path.dirname(self.lock_path) or ".")
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, STATE_FILE_MODE)
         except OSError as exc:
             raise StorageError(_describe_os_error("lock", self.lock_path, exc)) from exc
         try:
@@ -219,7 +263,7 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
     directory = os.path.dirname(path) or "."
     temp_path = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     try:
-        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, STATE_FILE_MODE)
         try:
             view = memoryview(data)
             while view:

@@ -2,10 +2,17 @@
 
 Kept apart from :mod:`utils.batch_tracker` so the write hooks never pay for
 rendering (or for pytz, which these commands need for local times).
+
+Human-facing output: every time is shown in the deadline's zone with its
+abbreviation (``2026-12-01 05:00 EST``), every relative time is taken from the one
+"now" of the render, and every field read from the state passes :func:`terminal_safe`,
+so a hand-edited or old tracker file cannot drive the terminal or break a line.
+``--json`` output keeps UTC ISO-8601 times.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 
 from utils import batch_health
@@ -21,7 +28,7 @@ def run(command, args, tracker, out, take_options, expect_positionals) -> int:
         expect_positionals(take_options(args, {})[0], [], command)
         deadline = tracker.config.deadline()
         ok, reason = batch_health.check(tracker.snapshot(), tracker.clock(), deadline)
-        out.write(("OK: " if ok else "PROBLEM: ") + reason + "\n")
+        out.write(("OK: " if ok else "PROBLEM: ") + terminal_safe(reason) + "\n")
         return 0 if ok else 1
     if command == "status":
         positionals, options = take_options(args, {"--json": False, "--color": False, "--no-color": False})
@@ -43,7 +50,7 @@ def run(command, args, tracker, out, take_options, expect_positionals) -> int:
     if options.get("--json"):
         out.write(json.dumps(batches, indent=2, sort_keys=True) + "\n")
     else:
-        out.write(render_history(batches, _want_colour(out, options)))
+        out.write(render_history(batches, _want_colour(out, options), deadline.zone.zone))
     return 0
 
 
@@ -54,12 +61,11 @@ def _status(tracker) -> dict:
 
 
 def _positive_int(raw, name: str) -> int:
-    from utils.batch_tracker import UsageError
+    from utils.batch_tracker import UsageError, is_plain_whole_number
 
-    try:
-        value = int(str(raw))
-    except ValueError:
-        raise UsageError(f"{name} {raw!r} is not a whole number (allowed: 1 or more)") from None
+    if not is_plain_whole_number(str(raw)):
+        raise UsageError(f"{name} {raw!r} is not a whole number in ASCII digits (allowed: 1 or more)")
+    value = int(str(raw))
     if value < 1:
         raise UsageError(f"{name} {value} is out of range (allowed: 1 or more)")
     return value
@@ -72,6 +78,37 @@ def _want_colour(out, options) -> bool:
         return True
     isatty = getattr(out, "isatty", None)
     return bool(isatty and isatty())
+
+
+def terminal_safe(value: object) -> str:
+    """``value`` as text a terminal shows literally: each non-printable character (ESC, CR,
+    LF, other controls, bidi overrides) becomes an escape such as ``\\x1b``."""
+    text = "" if value is None else str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def local_time(iso: str | None, zone_name: str) -> str:
+    """An ISO-8601 instant from the status report as ``2026-12-01 05:00 EST`` in ``zone_name``."""
+    if not iso:
+        return "-"
+    import pytz
+
+    zone = pytz.timezone(zone_name)
+    instant = _dt.datetime.fromisoformat(iso)
+    if instant.tzinfo is None:  # stored times carry an offset; be safe with a hand-edited one
+        instant = pytz.utc.localize(instant)
+    return zone.normalize(instant.astimezone(zone)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _zone_of(status: dict) -> str:
+    return (status.get("deadline") or status["next_deadline"])["timezone"]
 
 
 def _paint(text: str, colour: str, enabled: bool) -> str:
@@ -94,68 +131,73 @@ def _on_time_mark(on_time, colour: bool) -> str:
 def render_status(status: dict, colour: bool = False) -> str:
     """The compact terminal view of :func:`utils.batch_tracker.get_batch_status`."""
     lines = []
+    zone = _zone_of(status)
+    safe = terminal_safe
     headline = "OK" if status["ok"] else "PROBLEM"
-    lines.append(_paint(headline, "green" if status["ok"] else "red", colour) + ": " + status["reason"])
+    lines.append(_paint(headline, "green" if status["ok"] else "red", colour) + ": " + safe(status["reason"]))
     if not status["tracker"]["readable"]:
-        lines.append(_paint(f"tracker unreadable: {status['tracker']['error']}", "red", colour))
+        lines.append(_paint(f"tracker unreadable: {safe(status['tracker']['error'])}", "red", colour))
     for event in status["tracker"]["recovered_from_corruption"][-1:]:
-        lines.append(
-            _paint(
-                f"note: a corrupt tracker file was moved aside to {event.get('moved_to')} at {event['at']}",
-                "yellow",
-                colour,
-            )
-        )
+        moved_to, at = safe(event.get("moved_to")), local_time(event.get("at"), zone)
+        lines.append(_paint(f"note: a corrupt tracker file was moved aside to {moved_to} at {at}", "yellow", colour))
     if status["id"] is None:
-        lines.append(f"next deadline: {status['next_deadline']['local']}")
+        lines.append(f"next deadline: {local_time(status['next_deadline']['utc'], zone)}")
     else:
         deadline = status["deadline"]
-        lines.append(f"batch {status['id']}  state {status['state']}  {status['completion_percentage']:.0f}% complete")
+        lines.append(
+            f"batch {safe(status['id'])}  state {safe(status['state'])}  "
+            f"{status['completion_percentage']:.0f}% complete"
+        )
         elapsed = batch_health.format_duration(status["elapsed_seconds"])
-        lines.append(f"started {status['started_at']}  elapsed {elapsed}")
-        left = deadline["seconds_left"]
+        lines.append(f"started {local_time(status['started_at'], zone)}  elapsed {elapsed}")
+        left = deadline["seconds_left"]  # from the report's one "now", like elapsed
         when = f"in {batch_health.format_duration(left)}" if left >= 0 else f"{batch_health.format_duration(left)} ago"
-        lines.append(f"deadline {deadline['local']} ({deadline['utc']} UTC), {when}")
+        lines.append(f"deadline {local_time(deadline['utc'], zone)}, {when}")
         projection = status.get("projection") or {}
         if projection.get("projected_completion_utc"):
-            lines.append(f"projected finish {projection['projected_completion_local']}")
+            lines.append(f"projected finish {local_time(projection['projected_completion_utc'], zone)}")
         if status["failure"]:
             failure = status["failure"]
-            lines.append(_paint(f"failed at stage {failure['stage'] or '?'}: {failure['reason']}", "red", colour))
-        width = max([len(s["name"]) for s in status["stages"]] + [5])
+            text = f"failed at stage {safe(failure['stage'] or '?')}: {safe(failure['reason'])}"
+            lines.append(_paint(text, "red", colour))
+        names = {stage["name"]: safe(stage["name"]) for stage in status["stages"]}
+        width = max([len(name) for name in names.values()] + [5])
         for stage in status["stages"]:
             marker = "*" if stage["name"] == status["active_stage"] else " "
             bar = progress_bar(stage["percentage"])
             tint = "green" if stage["percentage"] >= 100 else ("yellow" if marker == "*" else "dim")
-            updated = stage["updated_at"] or "not started"
+            updated = local_time(stage["updated_at"], zone) if stage["updated_at"] else "not started"
             lines.append(
-                f"{marker} {stage['name']:<{width}} {_paint(bar, tint, colour)} {stage['percentage']:5.1f}%  {updated}"
+                f"{marker} {names[stage['name']]:<{width}} {_paint(bar, tint, colour)} "
+                f"{stage['percentage']:5.1f}%  {updated}"
             )
     recent = status["history"]["recent"]
     if recent:
         lines.append("last batches:")
-        lines.extend(_history_lines(recent, colour))
+        lines.extend(_history_lines(recent, colour, zone))
     return "\n".join(lines) + "\n"
 
 
-def _history_lines(batches: list[dict], colour: bool) -> list[str]:
+def _history_lines(batches: list[dict], colour: bool, zone: str) -> list[str]:
     lines = []
     for batch in batches:
         duration = (
             batch_health.format_duration(batch["duration_seconds"]) if batch["duration_seconds"] is not None else "-"
         )
+        started = local_time(batch["started_at"], zone)
         lines.append(
-            f"  {batch['id']:<28} {batch['state']:<10} {batch['started_at'] or '-':<26} {duration:>12}  "
+            f"  {terminal_safe(batch['id']):<28} {terminal_safe(batch['state']):<10} {started:<22} {duration:>12}  "
             + _on_time_mark(batch["on_time"], colour)
         )
     return lines
 
 
-def render_history(batches: list[dict], colour: bool = False) -> str:
+def render_history(batches: list[dict], colour: bool = False, zone: str = "UTC") -> str:
+    """The ``history`` table; start times in ``zone`` (the deadline's) with its abbreviation."""
     if not batches:
         return "no batches recorded\n"
-    header = f"  {'id':<28} {'state':<10} {'started (UTC)':<26} {'duration':>12}  on time"
-    return "\n".join([header, *_history_lines(batches, colour)]) + "\n"
+    header = f"  {'id':<28} {'state':<10} {'started':<22} {'duration':>12}  on time"
+    return "\n".join([header, *_history_lines(batches, colour, zone)]) + "\n"
 
 
-__all__ = ["format_utc", "progress_bar", "render_history", "render_status", "run"]
+__all__ = ["format_utc", "local_time", "progress_bar", "render_history", "render_status", "run", "terminal_safe"]

@@ -9,11 +9,10 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
 
-from conftest import run_tracker_cli
+from conftest import copy_for_other_users, python_for_other_users, run_tracker_cli
 from disk_faults import fill, remount, small_tmpfs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -118,10 +117,12 @@ def test_it_reports_a_read_only_disk_with_exit_3_and_keeps_the_old_file(tmp_path
         assert status.returncode == 0 and json.loads(status.stdout)["state"] == "running"
 
 
-def test_it_reports_a_directory_it_may_not_write_with_exit_3(tmp_path, base_env):
-    data = tmp_path / "locked"
+def test_it_reports_a_directory_it_may_not_write_with_exit_3(reachable_dir, base_env):
+    # The user must reach the directory, the code and an interpreter, wherever the checkout is.
+    copy_for_other_users(reachable_dir / "code", "utils", packages=("pytz",))
+    data = reachable_dir / "locked"
     data.mkdir()
-    env = dict(base_env, BATCH_TRACKER_FILE=str(data / "batch_tracker.json"))
+    env = dict(base_env, BATCH_TRACKER_FILE=str(data / "batch_tracker.json"), PYTHONPATH=str(reachable_dir / "code"))
     assert _cli(env, "start").returncode == 0
     before = (data / "batch_tracker.json").read_bytes()
     os.chmod(data, 0o755)
@@ -133,7 +134,7 @@ def test_it_reports_a_directory_it_may_not_write_with_exit_3(tmp_path, base_env)
             "--reuid=nobody",
             "--regid=nogroup",
             "--clear-groups",
-            sys.executable,
+            python_for_other_users(),
             "-m",
             "utils.batch_tracker",
             "stage",
@@ -190,7 +191,11 @@ def test_it_stores_any_failure_reason_safely(tmp_path, reason, stage):
         assert tracker.snapshot().current["state"] == "running"
         return
     failure = tracker.snapshot().current["failure"]
-    assert failure["reason"] == reason[: batch_tracker.MAX_REASON_LENGTH]
+    assert failure["reason"] == batch_tracker.clean_text(reason)
+    # One printable line, whatever came in: nothing can add a notify assignment or drive a terminal.
+    assert failure["reason"].isprintable() and len(failure["reason"]) <= batch_tracker.MAX_REASON_LENGTH
+    if reason.isprintable():
+        assert failure["reason"] == reason.strip()[: batch_tracker.MAX_REASON_LENGTH]
 
 
 json_values = st.recursive(
