@@ -128,7 +128,7 @@ def test_it_alerts_a_late_batch_once_and_then_its_recovery(world):
     rcpts, message = world.sink.messages[0]
     assert rcpts == ["ops@example.com", "oncall@example.org"]
     body = message.get_content()
-    assert BATCH in body and "Looks stuck:   enrich" in body and "python -m utils.batch_tracker status" in body
+    assert BATCH in body and "Looks stuck:   enrich" in body and "bin/batch_tracker status" in body
 
 
 def test_it_alerts_a_failed_batch_at_once_with_its_reason_and_recovers_after_resume(world):
@@ -730,3 +730,308 @@ def test_it_warns_early_when_a_batch_is_projected_late_and_lets_the_late_alert_t
     result = monitor.step()
     assert "late:slow" in result.opened and "at_risk:slow" in result.retired
     assert not any("RECOVERED" in subject for subject in world.subjects())
+
+
+# --------------------------------------------------------------------------- field trial (issue 10)
+
+
+def test_it_keeps_a_late_incident_open_when_the_clock_steps_back(world):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor()
+    monitor.step()
+    start_batch(world, "2026-11-23 01:00")
+    world.at(ny("2026-11-23 05:10"))
+    assert monitor.step().opened == (f"late:{BATCH}",)
+    world.at(ny("2026-11-23 04:10"))  # NTP steps the clock an hour back: the batch is still late
+    result = monitor.step()
+    assert result.cleared == () and result.notifications == ()
+    assert [r["kind"] for r in result.open_incidents] == ["late"] and result.exit_code == 1
+    world.at(ny("2026-11-23 05:20"))
+    assert monitor.step().notifications == ()  # no second LATE either
+    world.at(ny("2026-11-23 05:47"))
+    world.tracker.end()
+    result = monitor.step()
+    assert result.cleared == (f"late:{BATCH}",)
+    assert world.subjects() == [
+        f"[LATE] nightly batch {BATCH} missed its 05:00 EST deadline (Mon 2026-11-23)",
+        f"[RECOVERED] nightly LATE: batch {BATCH} completed 47 min late, at 2026-11-23 05:47 EST",
+    ]
+
+
+def test_it_clears_a_late_incident_when_a_newer_batch_completes(world):
+    world.at(ny("2026-11-23 00:30"))
+    monitor = world.monitor()
+    start_batch(world, "2026-11-23 01:00", "stuck")
+    world.at(ny("2026-11-23 05:10"))
+    monitor.step()
+    start_batch(world, "2026-11-23 06:00", "rerun")  # abandons the stuck one
+    world.at(ny("2026-11-23 06:05"))
+    assert monitor.step().cleared == ()  # the night's work is still not done
+    world.at(ny("2026-11-23 07:00"))
+    world.tracker.end()
+    assert monitor.step().cleared == ("late:stuck",)
+    assert world.subjects()[-1] == (
+        "[RECOVERED] nightly LATE: batch stuck ended abandoned; a new batch rerun completed at 2026-11-23 07:00 EST"
+    )
+
+
+def test_it_clamps_future_instants_of_its_state_to_now_as_a_clock_problem(world, caplog):
+    world.at(ny("2026-11-26 12:00"))  # the first run had its clock three days ahead
+    world.monitor().step()
+    assert world.state()["watch_since"] == ny("2026-11-26 12:00")
+    world.at(ny("2026-11-23 04:00"))  # the clock is right again; no batch tonight
+    with caplog.at_level(logging.WARNING, logger="utils.monitor"):
+        assert world.monitor().step().ok
+    warnings = [r.getMessage() for r in caplog.records if "clock problem" in r.getMessage()]
+    assert any("watch_since" in w and "2026-11-26T17:00:00+00:00" in w for w in warnings), warnings
+    assert world.state()["watch_since"] == ny("2026-11-23 04:00")
+    world.at(ny("2026-11-23 05:01"))
+    result = world.monitor().step()
+    assert result.opened == (f"missing:{ny('2026-11-23 05:00'):.0f}",)
+
+
+def test_it_clamps_future_incident_times_so_reminders_fall_due_again(world, caplog):
+    world.at(ny("2026-11-23 00:30"))
+    start_batch(world, "2026-11-23 01:00")
+    world.at(ny("2026-11-26 05:10"))  # clock days ahead: the late alert is stamped in the future
+    world.monitor(alert_repeat_seconds=3600).step()
+    world.at(ny("2026-11-23 05:10"))
+    with caplog.at_level(logging.WARNING, logger="utils.monitor"):
+        world.monitor(alert_repeat_seconds=3600).step()
+    record = world.state()["open_incidents"][f"late:{BATCH}"]
+    assert record["opened_at"] == record["alerted_at"] == ny("2026-11-23 05:10")
+    assert sum("clock problem" in r.getMessage() for r in caplog.records) >= 3
+    world.at(ny("2026-11-23 06:11"))
+    result = world.monitor(alert_repeat_seconds=3600).step()
+    assert [n.type for n in result.notifications] == ["reminder"]
+
+
+def test_it_turns_a_missing_night_into_one_late_chain_when_the_batch_starts_late(world):
+    start_batch(world, "2026-11-22 01:00", "yesterday")
+    world.at(ny("2026-11-22 03:00"))
+    world.tracker.end()
+    monitor = world.monitor()
+    monitor.step()
+    world.at(ny("2026-11-23 05:10"))
+    missing = f"missing:{ny('2026-11-23 05:00'):.0f}"
+    assert monitor.step().opened == (missing,)
+    start_batch(world, "2026-11-23 06:00", "tonight")  # the missed night's batch, an hour late
+    world.at(ny("2026-11-23 06:05"))
+    result = monitor.step()
+    assert result.notifications == () and result.cleared == ()
+    assert result.retired == (missing,) and result.opened == ("late:tonight",)
+    assert result.status_line().startswith("PROBLEM: late: batch tonight missed its deadline 2026-11-23 05:00 EST")
+    for hour in ("08:00", "12:00"):
+        world.at(ny(f"2026-11-23 {hour}"))
+        assert monitor.step().notifications == ()
+    world.at(ny("2026-11-23 16:00"))
+    world.tracker.end()
+    result = monitor.step()
+    assert result.cleared == ("late:tonight",) and result.ok
+    assert world.subjects() == [
+        "[MISSING] no nightly batch started before the 05:00 EST deadline (Mon 2026-11-23)",
+        "[RECOVERED] nightly LATE: batch tonight completed 11 h 00 min late, at 2026-11-23 16:00 EST",
+    ]
+    assert world.state()["open_incidents"] == {}
+    world.at(ny("2026-11-24 04:00"))
+    assert monitor.step().notifications == ()
+
+
+def test_it_reports_once_a_batch_that_started_and_completed_late_between_two_checks(world):
+    start_batch(world, "2026-11-22 01:00", "yesterday")
+    world.at(ny("2026-11-22 03:00"))
+    world.tracker.end()
+    world.at(ny("2026-11-23 04:55"))
+    world.monitor().step()  # a --once run every 10 minutes
+    start_batch(world, "2026-11-23 05:01", "quick")
+    world.at(ny("2026-11-23 05:04"))
+    world.tracker.end()
+    world.at(ny("2026-11-23 05:05"))
+    result = world.monitor().step()
+    assert result.opened == ("late:quick",) and result.exit_code == 1
+    assert result.status_line() == (
+        "PROBLEM: late: batch quick completed 4 min late, at 2026-11-23 05:04 EST, "
+        "after its deadline 2026-11-23 05:00 EST"
+    )
+    world.at(ny("2026-11-23 05:15"))
+    result = world.monitor().step()
+    assert result.cleared == ("late:quick",) and result.exit_code == 0
+    assert "completed on time" not in result.status_line()
+    world.at(ny("2026-11-23 05:25"))
+    assert world.monitor().step().notifications == ()
+    assert world.subjects() == [
+        "[LATE] nightly batch quick missed its 05:00 EST deadline (Mon 2026-11-23)",
+        "[RECOVERED] nightly LATE: batch quick completed 4 min late, at 2026-11-23 05:04 EST",
+    ]
+
+
+def test_it_judges_a_batch_by_the_deadline_stored_at_its_start_whatever_the_settings_say(world):
+    world.at(ny("2026-11-23 00:30"))
+    world.monitor().step()
+    start_batch(world, "2026-11-23 01:00")  # 05:00 New York, stored with the batch
+    world.at(ny("2026-11-23 05:30"))
+    assert world.monitor().step().opened == (f"late:{BATCH}",)
+    changed = world.tracker_config.replace(deadline_hour=3, timezone="UTC")  # a new setting, mid-batch
+    world.at(ny("2026-11-23 06:00"))
+    result = world.monitor(tracker=changed).step()
+    assert result.cleared == () and result.notifications == ()
+    world.at(utc("2026-11-24 03:30"))  # the new setting's first deadline: no second LATE
+    assert world.monitor(tracker=changed).step().notifications == ()
+    world.tracker.end()
+    result = world.monitor(tracker=changed).step()
+    assert result.cleared == (f"late:{BATCH}",)
+    assert (
+        world.subjects()[-1]
+        == f"[RECOVERED] nightly LATE: batch {BATCH} completed 17 h 30 min late, at 2026-11-24 03:30 UTC"
+    )
+    assert len(world.subjects()) == 2
+
+
+def test_it_names_where_the_corrupt_tracker_went_when_its_unreadable_alert_recovers(world, tracker_file):
+    world.at(ny("2026-11-23 00:30"))
+    start_batch(world, "2026-11-23 01:00")
+    monitor = world.monitor()
+    tracker_file.write_text("{not json")
+    world.at(ny("2026-11-23 02:00"))
+    assert monitor.step().opened == ("tracker_unreadable:tracker",)
+    world.at(ny("2026-11-23 02:05"))
+    with pytest.raises(Exception, match="no batch"):
+        world.tracker.stage("scrape", 50)  # the hook moves the corrupt file aside, starts fresh
+    [moved] = list(tracker_file.parent.glob("batch_tracker.json.corrupt-*"))
+    world.at(ny("2026-11-23 02:06"))
+    result = monitor.step()
+    assert result.cleared == ("tracker_unreadable:tracker",) and result.opened == ()
+    assert world.subjects()[-1].startswith(
+        "[RECOVERED] nightly TRACKER UNREADABLE: the tracker file is readable again; the corrupt one was moved aside"
+    )
+    assert f"moved aside to {moved} at 2026-11-23 02:05 EST" in world.sink.received()[-1].get_content()
+    world.at(ny("2026-11-23 02:16"))
+    assert monitor.step().notifications == () and len(world.subjects()) == 2
+
+
+# --------------------------------------------------------------------------- field trial: real processes, faked clocks
+
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+@pytest.fixture
+def at_clock():
+    """``at_clock(env, "YYYY-MM-DD HH:MM")``: ``env`` for a process whose clock starts at that UTC instant."""
+    if not os.path.exists(FAKETIME_LIB):
+        pytest.skip("libfaketime is not installed (Debian package faketime; bin/setup.sh --test installs it)")
+
+    def at(env: dict, when_utc: str) -> dict:
+        return dict(env, LD_PRELOAD=FAKETIME_LIB, FAKETIME=f"@{when_utc}:00", TZ="UTC")
+
+    return at
+
+
+def test_it_runs_processes_on_the_faked_clock(at_clock, monitor_env):
+    env = at_clock(monitor_env, "2026-11-23 10:00")
+    code = "import time; print(int(time.time()))"
+    result = subprocess.run([VENV_PYTHON, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert abs(int(result.stdout) - utc("2026-11-23 10:00")) < 60
+
+
+@pytest.mark.parametrize("hook", [("start",), ("stage", "scrape", "50")])
+def test_it_alerts_once_with_once_when_a_hook_moved_a_corrupt_tracker_aside(
+    monitor_env, tmp_path, tracker_file, smtp_server, hook
+):
+    tracker_cli(monitor_env, "start")
+    tracker_cli(monitor_env, "stage", "scrape", "100")
+    tracker_file.write_text('{"schema_version": 1, "current": {"id": "torn wri')
+    # The hook repairs the file; 'stage' is then refused (no batch any more) but the repair is recorded.
+    run_tracker_cli(monitor_env, *hook, cwd=PROJECT_ROOT)
+    [moved] = tracker_file.parent.glob("batch_tracker.json.corrupt-*")
+    result = run_once(monitor_env, tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith("PROBLEM: tracker_unreadable: the tracker file was corrupt")
+    assert f"moved it aside to {moved}" in result.stdout
+    [alert] = smtp_server.received()
+    assert alert["Subject"].startswith("[TRACKER UNREADABLE] ")
+    assert str(moved) in alert.get_content() and "the progress recorded before then is gone" in alert.get_content()
+    again = run_once(monitor_env, tmp_path)
+    assert again.returncode == 0, again.stdout
+    recovery = smtp_server.received()[1]
+    assert recovery["Subject"].startswith("[RECOVERED] nightly TRACKER UNREADABLE: ")
+    assert run_once(monitor_env, tmp_path).returncode == 0
+    assert len(smtp_server.received()) == 2
+
+
+def test_it_reports_missed_deadlines_again_after_a_run_with_its_clock_days_ahead(
+    monitor_env, tmp_path, smtp_server, at_clock
+):
+    ahead = run_once(at_clock(monitor_env, "2026-11-26 17:00"), tmp_path)
+    assert ahead.returncode == 0, ahead.stderr
+    fixed = run_once(at_clock(monitor_env, "2026-11-23 09:00"), tmp_path)  # 04:00 EST, the clock is right again
+    assert fixed.returncode == 0, fixed.stderr
+    assert "clock problem: watch_since" in fixed.stderr and "2026-11-26T17:00" in fixed.stderr
+    missed = run_once(at_clock(monitor_env, "2026-11-23 10:10"), tmp_path)  # 05:10 EST, no batch tonight
+    assert missed.returncode == 1, missed.stderr
+    assert missed.stdout.startswith("PROBLEM: missing: no batch started before the deadline 2026-11-23 05:00 EST")
+    assert [m["Subject"] for m in smtp_server.received()] == [
+        "[MISSING] no nightly batch started before the 05:00 EST deadline (Mon 2026-11-23)"
+    ]
+
+
+def test_it_mails_no_recovery_when_the_clock_steps_back_under_a_late_batch(
+    monitor_env, tmp_path, smtp_server, at_clock
+):
+    tracker_cli(at_clock(monitor_env, "2026-11-23 06:00"), "start", "--id", "nightly-1")  # 01:00 EST
+    assert run_once(at_clock(monitor_env, "2026-11-23 10:10"), tmp_path).returncode == 1  # LATE
+    stepped_back = run_once(at_clock(monitor_env, "2026-11-23 09:10"), tmp_path)
+    assert stepped_back.returncode == 1 and stepped_back.stdout.startswith("PROBLEM: late: "), stepped_back.stdout
+    assert run_once(at_clock(monitor_env, "2026-11-23 10:20"), tmp_path).returncode == 1
+    tracker_cli(at_clock(monitor_env, "2026-11-23 10:47"), "end")
+    assert run_once(at_clock(monitor_env, "2026-11-23 10:50"), tmp_path).returncode == 0
+    assert [m["Subject"] for m in smtp_server.received()] == [
+        "[LATE] nightly batch nightly-1 missed its 05:00 EST deadline (Mon 2026-11-23)",
+        "[RECOVERED] nightly LATE: batch nightly-1 completed 47 min late, at 2026-11-23 05:47 EST",
+    ]
+
+
+def test_it_keeps_judging_a_batch_by_the_deadline_stored_at_its_start(monitor_env, tmp_path, smtp_server, at_clock):
+    tracker_cli(at_clock(monitor_env, "2026-11-23 06:00"), "start", "--id", "nightly-1")  # 05:00 New York
+    assert run_once(at_clock(monitor_env, "2026-11-23 10:30"), tmp_path).returncode == 1  # LATE
+    changed = dict(
+        monitor_env, BATCH_COMPLETION_DEADLINE_HOUR="3", BATCH_COMPLETION_TIMEZONE="UTC"
+    )  # the settings change mid-batch: they apply from the next batch
+    check = run_tracker_cli(at_clock(changed, "2026-11-23 10:40"), "check", cwd=PROJECT_ROOT)
+    assert check.returncode == 1, check.stdout
+    assert "batch nightly-1 missed its deadline 2026-11-23 10:00 UTC by 40 min" in check.stdout
+    once = run_once(at_clock(changed, "2026-11-23 10:45"), tmp_path)
+    assert once.returncode == 1 and once.stdout.startswith("PROBLEM: late: batch nightly-1"), once.stdout
+    assert run_once(at_clock(changed, "2026-11-24 03:30"), tmp_path).returncode == 1  # no second LATE
+    tracker_cli(at_clock(changed, "2026-11-24 04:00"), "end")
+    assert run_once(at_clock(changed, "2026-11-24 04:05"), tmp_path).returncode == 0
+    assert [m["Subject"] for m in smtp_server.received()] == [
+        "[LATE] nightly batch nightly-1 missed its 05:00 EST deadline (Mon 2026-11-23)",
+        "[RECOVERED] nightly LATE: batch nightly-1 completed 18 h 00 min late, at 2026-11-24 04:00 UTC",
+    ]
+    verdicts = []
+    for env in (monitor_env, changed):  # a finished batch reads the same whatever the reader's settings
+        status = json.loads(tracker_cli(at_clock(env, "2026-11-24 05:00"), "status", "--json").stdout)
+        history = json.loads(tracker_cli(at_clock(env, "2026-11-24 05:00"), "history", "--json").stdout)
+        verdicts.append((status["on_time"], status["deadline"]["epoch"], history[0]["on_time"]))
+    assert verdicts == [(False, utc("2026-11-23 10:00"), False)] * 2
+
+
+def test_it_tells_someone_when_a_late_start_completes_between_two_once_runs(
+    monitor_env, tmp_path, smtp_server, at_clock
+):
+    tracker_cli(at_clock(monitor_env, "2026-11-22 06:00"), "start", "--id", "yesterday")
+    tracker_cli(at_clock(monitor_env, "2026-11-22 08:00"), "end")
+    assert run_once(at_clock(monitor_env, "2026-11-23 09:55"), tmp_path).returncode == 0  # 04:55 EST
+    tracker_cli(at_clock(monitor_env, "2026-11-23 10:01"), "start", "--id", "tonight")  # 05:01 EST: late
+    tracker_cli(at_clock(monitor_env, "2026-11-23 10:04"), "end")
+    check = run_tracker_cli(at_clock(monitor_env, "2026-11-23 10:05"), "check", cwd=PROJECT_ROOT)
+    assert check.returncode == 1 and "batch tonight completed 4 min late" in check.stdout, check.stdout
+    once = run_once(at_clock(monitor_env, "2026-11-23 10:05"), tmp_path)
+    assert once.returncode == 1, once.stderr
+    assert once.stdout.startswith("PROBLEM: late: batch tonight completed 4 min late"), once.stdout
+    assert run_once(at_clock(monitor_env, "2026-11-23 10:15"), tmp_path).returncode == 0
+    assert run_once(at_clock(monitor_env, "2026-11-23 10:25"), tmp_path).returncode == 0
+    assert [m["Subject"] for m in smtp_server.received()] == [
+        "[LATE] nightly batch tonight missed its 05:00 EST deadline (Mon 2026-11-23)",
+        "[RECOVERED] nightly LATE: batch tonight completed 4 min late, at 2026-11-23 05:04 EST",
+    ]

@@ -131,13 +131,39 @@ def test_it_reports_every_missed_night_since_the_last_batch(tracker, clock, inci
     assert [(i.kind, i.key) for i in found] == [(MISSING, f"{ny(d, 5, 0):.0f}") for d in (2, 3, 4)]
 
 
-def test_it_clears_a_missing_night_once_a_batch_starts(tracker, clock, check):
+def test_it_turns_a_missing_night_into_a_late_batch_once_a_batch_starts(tracker, clock, check, incidents):
     start_at(tracker, clock, ny(1, 1, 0))
     tracker.end()
     assert not check(ny(2, 6, 0))[0]
-    start_at(tracker, clock, ny(2, 6, 0))  # late start: it belongs to the next deadline
+    late = start_at(tracker, clock, ny(2, 6, 0))  # late start: it answers the missed 05:00 deadline
+    assert load_snapshot(config=tracker.config).current["deadline_at"] == ny(2, 5, 0)
+    found = incidents(ny(2, 7, 0))
+    assert [(i.kind, i.key, i.since) for i in found] == [(LATE, late, ny(2, 5, 0))]
     ok, reason = check(ny(2, 7, 0))
-    assert ok, reason
+    assert not ok and "missed its deadline 2026-06-02 05:00 EDT by 2 h 00 min" in reason, reason
+    clock.set(ny(2, 16, 0))
+    tracker.end()
+    ok, reason = check(ny(2, 17, 0))
+    assert not ok and reason.startswith(f"batch {late} completed 11 h 00 min late"), reason
+    assert check(ny(3, 4, 0))[0] is False  # still judged by the missed night, not by the 3rd's deadline
+    assert incidents(ny(3, 4, 0)) == []
+    assert [i.kind for i in incidents(ny(3, 5, 0, 1))] == []  # the 3rd's window holds its start: not missing
+
+
+def test_it_gives_a_late_start_after_a_covered_night_the_next_deadline(tracker, clock, check):
+    start_at(tracker, clock, ny(2, 1, 0))
+    clock.set(ny(2, 4, 0))
+    tracker.end()
+    second = start_at(tracker, clock, ny(2, 6, 0))  # the 2nd's deadline had its batch: a re-run for the 3rd
+    assert load_snapshot(config=tracker.config).current["deadline_at"] == ny(3, 5, 0)
+    ok, reason = check(ny(2, 7, 0))
+    assert ok and second in reason, reason
+
+
+def test_it_gives_a_first_batch_ever_the_next_deadline(tracker, clock, check):
+    start_at(tracker, clock, ny(2, 12, 0))  # installed and run at noon: nothing was expected this morning
+    assert load_snapshot(config=tracker.config).current["deadline_at"] == ny(3, 5, 0)
+    assert check(ny(2, 13, 0))[0]
 
 
 def test_it_does_not_call_a_batch_started_exactly_at_a_deadline_missing_for_its_own_deadline(tracker, clock, check):

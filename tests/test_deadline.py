@@ -5,11 +5,12 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import itertools
+import zoneinfo
 
 import pytest
 import pytz
 
-from utils.deadline import DailyDeadline, format_utc
+from utils.deadline import MAX_MISSED_DEADLINE_AGE, DailyDeadline, format_utc
 
 NEW_YORK = "America/New_York"
 
@@ -142,12 +143,131 @@ def test_it_gives_a_utc_batch_started_at_05_00_exactly_the_next_days_deadline():
     assert deadline.first_after(utc(2026, 7, 1, 4, 59, 59)) == utc(2026, 7, 1, 5, 0)
 
 
+# --------------------------------------------------------------------------- zones whose DST flag is "backwards"
+
+
+def test_it_takes_the_earlier_occurrence_in_dublin_where_winter_time_is_the_dst_one():
+    # tz data gives Europe/Dublin IST (+1) as standard and GMT as "DST" (negative save):
+    # is_dst=True picks 01:30 GMT, the *second* 01:30 of 2026-10-25. The first is 01:30 IST.
+    deadline = DailyDeadline(1, 30, "Europe/Dublin")
+    assert deadline.on_local_date(dt.date(2026, 10, 25)) == utc(2026, 10, 25, 0, 30)
+    start = utc(2026, 10, 24, 23, 0)  # 00:00 IST
+    assert deadline.first_after(start) == utc(2026, 10, 25, 0, 30)
+    assert deadline.to_local(utc(2026, 10, 25, 0, 30)).strftime("%H:%M %Z") == "01:30 IST"
+
+
+def test_it_takes_the_earlier_occurrence_in_casablanca_when_ramadan_time_ends():
+    # Africa/Casablanca: +01 most of the year, +00 (flagged DST) in Ramadan; on 2026-03-22
+    # 02:00 +00 becomes 03:00 +01 and on 2026-02-15 03:00 +01 falls back to 02:00 +00.
+    deadline = DailyDeadline(2, 30, "Africa/Casablanca")
+    assert deadline.on_local_date(dt.date(2026, 2, 15)) == utc(2026, 2, 15, 1, 30)  # 02:30 +01, the first
+    assert deadline.on_local_date(dt.date(2026, 3, 22)) == utc(2026, 3, 22, 2, 0)  # gap: 03:00 +01
+
+
+def _stdlib_zone(zone_name: str) -> zoneinfo.ZoneInfo:
+    """The stdlib's reading of the same tz data file pytz ships (system tz data can be a different
+    release: Casablanca's future Ramadan dates, for one, change between releases)."""
+    with pytz.open_resource(zone_name) as data:
+        return zoneinfo.ZoneInfo.from_file(data, key=zone_name)
+
+
+def _transition_days(zone_name: str, years: range) -> list[dt.date]:
+    """Local dates on which ``zone_name``'s UTC offset changes (found with zoneinfo, not pytz)."""
+    zone = _stdlib_zone(zone_name)
+    days = []
+    day = dt.date(years.start, 1, 1)
+    while day.year < years.stop:
+        start = dt.datetime(day.year, day.month, day.day, tzinfo=zone)
+        end = start + dt.timedelta(days=1)
+        if start.utcoffset() != end.utcoffset():
+            days.append(day)
+        day += dt.timedelta(days=1)
+    return days
+
+
+def _oracle(zone_name: str, day: dt.date, hour: int, minute: int) -> float:
+    """The deadline rule computed with stdlib zoneinfo: a wall time that exists once is that
+    instant; one that exists twice (fold 0 and 1 both round-trip) is the earlier; one in a
+    gap moves to the first wall minute after it that exists."""
+    zone = _stdlib_zone(zone_name)
+    wall = dt.datetime(day.year, day.month, day.day, hour, minute)
+    for _ in range(24 * 60):
+        readings = [wall.replace(tzinfo=zone, fold=fold) for fold in (0, 1)]
+        real = [
+            r.timestamp()
+            for r in readings
+            if dt.datetime.fromtimestamp(r.timestamp(), zone).replace(tzinfo=None, fold=0) == wall
+        ]
+        if real:
+            return min(real)
+        wall += dt.timedelta(minutes=1)
+    raise AssertionError("no wall time after the gap")
+
+
+@pytest.mark.parametrize(
+    "zone", [NEW_YORK, "Europe/Dublin", "Africa/Casablanca", "Europe/Berlin", "Australia/Lord_Howe"]
+)
+def test_it_agrees_with_zoneinfo_on_every_wall_time_of_every_transition_day(zone):
+    days = _transition_days(zone, range(2024, 2028))
+    assert days, zone
+    checked = 0
+    for day in days:
+        for hour, minute in itertools.product(range(24), (0, 15, 30, 45)):
+            expected = _oracle(zone, day, hour, minute)
+            got = DailyDeadline(hour, minute, zone).on_local_date(day)
+            assert got == expected, (zone, day, f"{hour:02d}:{minute:02d}", format_utc(got), format_utc(expected))
+            checked += 1
+    assert checked == len(days) * 96
+
+
+# --------------------------------------------------------------------------- the deadline of a new batch
+
+
+def test_it_gives_a_new_batch_the_next_deadline_when_the_last_one_had_its_batch(five_am_new_york):
+    previous_start = local(NEW_YORK, 2026, 6, 1, 1, 0)  # covered 06-01 05:00
+    start = local(NEW_YORK, 2026, 6, 2, 1, 0)
+    assert five_am_new_york.for_new_batch(start, previous_start) == local(NEW_YORK, 2026, 6, 2, 5, 0)
+    rerun = local(NEW_YORK, 2026, 6, 1, 9, 0)  # a re-run after a covered deadline: the next night's
+    assert five_am_new_york.for_new_batch(rerun, previous_start) == local(NEW_YORK, 2026, 6, 2, 5, 0)
+
+
+def test_it_gives_a_batch_starting_after_a_missed_deadline_that_deadline(five_am_new_york):
+    previous_start = local(NEW_YORK, 2026, 6, 1, 1, 0)
+    missed = local(NEW_YORK, 2026, 6, 2, 5, 0)
+    for start in (missed + 1, local(NEW_YORK, 2026, 6, 2, 16, 0), local(NEW_YORK, 2026, 6, 3, 4, 59)):
+        assert five_am_new_york.for_new_batch(start, previous_start) == missed
+    # Exactly at the deadline the start is inside that deadline's window: not late, next night's.
+    assert five_am_new_york.for_new_batch(missed, previous_start) == local(NEW_YORK, 2026, 6, 3, 5, 0)
+
+
+def test_it_bounds_how_far_back_a_missed_deadline_reaches():
+    deadline = DailyDeadline(5, 0, NEW_YORK)
+    previous_start = local(NEW_YORK, 2026, 6, 1, 1, 0)
+    # Several nights missed: the batch belongs to the most recent one only, never older.
+    start = local(NEW_YORK, 2026, 6, 5, 8, 0)
+    assert deadline.for_new_batch(start, previous_start) == local(NEW_YORK, 2026, 6, 5, 5, 0)
+    assert MAX_MISSED_DEADLINE_AGE == 24 * 3600
+
+
+def test_it_gives_the_first_batch_ever_the_next_deadline(five_am_new_york):
+    start = local(NEW_YORK, 2026, 6, 2, 12, 0)
+    assert five_am_new_york.for_new_batch(start, None) == local(NEW_YORK, 2026, 6, 3, 5, 0)
+
+
 # --------------------------------------------------------------------------- every day of 2026
 
 
 @pytest.mark.parametrize(
     ("zone", "hour", "minute"),
-    [(NEW_YORK, 5, 0), (NEW_YORK, 2, 30), (NEW_YORK, 1, 30), ("Australia/Lord_Howe", 2, 15), ("UTC", 0, 0)],
+    [
+        (NEW_YORK, 5, 0),
+        (NEW_YORK, 2, 30),
+        (NEW_YORK, 1, 30),
+        ("Australia/Lord_Howe", 2, 15),
+        ("Europe/Dublin", 1, 30),
+        ("Africa/Casablanca", 2, 30),
+        ("UTC", 0, 0),
+    ],
 )
 def test_it_puts_every_2026_deadline_strictly_after_the_start_and_within_48h(zone, hour, minute):
     deadline = DailyDeadline(hour, minute, zone)

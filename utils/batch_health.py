@@ -26,7 +26,12 @@ def identity(incident: Incident) -> str:
 
 
 def batch_deadline(batch: dict, deadline: DailyDeadline) -> float:
-    """A batch's deadline: the first deadline strictly after it started."""
+    """A batch's deadline: the one stored when it started (``deadline_at``), so changed
+    settings never re-judge it; for a record written before deadlines were stored, the
+    first deadline of ``deadline`` strictly after it started."""
+    stored = batch.get("deadline_at")
+    if isinstance(stored, (int, float)) and not isinstance(stored, bool):
+        return float(stored)
     return deadline.first_after(batch["started_at"])
 
 

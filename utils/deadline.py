@@ -5,7 +5,10 @@ date it maps to exactly one UTC instant:
 
 - a wall time skipped by a DST jump (spring forward) means the first instant after
   the gap, i.e. the transition itself;
-- an ambiguous wall time (clocks fall back) means its first occurrence.
+- an ambiguous wall time (clocks fall back) means its EARLIER occurrence, in every
+  zone. Both candidates are computed and the smaller instant wins: a zone's DST flag
+  says nothing about which comes first (Europe/Dublin and Africa/Casablanca call their
+  winter time the daylight-saving one, so "the DST side" is the later occurrence there).
 
 All inputs and outputs are UTC epoch seconds; local time exists only inside this
 module, built with pytz ``localize``/``normalize`` (never ``tzinfo=``).
@@ -18,6 +21,7 @@ import datetime as _dt
 import pytz
 
 _MAX_GAP_MINUTES = 24 * 60
+MAX_MISSED_DEADLINE_AGE = 24 * 3600  # a start later than this after a missed deadline is a new night
 
 
 class DailyDeadline:
@@ -41,12 +45,16 @@ class DailyDeadline:
         try:
             local = self.zone.localize(wall, is_dst=None)
         except pytz.AmbiguousTimeError:
-            local = self.zone.localize(wall, is_dst=True)  # DST side = first occurrence
+            return self._earlier_occurrence(wall)
         except pytz.NonExistentTimeError:
-            local = self._first_instant_after_gap(wall)
+            return self._first_instant_after_gap(wall)
         return local.timestamp()
 
-    def _first_instant_after_gap(self, wall: _dt.datetime) -> _dt.datetime:
+    def _earlier_occurrence(self, wall: _dt.datetime) -> float:
+        # Never trust is_dst to mean "first": compute both readings and take the earlier instant.
+        return min(self.zone.localize(wall, is_dst=flag).timestamp() for flag in (True, False))
+
+    def _first_instant_after_gap(self, wall: _dt.datetime) -> float:
         # Transitions fall on whole minutes, so the first wall minute that exists
         # after the skipped one is the transition instant itself.
         step = _dt.timedelta(minutes=1)
@@ -54,11 +62,11 @@ class DailyDeadline:
         for _ in range(_MAX_GAP_MINUTES):
             candidate += step
             try:
-                return self.zone.localize(candidate, is_dst=None)
+                return self.zone.localize(candidate, is_dst=None).timestamp()
             except pytz.NonExistentTimeError:
                 continue
             except pytz.AmbiguousTimeError:
-                return self.zone.localize(candidate, is_dst=True)
+                return self._earlier_occurrence(candidate)
         raise ValueError(f"no valid local time after {wall} in {self.zone.zone}")
 
     def local_date_of(self, instant: float) -> _dt.date:
@@ -86,6 +94,26 @@ class DailyDeadline:
             if candidate <= instant:
                 return candidate
         raise AssertionError("a daily deadline always exists within two days")
+
+    def for_new_batch(self, start: float, previous_start: float | None) -> float:
+        """The deadline a batch starting at ``start`` is judged by, fixed once, when it starts.
+
+        Normally the first deadline strictly after ``start``. But when the most recent
+        deadline D before ``start`` had no batch started in its window (previous deadline,
+        D] -- the batch before this one (started at ``previous_start``) started at or before
+        the previous deadline -- this batch answers that missed night: its deadline is D, so
+        it is late from its start. Only when D is less than :data:`MAX_MISSED_DEADLINE_AGE`
+        ago, and only when some batch was recorded before (with none, nothing says a night
+        was expected: a first run after installing is not late).
+        """
+        recent = self.last_at_or_before(start)
+        missed = (
+            previous_start is not None
+            and recent < start
+            and start - recent < MAX_MISSED_DEADLINE_AGE
+            and previous_start <= self.previous(recent)
+        )
+        return recent if missed else self.first_after(start)
 
     def previous(self, deadline: float) -> float:
         """The deadline before the deadline instant ``deadline``."""

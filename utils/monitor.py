@@ -8,7 +8,16 @@ instant and stops on :meth:`Monitor.request_stop` (wired to SIGTERM/SIGINT).
 
 Incidents come from :func:`utils.batch_health.open_incidents` (late, failed,
 missing, tracker_unreadable) and :func:`utils.prediction.early_warnings` (at_risk,
-too_short, stalled_stage); their identity is ``"<kind>:<key>"``.
+too_short, stalled_stage); their identity is ``"<kind>:<key>"``. Two one-shot reports
+come from the monitor itself (:meth:`Monitor._one_shot_incidents`): a batch that started
+and completed late between two checks, and a corrupt tracker file a hook moved aside.
+
+Precedence, stated here once: late supersedes at risk (no at-risk alert for a batch with
+an open late incident; an open one is retired without a recovery); failed supersedes
+stalled; a missing night that a late start answers becomes late (the late record inherits
+the missing one's alert: one chain, no "missing" recovery, no second alert). A late
+incident clears only when its batch or a newer one completes, never because the clock
+stepped back.
 
 Alert state lives in the monitor state file (``sibling_file(tracker_file,
 "monitor")``, schema in the project brief), written only here, with
@@ -39,7 +48,7 @@ import time
 from collections.abc import Callable
 
 from utils import batch_health, prediction
-from utils.batch_health import UNREADABLE, Incident, format_duration, format_local
+from utils.batch_health import LATE, MISSING, UNREADABLE, Incident, batch_deadline, format_duration, format_local
 from utils.batch_tracker import BatchTracker, get_batch_status
 from utils.deadline import format_utc
 from utils.mail_compose import ALERT, RECOVERY, REMINDER, MailContext, compose_message, message_id_for, resolution
@@ -57,6 +66,9 @@ POLL_SECONDS = 0.5  # how often the sleeping loop stats the tracker file: two ch
 WORKER_IDLE_SECONDS = 60.0  # the delivery thread also looks for messages other processes queued
 HEALTH_FACTOR = 3
 RECORD_KEYS = ("kind", "key", "summary", "since", "batch_id")
+MAX_REPORTED = 200  # identities of incidents ever opened, so a one-shot report is never repeated
+ONE_SHOT_WINDOW_SECONDS = 24 * 3600  # an unalerted late completion or a moved-aside file older than this is history
+CLOCK_TOLERANCE_SECONDS = 5.0  # a stored instant this far ahead of now means a clock problem, not a race
 
 
 # --------------------------------------------------------------------------- results
@@ -248,6 +260,7 @@ def fresh_state(now: float) -> dict:
         },
         "pending_notifications": [],
         "outbox": {"pending": 0, "oldest_pending_at": None, "failed": 0},
+        "reported": [],
     }
 
 
@@ -271,6 +284,8 @@ def _check_state(document: dict) -> dict:
         raise CorruptStateError("monitor state has malformed open_incidents or recent_alerts")
     if not isinstance(state["pending_notifications"], list) or not isinstance(state["counters"]["alerts_sent"], dict):
         raise CorruptStateError("monitor state has malformed pending_notifications or counters")
+    if not isinstance(state["reported"], list):
+        raise CorruptStateError("monitor state has a malformed reported list")
     for ident, record in state["open_incidents"].items():
         if not isinstance(record, dict) or not all(k in record for k in ("kind", "key", "opened_at")):
             raise CorruptStateError(f"monitor state record {ident!r} is malformed")
@@ -314,6 +329,13 @@ class Monitor:
             sender=config.email_from,
             recipients=tuple(config.email_to),
             tracker_file=config.tracker.tracker_file,
+            cli_command=config.cli_command,
+            run_command=config.run_command,
+            resume_command=config.resume_command,
+            log_dir=config.log_dir,
+            status_page_url=config.status_page_url,
+            output_tail_lines=config.output_tail_lines,
+            under_systemd=config.under_systemd,
         )
         self.stop_signal: int | None = None
         self._stop_requested = False
@@ -325,6 +347,7 @@ class Monitor:
         self._last_ping = 0.0
         self._delivered_once = False
         self._last_result: StepResult | None = None
+        self._current_due: float | None = None
 
     # ----- one check
 
@@ -341,6 +364,7 @@ class Monitor:
         snapshot = self.tracker.snapshot()
         with self.state_store.locked():
             state = self._load_state(now)
+            self._clamp_future_instants(state, now)
             detected = self._detect(snapshot, now, state)
             opened, cleared, retired = self._plan(state, detected, snapshot, now)
             state["last_check_at"] = now
@@ -355,6 +379,9 @@ class Monitor:
                 # Phase 2: what reached the outbox is marked done (also when the outbox failed midway).
                 self.state_store.write(state)
             self._last_state = state
+        current = snapshot.current
+        running = current is not None and current["state"] in ("running", "failed")
+        self._current_due = batch_deadline(current, self.deadline) if running else None
         ok_reason = self._reason(snapshot, now, state)
         result = StepResult(
             now=now,
@@ -421,12 +448,105 @@ class Monitor:
             LOGGER.info("no monitor state yet at %s: watching from now on", self.state_store.path)
         return fresh_state(now)
 
+    def _clamp_future_instants(self, state: dict, now: float) -> None:
+        """Bring stored instants that lie in the future back to ``now``, logging each as a clock problem.
+
+        A monitor once run with its clock ahead stores a future ``watch_since`` (no deadline
+        before it counts as missing) or future incident times (no reminder falls due): left
+        alone, they would silence it for as long as the clock was wrong.
+        """
+
+        def clamp(holder: dict, key: str, what: str) -> None:
+            value = holder.get(key)
+            if _number(value) and value > now + CLOCK_TOLERANCE_SECONDS:
+                LOGGER.warning(
+                    "clock problem: %s in %s is %s, %s in the future of now (%s); using now",
+                    what,
+                    self.state_store.path,
+                    format_utc(value),
+                    format_duration(value - now),
+                    format_utc(now),
+                )
+                holder[key] = now
+
+        clamp(state, "watch_since", "watch_since")
+        clamp(state, "last_check_at", "last_check_at")
+        for ident, record in state["open_incidents"].items():
+            for key in ("opened_at", "alerted_at", "last_notified_at"):
+                clamp(record, key, f"{key} of incident {ident}")
+
+    def _one_shot_incidents(self, snapshot, now: float, state: dict) -> list[Incident]:
+        """Problems that happened between two checks and left no open condition behind.
+
+        - the newest batch completed after its deadline and no late alert was ever opened
+          for it (it started late and finished before a ``--once`` check ran);
+        - a hook moved a corrupt tracker file aside and started afresh: the night's
+          progress is gone even though the file reads fine now.
+        Each is reported once: its identity goes to ``state["reported"]`` when it opens,
+        and the next check clears it with a recovery.
+        """
+        if not snapshot.readable:
+            return []
+        reported = set(state["reported"]) | set(state["open_incidents"])
+        reported |= {f"{a.get('kind')}:{a.get('key')}" for a in state["recent_alerts"] if isinstance(a, dict)}
+        found: list[Incident] = []
+        current = snapshot.current
+        if current is not None and current["state"] == "completed" and f"{LATE}:{current['id']}" not in reported:
+            due = batch_deadline(current, self.deadline)
+            ended = current["ended_at"]
+            if ended > due and now - ended <= ONE_SHOT_WINDOW_SECONDS:
+                found.append(
+                    Incident(
+                        LATE,
+                        current["id"],
+                        f"batch {current['id']} completed {format_duration(ended - due)} late, at "
+                        f"{format_local(ended, self.deadline)}, after its deadline {format_local(due, self.deadline)}",
+                        due,
+                        current["id"],
+                    )
+                )
+        tracker_record = state["open_incidents"].get(f"{UNREADABLE}:tracker")
+        for event in snapshot.storage_events:
+            if event.get("event") != "corrupt_file_moved_aside" or now - event["at"] > ONE_SHOT_WINDOW_SECONDS:
+                continue
+            key = f"moved-{event['at']:.0f}"
+            if f"{UNREADABLE}:{key}" in reported:
+                continue
+            if tracker_record is not None:
+                # The open "unreadable" incident already alerted; its recovery names the new location.
+                tracker_record["moved_to"] = event.get("moved_to")
+                tracker_record["moved_at"] = event["at"]
+                self._remember(state, f"{UNREADABLE}:{key}")
+                continue
+            found.append(
+                Incident(
+                    UNREADABLE,
+                    key,
+                    f"the tracker file was corrupt ({event.get('error') or 'unreadable'}); at "
+                    f"{format_local(event['at'], self.deadline)} a hook moved it aside to {event.get('moved_to')} "
+                    "and started a fresh one: the progress recorded before then is gone",
+                    event["at"],
+                    None,
+                )
+            )
+        return found
+
+    @staticmethod
+    def _remember(state: dict, ident: str) -> None:
+        if ident not in state["reported"]:
+            state["reported"].append(ident)
+            del state["reported"][:-MAX_REPORTED]
+
     def _detect(self, snapshot, now: float, state: dict) -> list[Incident]:
         found = batch_health.open_incidents(snapshot, now, self.deadline, watch_since=state["watch_since"])
+        found += self._one_shot_incidents(snapshot, now, state)
         if self.early_warning:
-            found += prediction.early_warnings(
+            warnings = prediction.early_warnings(
                 snapshot, now, self.deadline, self.config.at_risk_margin_seconds, frozenset(state["open_incidents"])
             )
+            # Precedence: late supersedes at risk, also while a clock stepped back hides the lateness.
+            late = {r.get("batch_id") for r in state["open_incidents"].values() if r["kind"] == LATE}
+            found += [w for w in warnings if not (w.kind == prediction.AT_RISK and w.batch_id in late)]
         unique: dict[str, Incident] = {}
         for incident in found:
             unique.setdefault(batch_health.identity(incident), incident)
@@ -436,11 +556,44 @@ class Monitor:
     def _stays_open(record: dict, snapshot) -> bool:
         """True when ``record`` is absent only because the tracker could not be read, not because it cleared."""
         if not snapshot.readable:
-            return record["kind"] != UNREADABLE
+            return record["kind"] != UNREADABLE or record["key"] != "tracker"
         if snapshot.history_error and record.get("batch_id"):
             current = snapshot.current
             return current is None or current["id"] != record["batch_id"]
+        if record["kind"] == LATE:
+            # A late batch is late until it (or a newer batch) completes: a clock stepped back
+            # to before the deadline does not make it on time.
+            for batch in snapshot.batches_newest_first():
+                if batch["state"] == "completed":
+                    return False
+                if batch["id"] == record.get("batch_id"):
+                    return True
         return False
+
+    def _resolution(self, record: dict, snapshot, now: float) -> str | None:
+        """Why ``record`` cleared (:func:`~utils.mail_compose.resolution`), with what only the monitor knows."""
+        if record["kind"] == UNREADABLE and record.get("moved_to"):
+            return (
+                f"the tracker file is readable again; the corrupt one was moved aside to {record['moved_to']} "
+                f"at {format_local(record.get('moved_at'), self.deadline)}: the progress recorded before then is gone"
+            )
+        if record["kind"] == LATE:
+            batches = snapshot.batches_newest_first()
+            named = next((b for b in batches if b["id"] == record.get("batch_id")), None)
+            newer = next((b for b in batches if b["state"] == "completed"), None)
+            if named is not None and named["state"] != "completed" and newer is not None:
+                return (
+                    f"batch {named['id']} ended {named['state']}; a new batch {newer['id']} completed at "
+                    f"{format_local(newer['ended_at'], self.deadline)}"
+                )
+        return resolution(record, snapshot, self.deadline, now)
+
+    def _adopt_missing(self, records: dict, incident: Incident) -> tuple[str, dict] | None:
+        """The open "missing" record a late start answers (its deadline is the batch's), if any."""
+        for ident, record in records.items():
+            if record["kind"] == MISSING and float(record["key"]) == incident.since:
+                return ident, record
+        return None
 
     def _plan(self, state: dict, detected: list[Incident], snapshot, now: float) -> tuple[list, list, list]:
         """Update the open records and append notification intents to ``state``."""
@@ -455,7 +608,24 @@ class Monitor:
             ident = batch_health.identity(incident)
             seen.add(ident)
             record = records.get(ident)
+            adopted = self._adopt_missing(records, incident) if record is None and incident.kind == LATE else None
+            if adopted is not None:
+                # Precedence: a missing night that a late start answers becomes late -- one alert
+                # chain. The late record inherits the missing one's alert; no second alert, no
+                # "missing" recovery; the late recovery will say how late the batch finished.
+                missing_ident, missing = adopted
+                del records[missing_ident]
+                record = dict(incident._asdict())
+                record.update({k: missing.get(k) for k in ("opened_at", "alerted_at", "last_notified_at")})
+                record.update(reminders_sent=missing.get("reminders_sent", 0), continues=missing_ident)
+                records[ident] = record
+                self._remember(state, ident)
+                opened.append(ident)
+                retired.append(missing_ident)
+                LOGGER.info("incident %s is answered by a late start: it continues as %s", missing_ident, ident)
+                continue
             if record is None:
+                self._remember(state, ident)
                 record = dict(incident._asdict())
                 record.update(opened_at=now, alerted_at=None, last_notified_at=None, reminders_sent=0)
                 records[ident] = record
@@ -472,7 +642,7 @@ class Monitor:
             if ident in seen or self._stays_open(record, snapshot):
                 continue
             del records[ident]
-            text = resolution(record, snapshot, self.deadline, now)
+            text = self._resolution(record, snapshot, now)
             if text is None:
                 LOGGER.info("incident %s is no longer tracked (superseded or aged out; no recovery to report)", ident)
                 retired.append(ident)
@@ -559,6 +729,8 @@ class Monitor:
     def next_wake_at(self, now: float) -> float:
         """The next instant a check could change something: interval, next deadline, next reminder."""
         candidates = [now + self.config.check_interval_seconds, self.deadline.first_after(now)]
+        if self._current_due is not None and self._current_due > now:
+            candidates.append(self._current_due)  # stored with the batch: may differ from today's settings
         repeat = self.config.alert_repeat_seconds
         if repeat and self._last_state:
             for record in self._last_state["open_incidents"].values():
@@ -642,7 +814,7 @@ class Monitor:
             if result.notifications and self._worker is not None:
                 self._worker.nudge()
             self.notifier.status(self._status_text(result))
-        self._ping_watchdog(force=True)
+            self._ping_watchdog(force=True)
 
     def _sleep_until(self, wake_at: float, watcher: FileWatcher) -> str:
         """Sleep until ``wake_at`` (by the injected clock), a stop request or a tracker file change."""
@@ -663,6 +835,10 @@ class Monitor:
         return "stop"
 
     def _ping_watchdog(self, force: bool = False) -> None:
+        """WATCHDOG=1, but only while checks complete: a monitor whose every check fails (too many
+        open files, an unreadable state directory) stops pinging, and systemd restarts it."""
+        if not self.health()[0]:
+            return
         interval = self.notifier.watchdog_interval_seconds
         now = time.monotonic()
         if force or interval is None or now - self._last_ping >= interval / 2:
@@ -725,7 +901,16 @@ class Monitor:
 
     def status(self) -> dict:
         """:func:`~utils.batch_tracker.get_batch_status` plus the monitor's view, JSON-ready (ISO times)."""
-        report = get_batch_status(path=self.tracker.path, clock=self.clock, config=self.config.tracker)
+        # One instant for the whole report: the page's headline is the last check's verdict, so the
+        # batch is described as of that check too (as of now before the first check or while checks fail).
+        last = self._last_result if self._last_error is None else None
+        now = self.clock() if last is None else last.now
+        report = get_batch_status(now, path=self.tracker.path, clock=self.clock, config=self.config.tracker)
+        # The status page charts the last 30 nights (utils.status_page.CHART_NIGHTS); history.recent has 7.
+        report["history"]["nights"] = [
+            batch_health.summarize_batch(b, self.deadline, now)
+            for b in self.tracker.snapshot().batches_newest_first()[:30]
+        ]
         try:
             state = self.state_store.read() or {}
             error = None

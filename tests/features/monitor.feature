@@ -70,3 +70,19 @@ Feature: Completion monitor alerts
     And the monitor is restarted
     And the monitor checks at 2026-11-23 05:30
     Then exactly 2 e-mails have been sent
+
+  Scenario: A batch that starts after a missed night is late from its start, in one alert chain
+    Given a batch started at 2026-11-22 01:00
+    When the batch ends at 2026-11-22 03:00
+    And the monitor checks at 2026-11-23 05:10
+    Then exactly 1 e-mail has been sent
+    And e-mail 1 has the subject "[MISSING] no nightly batch started before the 05:00 EST deadline (Mon 2026-11-23)"
+    When a batch starts at 2026-11-23 06:00
+    And the monitor checks at 2026-11-23 06:05
+    And the monitor checks at 2026-11-23 09:00
+    Then exactly 1 e-mail has been sent
+    When the batch ends at 2026-11-23 16:00
+    And the monitor checks at 2026-11-23 16:00
+    And the monitor checks at 2026-11-23 16:10
+    Then exactly 2 e-mails have been sent
+    And e-mail 2 has the subject "[RECOVERED] nightly LATE: batch nightly-2 completed 11 h 00 min late, at 2026-11-23 16:00 EST"

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -33,6 +34,7 @@ from utils.batch_tracker import (
     BatchTracker,
     TrackerConfig,
     TrackerSnapshot,
+    clean_text,
     sibling_file,
 )
 from utils.deadline import DailyDeadline
@@ -506,7 +508,9 @@ def header_names(raw: bytes) -> list[str]:
 
 def check_message(raw: bytes, notification_type: str) -> object:
     found = header_names(raw)
-    assert sorted(found) == sorted(EXPECTED_HEADERS), found
+    # Recoveries and reminders thread under their alert.
+    threading = [] if notification_type == ALERT else ["In-Reply-To", "References"]
+    assert sorted(found) == sorted(EXPECTED_HEADERS + threading), found
     message = BytesParser(policy=policy.default).parsebytes(raw)
     assert not message.defects
     assert message["Bcc"] is None and message["Cc"] is None
@@ -542,7 +546,7 @@ def test_it_never_lets_tracker_text_inject_a_mail_header(tmp_path, batch_name, b
     pending = root / "outbox" / "pending"
     alert_raw = (pending / f"{alert[0].outbox_id}.eml").read_bytes()
     recovery_raw = (pending / f"{recovery[0].outbox_id}.eml").read_bytes()
-    shown = body_safe(reason[:MAX_REASON_LENGTH])
+    shown = body_safe(clean_text(reason))  # the tracker's one rule where text enters, then the body's
     for raw, kind in ((alert_raw, ALERT), (recovery_raw, RECOVERY)):
         message = check_message(raw, kind)
         body = message.get_content().replace("\r\n", "\n")  # the SMTP policy's line ends
@@ -597,3 +601,49 @@ def test_it_keeps_any_text_composed_into_a_header_on_one_line(
     assert all(ch.isprintable() or ch == "\n" for ch in body), "a control character reached the body"
     if notification_type != ALERT:
         assert body_safe(summary) in body
+
+
+# --------------------------------------------------------------------------- the systemd watchdog
+
+
+def test_it_pings_the_watchdog_only_while_its_checks_complete(base_env, tmp_path, tracker_file):
+    """A monitor whose every check fails must go quiet, so systemd's WatchdogSec restarts it."""
+    name = f"batch-monitor-watchdog-{uuid.uuid4().hex}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.setblocking(False)
+    received: list[str] = []
+
+    def drain() -> list[str]:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                received.append(sock.recv(4096).decode())
+        return received
+
+    state_file = Path(sibling_file(str(tracker_file), "monitor"))
+    env = dict(
+        base_env,
+        BATCH_OUTBOX_DIR=str(tmp_path / "outbox"),
+        METRICS_PORT="0",
+        BATCH_COMPLETION_CHECK_INTERVAL_SECONDS="1",
+        NOTIFY_SOCKET="@" + name,
+        WATCHDOG_USEC="400000",  # ping every 0.2 s while healthy
+        **far_deadline(),
+    )
+    tracker_cli(env, "start")
+    log = tmp_path / "monitor.log"
+    try:
+        with running_monitor(env, log):
+            wait_until(lambda: "WATCHDOG=1" in drain(), message="a first watchdog ping")
+            state_file.unlink()
+            state_file.mkdir()  # the state can no longer be read: every check fails from now on
+            wait_until(lambda: log.read_text().count("check failed:") >= 1, message="a failed check")
+            received.clear()
+            drain()
+            received.clear()  # a ping sent before the failure was noticed may still be queued
+            wait_until(lambda: log.read_text().count("check failed:") >= 3, message="more failed checks")
+            assert "WATCHDOG=1" not in drain(), received
+            state_file.rmdir()  # healed: the pings come back
+            wait_until(lambda: "WATCHDOG=1" in drain(), message="watchdog pings after the checks recover")
+    finally:
+        sock.close()
