@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
+import subprocess
 import threading
+import time
 
-from conftest import SmtpSink, free_port
+from conftest import PROJECT_ROOT, VENV_PYTHON, SmtpSink, free_port
 
 from utils.deadline import DailyDeadline
 from utils.mail_compose import (
     ALERT,
+    RECOVERY,
     outbox_id,
     parse_message,
 )
@@ -197,3 +201,182 @@ def test_it_serialises_delivery_passes(tmp_path, clock, smtp_server):
         thread.join(10)
     assert sum(len(r.delivered) for r in reports) == 6
     assert len(smtp_server.received()) == 6
+
+
+# ----- issue 10: order per incident, the summary, the operator command, private directories
+
+
+def incident_message(incident: str, message_id: str, subject: str):
+    message = simple_message(subject=subject, message_id=message_id)
+    message["X-Batch-Incident"] = incident
+    return message
+
+
+def test_it_never_lets_a_recovery_overtake_its_alert_even_across_a_restart(tmp_path, clock, smtp_server):
+    outbox = Outbox(str(tmp_path / "outbox"), clock=clock)
+    outbox.enqueue(
+        incident_message("late:b1", "<alert@example.com>", "[LATE] b1"), kind="late", notification_type=ALERT
+    )
+    smtp_server.reject_with = "451 4.3.0 try again later"
+    report = outbox.deliver_due(plain(smtp_server))
+    assert len(report.deferred) == 1
+    alert_due = report.next_attempt_at
+    # The relay recovers and the batch ends while the alert still backs off.
+    smtp_server.reject_with = None
+    clock.advance(1)
+    outbox.enqueue(
+        incident_message("late:b1", "<recovery@example.com>", "[RECOVERED] b1"), kind="late", notification_type=RECOVERY
+    )
+    outbox.enqueue(
+        incident_message("failed:b0", "<other@example.com>", "[FAILED] b0"), kind="failed", notification_type=ALERT
+    )
+    report = outbox.deliver_due(plain(smtp_server))
+    assert [m.subject for m in report.delivered] == ["[FAILED] b0"]  # another incident is not held up
+    assert [m["Subject"] for m in smtp_server.received()] == ["[FAILED] b0"]
+    assert report.next_attempt_at == alert_due  # the recovery can go no sooner than its alert
+    restarted = Outbox(str(tmp_path / "outbox"), clock=clock)  # the order is on disk
+    assert [m.subject for m in restarted.pending()] == ["[LATE] b1", "[RECOVERED] b1"]
+    clock.set(alert_due)
+    assert [m.subject for m in restarted.deliver_due(plain(smtp_server)).delivered] == ["[LATE] b1", "[RECOVERED] b1"]
+    assert [m["Subject"] for m in smtp_server.received()] == ["[FAILED] b0", "[LATE] b1", "[RECOVERED] b1"]
+
+
+def test_it_keeps_enqueue_order_within_an_incident_when_the_clock_ties(tmp_path, clock, smtp_server):
+    # Message-IDs whose outbox ids sort the other way round: only the stored enqueue order decides.
+    number = 0
+    while outbox_id(f"<r{number}@example.com>") > outbox_id("<a@example.com>"):
+        number += 1
+    outbox = Outbox(str(tmp_path / "outbox"), clock=clock)
+    outbox.enqueue(incident_message("late:b2", "<a@example.com>", "alert"), kind="late", notification_type=ALERT)
+    outbox.enqueue(
+        incident_message("late:b2", f"<r{number}@example.com>", "recovery"), kind="late", notification_type=RECOVERY
+    )
+    assert [m.subject for m in Outbox(str(tmp_path / "outbox"), clock=clock).pending()] == ["alert", "recovery"]
+    assert len(outbox.deliver_due(plain(smtp_server)).delivered) == 2
+    assert [m["Subject"] for m in smtp_server.received()] == ["alert", "recovery"]
+
+
+def test_it_lets_a_recovery_go_once_its_alert_was_refused_for_good(tmp_path, clock, smtp_server):
+    outbox = Outbox(str(tmp_path / "outbox"), clock=clock)
+    outbox.enqueue(incident_message("late:b3", "<a3@example.com>", "alert"), kind="late", notification_type=ALERT)
+    smtp_server.reject_with = "554 5.7.1 rejected by policy"
+    assert len(outbox.deliver_due(plain(smtp_server)).failed) == 1
+    smtp_server.reject_with = None
+    outbox.enqueue(incident_message("late:b3", "<r3@example.com>", "recovery"), kind="late", notification_type=RECOVERY)
+    assert [m.subject for m in outbox.deliver_due(plain(smtp_server)).delivered] == ["recovery"]
+
+
+def test_it_summarises_queued_and_failed_messages(tmp_path, clock, smtp_server):
+    outbox = Outbox(str(tmp_path / "outbox"), clock=clock)
+    assert outbox.summary() == {"pending": 0, "failed": 0, "oldest_pending_at": None}
+    outbox.enqueue(simple_message(message_id="<f@example.com>"), kind="late", notification_type=ALERT)
+    smtp_server.reject_with = "554 5.7.1 rejected by policy"
+    outbox.deliver_due(plain(smtp_server))
+    first_queued = clock.advance(60)
+    outbox.enqueue(simple_message(message_id="<q1@example.com>"), kind="late", notification_type=ALERT)
+    clock.advance(60)
+    outbox.enqueue(simple_message(message_id="<q2@example.com>"), kind="late", notification_type=ALERT)
+    smtp_server.reject_with = "451 4.3.0 try again later"
+    outbox.deliver_due(plain(smtp_server))
+    assert outbox.summary() == {"pending": 2, "failed": 1, "oldest_pending_at": first_queued}
+
+
+def run_monitor(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [VENV_PYTHON, str(PROJECT_ROOT / "bin" / "batch_completion_monitor.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def outbox_files(directory) -> dict:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_it_lists_and_requeues_failed_messages_from_the_command_line(tmp_path, clock, smtp_server, base_env):
+    directory = tmp_path / "outbox"
+    env = {**base_env, "BATCH_OUTBOX_DIR": str(directory)}
+    outbox = Outbox(str(directory), clock=clock)
+    refused = outbox.enqueue(
+        incident_message("failed:b4", "<f4@example.com>", "[FAILED] b4"), kind="failed", notification_type=ALERT
+    )
+    smtp_server.reject_with = "554 5.7.1 rejected by policy"
+    outbox.deliver_due(plain(smtp_server))
+    waiting = outbox.enqueue(
+        incident_message("late:b5", "<l5@example.com>", "[LATE] b5"), kind="late", notification_type=ALERT
+    )
+    smtp_server.reject_with = "451 4.3.0 try again later"
+    outbox.deliver_due(plain(smtp_server))
+
+    listing = run_monitor(env, "outbox", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "1 pending, 1 failed" in listing.stdout
+    lines = listing.stdout.splitlines()
+    failed_line = next(line for line in lines if refused.id in line)
+    assert failed_line.startswith("failed") and "[FAILED] b4" in failed_line and "failed:b4" in failed_line
+    assert "attempts 1" in failed_line and " d " in failed_line  # created by the fake clock, long ago: age in days
+    pending_line = next(line for line in lines if waiting.id in line)
+    assert pending_line.startswith("pending") and "late:b5" in pending_line and "attempts 1" in pending_line
+    assert "554 5.7.1 rejected by policy" in listing.stdout and "451 4.3.0" in listing.stdout
+    as_json = json.loads(run_monitor(env, "outbox", "list", "--json").stdout)
+    assert {(row["state"], row["id"], row["incident"]) for row in as_json} == {
+        ("failed", refused.id, "failed:b4"),
+        ("pending", waiting.id, "late:b5"),
+    }
+
+    before = outbox_files(directory)
+    bad = run_monitor(env, "outbox", "retry", refused.id, "nosuchid")
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "'nosuchid'" in bad.stderr
+    assert outbox_files(directory) == before  # nothing moved, not even the good id
+    assert run_monitor(env, "outbox", "retry").returncode == 2  # neither ids nor --all
+
+    started = time.time()
+    retried = run_monitor(env, "outbox", "retry", refused.id[:8])
+    assert retried.returncode == 0, retried.stderr
+    assert refused.id in retried.stdout
+    assert outbox.failed() == []
+    requeued = next(m for m in outbox.pending() if m.id == refused.id)
+    assert requeued.attempts == 0 and requeued.last_error is None
+    assert started - 1 <= requeued.next_attempt_at <= time.time() + 1
+    smtp_server.reject_with = None
+    clock.set(time.time() + 1)
+    delivered = outbox.deliver_due(plain(smtp_server)).delivered
+    assert refused.id in {m.id for m in delivered}
+    assert "[FAILED] b4" in [m["Subject"] for m in smtp_server.received()]
+
+
+def test_it_requeues_every_failed_message_with_all(tmp_path, clock, smtp_server, base_env):
+    directory = tmp_path / "outbox"
+    env = {**base_env, "BATCH_OUTBOX_DIR": str(directory)}
+    outbox = Outbox(str(directory), clock=clock)
+    for number in range(3):
+        outbox.enqueue(simple_message(message_id=f"<all{number}@example.com>"), kind="late", notification_type=ALERT)
+    smtp_server.reject_with = "550 5.1.1 no such user"
+    assert len(outbox.deliver_due(plain(smtp_server)).failed) == 3
+    result = run_monitor(env, "outbox", "retry", "--all")
+    assert result.returncode == 0, result.stderr
+    assert outbox.summary()["failed"] == 0 and outbox.summary()["pending"] == 3
+    assert run_monitor(env, "outbox", "retry", "--all").stdout.startswith("no failed messages")
+
+
+def test_it_creates_private_directories_whatever_the_umask(tmp_path, clock):
+    loose = tmp_path / "old" / "outbox"
+    loose.mkdir(parents=True)
+    os.chmod(loose, 0o777)  # left by an older version under a loose umask
+    previous = os.umask(0)
+    try:
+        outbox = Outbox(str(tmp_path / "state" / "deep" / "outbox"), clock=clock)
+        outbox.enqueue(simple_message(), kind="late", notification_type=ALERT)
+        files = tmp_path / "mail" / "eml"
+        assert len(outbox.deliver_due(FileTransport(str(files), clock=clock)).delivered) == 1
+        Outbox(str(loose), clock=clock).enqueue(simple_message(), kind="late", notification_type=ALERT)
+    finally:
+        os.umask(previous)
+    created = [tmp_path / "state", tmp_path / "state" / "deep", tmp_path / "mail", files, loose]
+    created += [tmp_path / "state" / "deep" / "outbox" / name for name in ("", "pending", "sent", "failed")]
+    for directory in created:
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o750, directory

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import logging
+import socket
 import ssl
+import struct
 import subprocess
 
 import pytest
@@ -196,3 +199,101 @@ def test_it_classifies_smtp_errors(tmp_path, smtp_server):
     closed = SmtpTransport("127.0.0.1", free_port(), security="plain", timeout=2)
     with pytest.raises(TransientDeliveryError, match="refused"):
         closed.send(raw, sender="a@example.com", recipients=["b@example.com"], meta={"id": "x"})
+
+
+# ----- issue 10: odd replies to QUIT, credentials echoed by the server
+
+
+class OddQuitSink(SmtpSink):
+    """An SmtpSink whose server answers QUIT with ``quit_reply``, or resets the connection on QUIT."""
+
+    def __init__(self, quit_reply: str):
+        super().__init__()
+        handler = self._controller.handler
+
+        async def handle_QUIT(server, session, envelope):
+            if quit_reply == "reset":
+                sock = server.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                server.transport.abort()  # RST instead of a reply
+            return quit_reply
+
+        handler.handle_QUIT = handle_QUIT
+
+
+@pytest.mark.parametrize("quit_reply", ["421 4.3.2 shutting down", "500 5.5.1 what?", "reset"])
+def test_it_counts_a_message_as_delivered_once_data_was_accepted_whatever_quit_says(tmp_path, clock, quit_reply):
+    sink = OddQuitSink(quit_reply).start()
+    try:
+        outbox = Outbox(str(tmp_path / "outbox"), clock=clock)
+        queued = outbox.enqueue(simple_message(), kind="late", notification_type=ALERT)
+        report = outbox.deliver_due(plain(sink))
+        assert [m.id for m in report.delivered] == [queued.id]
+        assert report.deferred == () and report.failed == ()
+        assert outbox.pending() == [] and outbox.failed() == [] and [m.id for m in outbox.sent()] == [queued.id]
+        clock.advance(3600)  # long past any back-off: nothing is sent again
+        assert outbox.deliver_due(plain(sink)).delivered == ()
+        assert len(sink.received()) == 1
+    finally:
+        sink.stop()
+
+
+class EchoingAuthSink(SmtpSink):
+    """A server that offers only ``mechanism`` and answers every login with a 535 echoing the credentials."""
+
+    def __init__(self, mechanism: str):
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult
+
+        super().__init__()
+
+        def authenticator(server, session, envelope, mechanism_used, auth_data):
+            login, password = auth_data.login.decode(), auth_data.password.decode()
+            plain_blob = base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+            login_blob = base64.b64encode(password.encode()).decode()
+            echo = f"535 5.7.8 bad credentials {login}:{password} ({plain_blob} {login_blob})"
+            return AuthResult(success=False, handled=False, message=echo)
+
+        other = {"PLAIN": "LOGIN", "LOGIN": "PLAIN"}[mechanism]
+        self._controller = Controller(
+            self._controller.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            authenticator=authenticator,
+            auth_required=True,
+            auth_require_tls=False,
+            auth_exclude_mechanism=[other],
+        )
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_it_scrubs_credentials_a_server_echoes_in_its_535_reply(tmp_path, clock, caplog, mechanism):
+    password = "s3cret-Pa55word!"
+    forms = {
+        password,
+        base64.b64encode(password.encode()).decode(),
+        base64.b64encode(f"\0monitor\0{password}".encode()).decode(),
+    }
+    forms |= {form.rstrip("=") for form in forms}
+    sink = EchoingAuthSink(mechanism).start()
+    try:
+        outbox = Outbox(str(tmp_path / "outbox"), clock=clock)
+        outbox.enqueue(simple_message(), kind="late", notification_type=ALERT)
+        transport = SmtpTransport(
+            "127.0.0.1", sink.port, security="plain", username="monitor", password=Secret(password), timeout=5
+        )
+        with caplog.at_level(logging.DEBUG):
+            report = outbox.deliver_due(transport)
+        assert len(report.deferred) == 1
+        error = report.deferred[0].last_error
+        assert "535" in error and "bad credentials monitor:********" in error  # the reply is kept, scrubbed
+        # The server's own log (aiosmtpd, "mail.log") is the server's business; ours must be clean.
+        ours = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("mail.log"))
+        assert "535" in ours
+        stored = "".join(p.read_text() for p in (tmp_path / "outbox").rglob("*.json"))
+        assert "bad credentials" in stored
+        for form in forms:
+            assert form not in ours and form not in stored and form not in error, form
+    finally:
+        sink.stop()

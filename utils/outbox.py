@@ -4,7 +4,7 @@ Outbox (:class:`Outbox`): a directory that holds every notification until it is
 delivered, across restarts and outages::
 
     <outbox>/pending/<id>.eml   the message, written atomically before any attempt
-    <outbox>/pending/<id>.json  sidecar: recipients, attempts, next_attempt_at, last_error
+    <outbox>/pending/<id>.json  sidecar: recipients, incident, seq, attempts, next_attempt_at, last_error
     <outbox>/sent/              delivered messages (the newest ``keep`` pairs are kept)
     <outbox>/failed/            messages refused permanently (5xx)
     <outbox>/<UTC>-<kind>-<type>-<id8>.eml   alerts "delivered" by :class:`FileTransport`
@@ -21,6 +21,17 @@ timeouts, SMTP 4xx, disconnects) are retried with exponential backoff (5 s doubl
 message moves to ``failed/``. Authentication and TLS problems are logged at ERROR but
 retried: fixing the configuration and restarting must still deliver the alert.
 Passwords never appear in logs or exception messages.
+
+Order (:meth:`Outbox.pending`): messages leave in enqueue order (``seq``, stored in each
+sidecar, so the order survives a restart). Per incident (header ``X-Batch-Incident``) a
+message waits while an earlier message of the same incident is still pending (backing
+off, or held itself): a recovery or reminder never overtakes its alert. A message refused
+for good (``failed/``) no longer holds the later ones back.
+
+Operators list pending and failed messages and put failed ones back in the queue with
+``bin/batch_completion_monitor.py outbox list|retry`` (:meth:`Outbox.retry`).
+
+Every directory the outbox creates is 0750 whatever the umask.
 """
 
 from __future__ import annotations
@@ -33,17 +44,25 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses, parseaddr
 
 from utils.batch_health import format_duration
 from utils.mail_compose import ALERT, MAIL_POLICY, outbox_id
 from utils.state_store import StorageError, read_json_object, write_bytes_atomically, write_json_atomically
-from utils.transports import KEEP_DELIVERED, DeliveryError, PermanentDeliveryError
+from utils.transports import KEEP_DELIVERED, DeliveryError, PermanentDeliveryError, ensure_private_dir
 
 LOGGER = logging.getLogger(__name__)
 
 BACKOFF_INITIAL_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 600.0
 ORPHAN_MAX_AGE_SECONDS = 86_400
+INCIDENT_HEADER = "X-Batch-Incident"
+MIN_ID_PREFIX = 6
+
+
+class UnknownMessageError(ValueError):
+    """An id given to :meth:`Outbox.retry` names no failed message (or more than one)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +81,8 @@ class QueuedMessage:
     next_attempt_at: float
     last_error: str | None
     state: str  # pending | sent | failed
+    incident: str | None = None  # X-Batch-Incident: messages of one incident leave in order
+    seq: int = 0  # enqueue order (0: stored by a version without it, so older than any numbered one)
 
     @classmethod
     def from_record(cls, record: dict, state: str) -> QueuedMessage:
@@ -78,6 +99,8 @@ class QueuedMessage:
             next_attempt_at=float(record.get("next_attempt_at", 0.0)),
             last_error=record.get("last_error"),
             state=state,
+            incident=record.get("incident"),
+            seq=int(record.get("seq", 0)),
         )
 
 
@@ -100,8 +123,9 @@ class DeliveryReport:
 class Outbox:
     """The persistent outbox under ``directory``; see the module docstring for the layout.
 
-    Enqueueing is idempotent per Message-ID. One delivery pass at a time runs (an
-    ``flock`` on ``<directory>/.deliver.lock``), across threads and processes.
+    Enqueueing is idempotent per Message-ID and numbers messages in enqueue order (under an
+    ``flock`` on ``<directory>/.enqueue.lock``). One delivery pass (or operator re-queue) at a
+    time runs (an ``flock`` on ``<directory>/.deliver.lock``), across threads and processes.
     """
 
     def __init__(
@@ -127,8 +151,8 @@ class Outbox:
 
     def _ensure_dirs(self) -> None:
         try:
-            for path in (self.pending_dir, self.sent_dir, self.failed_dir):
-                os.makedirs(path, mode=0o750, exist_ok=True)
+            for path in (self.directory, self.pending_dir, self.sent_dir, self.failed_dir):
+                ensure_private_dir(path)
         except OSError as exc:
             raise StorageError(f"cannot create the outbox {self.directory}: {exc.strerror or exc}") from exc
 
@@ -152,24 +176,38 @@ class Outbox:
             if existing is not None:
                 return QueuedMessage.from_record(existing, state)
         now = self.clock()
-        recipients = [addr.strip() for addr in str(message["To"]).split(",") if addr.strip()]
+        # The envelope takes bare addresses; the headers keep the display names ("Ops <ops@x>").
+        recipients = [addr for _, addr in getaddresses([str(message["To"])]) if addr]
+        incident = message[INCIDENT_HEADER]
         record = {
             "id": oid,
             "message_id": message_id,
             "subject": str(message["Subject"]),
             "kind": kind,
             "type": notification_type,
+            "incident": None if incident is None else str(incident),
             "recipients": recipients,
-            "sender": str(message["From"]),
+            "sender": parseaddr(str(message["From"]))[1],
             "created_at": now,
             "attempts": 0,
             "next_attempt_at": now,
             "last_error": None,
         }
-        # The message first, then the sidecar: a sidecar always has its message.
-        write_bytes_atomically(os.path.join(self.pending_dir, oid + ".eml"), message.as_bytes(policy=MAIL_POLICY))
-        write_json_atomically(os.path.join(self.pending_dir, oid + ".json"), record)
+        with self._file_lock(".enqueue.lock"):
+            record["seq"] = self._next_seq()
+            # The message first, then the sidecar: a sidecar always has its message.
+            write_bytes_atomically(os.path.join(self.pending_dir, oid + ".eml"), message.as_bytes(policy=MAIL_POLICY))
+            write_json_atomically(os.path.join(self.pending_dir, oid + ".json"), record)
         return QueuedMessage.from_record(record, "pending")
+
+    def _next_seq(self) -> int:
+        """One more than any pending or failed message's ``seq`` (failed ones may be re-queued).
+
+        Pending is listed before failed: a message moving between the two meanwhile is
+        written to failed/ before it leaves pending/, so it is seen in one of them.
+        """
+        records = self._records(self.pending_dir) + self._records(self.failed_dir)
+        return 1 + max((int(r.get("seq", 0)) for r in records), default=0)
 
     # ----- reads
 
@@ -195,9 +233,22 @@ class Outbox:
         return [r for r in records if r is not None]
 
     def pending(self) -> list[QueuedMessage]:
-        """Messages waiting for delivery, oldest first."""
-        records = sorted(self._records(self.pending_dir), key=lambda r: (r.get("created_at", 0), r["id"]))
+        """Messages waiting for delivery in enqueue order (``seq``, then creation time)."""
+        records = self._records(self.pending_dir)
+        for record in records:
+            if "incident" not in record:  # stored by a version without it: the header has it
+                record["incident"] = self._incident_from_message(record["id"])
+        records.sort(key=lambda r: (int(r.get("seq", 0)), float(r.get("created_at", 0)), r["id"]))
         return [QueuedMessage.from_record(r, "pending") for r in records]
+
+    def _incident_from_message(self, oid: str) -> str | None:
+        try:
+            with open(os.path.join(self.pending_dir, oid + ".eml"), "rb") as handle:
+                headers = BytesHeaderParser().parse(handle)
+        except OSError:
+            return None
+        value = headers[INCIDENT_HEADER]
+        return None if value is None else str(value)
 
     def sent(self) -> list[QueuedMessage]:
         return [QueuedMessage.from_record(r, "sent") for r in self._records(self.sent_dir)]
@@ -206,12 +257,32 @@ class Outbox:
         return [QueuedMessage.from_record(r, "failed") for r in self._records(self.failed_dir)]
 
     def next_attempt_at(self) -> float | None:
-        """When the earliest pending message is due, or None when nothing is pending."""
-        due = [m.next_attempt_at for m in self.pending()]
+        """When the earliest pending message can go, or None when nothing is pending.
+
+        A message held behind an earlier one of its incident cannot go before that one.
+        """
+        due = self._effective_due(self.pending())
         return min(due) if due else None
 
+    @staticmethod
+    def _effective_due(pending: list[QueuedMessage]) -> list[float]:
+        latest: dict[str, float] = {}
+        due: list[float] = []
+        for item in pending:
+            at = item.next_attempt_at
+            if item.incident is not None:
+                at = max(at, latest.get(item.incident, at))
+                latest[item.incident] = at
+            due.append(at)
+        return due
+
     def summary(self) -> dict:
-        """Counts for the monitor's state file and status page."""
+        """Counts for the monitor's state file, status page and gauges.
+
+        ``pending``: messages queued (not yet delivered); ``failed``: messages refused for
+        good (in ``failed/``, until an operator re-queues them); ``oldest_pending_at``: the
+        ``created_at`` (UTC epoch) of the oldest queued message, None when none is queued.
+        """
         pending = self.pending()
         return {
             "pending": len(pending),
@@ -219,12 +290,90 @@ class Outbox:
             "failed": len(self._records(self.failed_dir)),
         }
 
+    # ----- operator: re-queue failed messages
+
+    def retry(self, ids: list[str] | None = None) -> list[QueuedMessage]:
+        """Move failed messages back to pending (all of them when ``ids`` is None); return them.
+
+        Each id is a failed message's id or a unique prefix of at least ``MIN_ID_PREFIX``
+        characters. Every id is checked first: an unknown or ambiguous one raises
+        :class:`UnknownMessageError` and nothing moves. A re-queued message has its attempts
+        reset and is due now; it keeps its ``seq``, so it still goes before later pending
+        messages of its incident. Runs under the delivery lock (never during a pass).
+        """
+        if not os.path.isdir(self.failed_dir):  # nothing ever failed: check the ids, create nothing
+            for wanted in ids or ():
+                self._resolve(wanted, {})
+            return []
+        with self._delivery_lock():
+            failed = {m.id: m for m in self.failed()}
+            if ids is None:
+                chosen = sorted(failed)
+            else:
+                chosen = []
+                for wanted in ids:
+                    oid = self._resolve(wanted, failed)
+                    if oid not in chosen:
+                        chosen.append(oid)
+            now = self.clock()
+            return [self._requeue(oid, now) for oid in chosen]
+
+    @staticmethod
+    def _resolve(wanted: str, failed: dict[str, QueuedMessage]) -> str:
+        if wanted in failed:
+            return wanted
+        matches = [oid for oid in failed if len(wanted) >= MIN_ID_PREFIX and oid.startswith(wanted)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise UnknownMessageError(f"id {wanted!r} matches {len(matches)} failed messages; give more characters")
+        raise UnknownMessageError(
+            f"no failed message with id {wanted!r} ({len(failed)} failed; give an id shown by 'outbox list' "
+            f"or a unique prefix of {MIN_ID_PREFIX}+ characters)"
+        )
+
+    def _requeue(self, oid: str, now: float) -> QueuedMessage:
+        """failed/ -> pending/: the message and its sidecar first, then the failed record (it decides).
+
+        A crash before the failed record is gone leaves the message failed (``_repair``
+        moves the copy back), never in both places.
+        """
+        record = self._read_sidecar(os.path.join(self.failed_dir, oid + ".json"))
+        if record is None:
+            raise UnknownMessageError(f"no failed message with id {oid!r}")
+        try:
+            with open(os.path.join(self.failed_dir, oid + ".eml"), "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise StorageError(f"cannot read the failed message {oid}: {exc.strerror or exc}") from exc
+        record.pop("failed_at", None)
+        record.update(
+            attempts=0,
+            next_attempt_at=now,
+            previous_error=record.get("last_error"),
+            last_error=None,
+            requeued_at=now,
+        )
+        write_bytes_atomically(os.path.join(self.pending_dir, oid + ".eml"), raw)
+        write_json_atomically(os.path.join(self.pending_dir, oid + ".json"), record)
+        try:
+            os.unlink(os.path.join(self.failed_dir, oid + ".json"))
+        except OSError as exc:
+            raise StorageError(f"cannot re-queue {oid}: {exc.strerror or exc}") from exc
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.failed_dir, oid + ".eml"))
+        LOGGER.info("failed message %r (%s) re-queued for delivery", record.get("subject"), record["message_id"])
+        return QueuedMessage.from_record(record, "pending")
+
     # ----- delivery
 
+    def _delivery_lock(self) -> contextlib.AbstractContextManager[None]:
+        return self._file_lock(".deliver.lock")
+
     @contextlib.contextmanager
-    def _delivery_lock(self) -> Iterator[None]:
+    def _file_lock(self, name: str) -> Iterator[None]:
         self._ensure_dirs()
-        path = os.path.join(self.directory, ".deliver.lock")
+        path = os.path.join(self.directory, name)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
         except OSError as exc:
@@ -240,6 +389,8 @@ class Outbox:
 
         After a transient failure the rest of this pass's due messages are deferred
         to the same retry time without an attempt: they would meet the same outage.
+        A message whose incident has an earlier message still pending after its turn
+        (not due, deferred, or held itself) is held back: it never overtakes that one.
         With ``retry_waiting``, messages still backing off are due too: a process that
         just started may have a fixed configuration, and on-call should not wait out
         a back-off of up to ten minutes earned by the previous one.
@@ -253,6 +404,7 @@ class Outbox:
             moment = self.clock() if now is None else now
             self._repair(moment)
             outage_until: float | None = None
+            held: set[str] = set()  # incidents with an earlier message still pending: later ones wait
             for item in self.pending():
                 accepted = self._accepted.get(item.id)
                 if accepted is not None:  # already with the server: record it, never send it twice
@@ -262,11 +414,16 @@ class Outbox:
                     delivered.append(QueuedMessage.from_record(record, "sent"))
                     receipts.append(str(accepted["receipt"]))
                     continue
+                if item.incident is not None and item.incident in held:
+                    not_due += 1
+                    continue
                 if item.next_attempt_at > moment and not retry_waiting:
+                    self._hold(held, item)
                     not_due += 1
                     continue
                 if outage_until is not None:
                     self._update_pending(item.id, next_attempt_at=outage_until)
+                    self._hold(held, item)
                     not_due += 1
                     continue
                 raw = self._read_message(item)
@@ -280,7 +437,9 @@ class Outbox:
                         meta={"id": item.id, "kind": item.kind, "type": item.type},
                     )
                 except PermanentDeliveryError as exc:
-                    record = self._finish(item, self.failed_dir, last_error=str(exc), failed_at=moment)
+                    record = self._finish(
+                        item, self.failed_dir, attempts=item.attempts + 1, last_error=str(exc), failed_at=moment
+                    )
                     LOGGER.error(
                         "alert %r (%s) refused permanently, moved to %s: %s",
                         item.subject,
@@ -296,6 +455,7 @@ class Outbox:
                         item.id, attempts=attempts, next_attempt_at=retry_at, last_error=str(exc)
                     )
                     outage_until = retry_at
+                    self._hold(held, item)
                     log = LOGGER.error if exc.loud else LOGGER.warning
                     log(
                         "could not deliver alert %r (attempt %d, retry in %s): %s",
@@ -339,6 +499,11 @@ class Outbox:
             not_due=not_due,
             next_attempt_at=self.next_attempt_at(),
         )
+
+    @staticmethod
+    def _hold(held: set[str], item: QueuedMessage) -> None:
+        if item.incident is not None:
+            held.add(item.incident)
 
     def _read_message(self, item: QueuedMessage) -> bytes | None:
         path = os.path.join(self.pending_dir, item.id + ".eml")
