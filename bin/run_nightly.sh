@@ -4,7 +4,9 @@
 # Runs the nightly pipeline's stages in order and records the batch with the
 # tracker (python -m utils.batch_tracker): "start --stages a,b,c"; per stage
 # "stage NAME 0", the command, "stage NAME 100"; on a non-zero exit
-# "fail --stage NAME --reason 'exit code N'" and stop; after the last stage "end".
+# "fail --stage NAME --reason 'exit code N' --output-file -" (the stage's output from this
+# run's log on stdin: the tracker keeps its last lines for the alert e-mail) and stop; after
+# the last stage "end".
 #
 #   --resume    re-run the failed current batch from its failed stage, same batch id:
 #               stages already at 100% are skipped (fatal, exit 2, if there is no failed batch)
@@ -199,6 +201,25 @@ log() { # log LEVEL MESSAGE: one timestamped line to the log file, and to stdout
   if [ "$1" = ERROR ]; then printf '%s %s %s\n' "$_ts" "$1" "$2" >&2; else printf '%s %s %s\n' "$_ts" "$1" "$2"; fi
 }
 
+stage_output_of() { # stage_output_of NAME OFFSET: the lines stage NAME logged after byte OFFSET, untagged
+  # Read back from the log rather than kept in a second copy: a chatty stage costs no extra disk.
+  tail -c +"$(($2 + 1))" "$log_file" 2>/dev/null |
+    awk -v tag="[$1] " '{ rest = substr($0, index($0, " ") + 1); if (substr(rest, 1, length(tag)) == tag) print substr(rest, length(tag) + 1) }' |
+    tail -n 200
+}
+
+log_size() { # log_size: the log file's size in bytes (where the next line will start)
+  stat -c %s "$log_file" 2>/dev/null || echo 0
+}
+
+record_failure() { # record_failure STAGE REASON: "tracker fail", with the stage's logged output if any
+  if [ -n "$1" ]; then
+    tracker fail --stage "$1" --reason "$2" --output-file - < <(stage_output_of "$1" "$stage_log_offset")
+  else
+    tracker fail --reason "$2"
+  fi
+}
+
 stage_output() { # stage_output NAME: copy stdin to the log and stdout, each line stamped and tagged
   local _line _ts
   while IFS= read -r _line || [ -n "$_line" ]; do
@@ -253,6 +274,7 @@ printf '%s\n' "$$" >"$lock_file"
 tracker_err_file="$log_dir/.run_nightly.tracker-stderr"
 : >"$tracker_err_file"
 batch_id=unknown
+stage_log_offset=0 # where the current stage's output starts in the log file
 batch_open=false # true while the tracker holds this run's batch as running
 current_stage=""
 exit_reason=""
@@ -265,7 +287,7 @@ on_exit() {
     # "running" until the deadline: record it failed, so the monitor alerts now.
     local reason=${exit_reason:-"run_nightly.sh exited unexpectedly with code $rc"}
     log ERROR "batch $batch_id failed${current_stage:+ at stage $current_stage}: $reason"
-    tracker fail ${current_stage:+--stage "$current_stage"} --reason "$reason"
+    record_failure "$current_stage" "$reason"
   fi
   rm -f "$tracker_err_file"
   exit "$rc"
@@ -328,6 +350,7 @@ for index in "${!stage_names[@]}"; do
   current_stage=$name
   tracker stage "$name" 0 || true
   log INFO "stage $name started: $command"
+  stage_log_offset=$(log_size)
   stage_started=$(now_micros)
   # The stage must not inherit the log (fd 3) or the lock (fd 9): a daemon it leaves behind
   # would otherwise hold the lock and refuse every later run.
@@ -341,7 +364,7 @@ for index in "${!stage_names[@]}"; do
       reason="$reason (killed by SIG$signal)"
     fi
     log ERROR "stage $name failed after $(elapsed_since "$stage_started"): $reason"
-    tracker fail --stage "$name" --reason "$reason" || true
+    record_failure "$name" "$reason" || true
     batch_open=false
     log ERROR "batch $batch_id FAILED at stage $name ($reason); fix the cause, then run: bin/run_nightly.sh --resume"
     exit "$rc"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import os
 
 import pytest
 
-from utils import batch_health
+from tests.conftest import wait_until
+from utils import batch_health, batch_tracker
 from utils.batch_tracker import BatchTracker, TrackerConfig
 from utils.deadline import DailyDeadline
 from utils.mail_compose import (
@@ -17,8 +20,12 @@ from utils.mail_compose import (
     compose_message,
     header_safe,
     message_id_for,
+    parse_message,
     resolution,
 )
+from utils.monitor_config import MonitorConfig
+from utils.outbox import Outbox
+from utils.transports import SmtpTransport
 
 DEADLINE = DailyDeadline(5, 0, "America/New_York")
 BATCH_ID = "20261123T060000Z-ab12"
@@ -101,12 +108,11 @@ def test_it_composes_a_late_alert_with_everything_on_call_needs(ctx, tracker, cl
         "scrape  100.0%  last update 2026-11-23 01:40 EST (2026-11-23T06:40:00+00:00)",
         "enrich   40.0%  last update 2026-11-23 02:10 EST (2026-11-23T07:10:00+00:00)",
         "score     0.0%  not started",
-        "python -m utils.batch_tracker status",
-        "journalctl -u batch-completion-monitor",
-        "grep -i error logs/nightly_*.log",
-        "bin/run_nightly.sh --resume",
+        "bin/batch_tracker status",
+        "tail -n 50 logs/nightly_20261123.log",  # the log the runner wrote for this batch's run
     ):
         assert expected in body, f"{expected!r} not in:\n{body}"
+    assert "--resume" not in body  # only a failed batch can be resumed
 
 
 def test_it_composes_a_failed_alert_with_the_reason_on_one_line(ctx, tracker, clock):
@@ -262,3 +268,272 @@ def test_it_explains_how_each_incident_cleared(tracker, clock):
     )
     unreadable = {"kind": "tracker_unreadable", "key": "tracker", "batch_id": None, "opened_at": 0}
     assert resolution(unreadable, tracker.snapshot(), DEADLINE, clock()) == "the tracker file is readable again"
+
+
+# --------------------------------------------------------------------------- issue 11: what on-call reads at 05:05
+
+INSTALLED = {
+    "cli_command": "batch-tracker",
+    "run_command": "sudo systemctl start nightly-batch",
+    "resume_command": "sudo systemctl start nightly-batch-resume",
+    "log_dir": "/var/log/batch-completion-monitor",
+    "under_systemd": True,
+}
+
+
+def record(kind, key, batch_id=None, opened_at=None, summary="something happened"):
+    opened_at = ny("2026-11-23 05:00") if opened_at is None else opened_at
+    return {
+        "kind": kind,
+        "key": key,
+        "summary": summary,
+        "since": opened_at,
+        "batch_id": batch_id,
+        "opened_at": opened_at,
+    }
+
+
+def body_of(ctx, tracker, incident, notification_type=ALERT, now=None, **extra):
+    now = ny("2026-11-23 05:05") if now is None else now
+    message = compose_message(
+        ctx,
+        notification_type=notification_type,
+        incident=incident,
+        snapshot=tracker.snapshot(),
+        now=now,
+        message_id=message_id_for(f"{incident['kind']}:{incident['key']}", now, notification_type, 0, "example.com"),
+        **extra,
+    )
+    return message, message.get_content()
+
+
+def steps_of(body: str) -> str:
+    assert "\nNext steps:\n" in body, body
+    return body.split("\nNext steps:\n", 1)[1].split("\n\n", 1)[0]
+
+
+def test_it_gives_next_steps_per_incident_kind_with_the_installations_commands(ctx, tracker, clock, tracker_file):
+    installed = dataclasses.replace(ctx, **INSTALLED)
+    late_batch(tracker, clock)
+    due = f"{ny('2026-11-24 05:00'):.0f}"
+    incidents = {
+        "late": record("late", BATCH_ID, BATCH_ID),
+        "missing": record("missing", due),
+        "tracker_unreadable": record("tracker_unreadable", "tracker"),
+        "at_risk": record("at_risk", BATCH_ID, BATCH_ID),
+        "too_short": record("too_short", BATCH_ID, BATCH_ID),
+        "stalled_stage": record("stalled_stage", f"{BATCH_ID}:enrich", BATCH_ID),
+    }
+    steps = {kind: steps_of(body_of(installed, tracker, incident)[1]) + "\n" for kind, incident in incidents.items()}
+    clock.set(ny("2026-11-23 02:30"))
+    tracker.fail("enrich", "exit code 4")
+    steps["failed"] = steps_of(body_of(installed, tracker, record("failed", BATCH_ID, BATCH_ID))[1]) + "\n"
+
+    log = "/var/log/batch-completion-monitor/nightly_20261123.log"
+    expected = {
+        "late": ["batch-tracker status", f"tail -n 50 {log}", "batch-tracker history"],
+        "failed": [f"grep -n -e ERROR -e '\\[enrich\\]' {log}", "sudo systemctl start nightly-batch-resume"],
+        "missing": [
+            "systemctl list-timers nightly-batch.timer",
+            "journalctl -u nightly-batch",
+            "ls -lt /var/log/batch-completion-monitor",
+            "  sudo systemctl start nightly-batch\n",
+        ],
+        "tracker_unreadable": [
+            "batch-tracker status",
+            f"ls -l {tracker_file.parent}",
+            "journalctl -u batch-completion-monitor",
+        ],
+        "at_risk": ["batch-tracker status", f"tail -n 50 {log}"],
+        "too_short": ["batch-tracker history", f"-e warning {log}"],
+        "stalled_stage": [f"tail -n 50 {log}", "systemctl status nightly-batch"],
+    }
+    for kind, wanted in expected.items():
+        for text in wanted:
+            assert text in steps[kind], f"{kind}: {text!r} not in:\n{steps[kind]}"
+        # The checkout's paths never reach an installed service's e-mail.
+        assert "python -m utils.batch_tracker" not in steps[kind] and "logs/nightly_" not in steps[kind]
+        assert "bin/run_nightly.sh" not in steps[kind]
+        # Resume only for a failed batch.
+        assert ("nightly-batch-resume" in steps[kind]) == (kind == "failed"), (kind, steps[kind])
+    assert "pgrep" not in steps["stalled_stage"]
+
+    checkout = steps_of(body_of(ctx, tracker, record("missing", due))[1])
+    assert "crontab -l" in checkout and checkout.endswith("\n  bin/run_nightly.sh") and "systemctl" not in checkout
+
+
+def test_it_shows_the_failed_stages_last_output_lines_in_the_body(ctx, tracker, clock):
+    late_batch(tracker, clock)
+    clock.set(ny("2026-11-23 02:30"))
+    output = "".join(f"progress line {n}\n" for n in range(1, 31))
+    output += "\x1b[31mERROR\x1b[0m upstream API returned 503\r\nBcc: evil@example.com\n"
+    tracker.fail("enrich", "exit code 4", output_tail=output)
+    incident = record("failed", BATCH_ID, BATCH_ID)
+
+    message, body = body_of(ctx, tracker, incident)
+    assert "Last 20 line(s) of output from stage enrich:" in body
+    assert "\n    ERROR upstream API returned 503\n" in body
+    assert "\n    Bcc: evil@example.com\n" in body  # indented in the body: text, not a header
+    assert "\n    progress line 13\n" in body and "progress line 12\n" not in body
+    assert "\x1b" not in body
+    headers = message.as_bytes().split(b"\r\n\r\n", 1)[0]
+    assert b"upstream" not in headers and b"evil" not in headers and message["Bcc"] is None
+
+    _, five = body_of(dataclasses.replace(ctx, output_tail_lines=5), tracker, incident)
+    assert "Last 5 line(s)" in five and "progress line 27" not in five and "progress line 28" in five
+    _, none = body_of(dataclasses.replace(ctx, output_tail_lines=0), tracker, incident)
+    assert "upstream API" not in none and "Failure:       stage enrich: exit code 4" in none
+
+
+def test_it_bounds_and_sanitises_the_stored_output_tail(tracker, clock):
+    clock.set(ny("2026-11-23 01:00"))
+    tracker.start(batch_id="b1")
+    noisy = b"\x00\x07bell\tand tab\r\n" + b"x" * 20_000 + b"\n" + b"".join(b"l%d\n" % n for n in range(500))
+    failure = tracker.fail("scrape", "exit code 1", output_tail=noisy)["failure"]
+    tail = failure["output_tail"]
+    assert tail.splitlines()[-1] == "l499"
+    assert len(tail.splitlines()) == batch_tracker.MAX_OUTPUT_TAIL_LINES
+    assert len(tail.encode()) <= batch_tracker.MAX_OUTPUT_TAIL_BYTES
+    assert all(ch == "\n" or ch.isprintable() for ch in tail)
+    assert batch_tracker.clean_output_tail(b"\x00\x07bell\tand tab\r\n") == "bell and tab"
+    assert batch_tracker.clean_output_tail("\n\n") is None
+
+
+def test_it_links_the_status_page_when_configured(ctx, tracker, clock):
+    late_batch(tracker, clock)
+    incident = record("late", BATCH_ID, BATCH_ID)
+    _, without = body_of(ctx, tracker, incident)
+    assert "Status page:" not in without
+    linked = dataclasses.replace(ctx, status_page_url="https://batch-status.example.com/")
+    _, body = body_of(linked, tracker, incident)
+    assert "Status page:   https://batch-status.example.com/\n" in body
+
+
+def test_it_does_not_call_the_failed_stage_stuck(ctx, tracker, clock):
+    late_batch(tracker, clock)
+    clock.set(ny("2026-11-23 02:30"))
+    tracker.fail("enrich", "exit code 4")
+    for kind in ("failed", "late"):
+        _, body = body_of(ctx, tracker, record(kind, BATCH_ID, BATCH_ID), now=ny("2026-11-23 05:05"))
+        assert "Looks stuck" not in body, body
+        assert "Failure:       stage enrich: exit code 4" in body
+
+
+def test_it_says_completed_in_the_recovery_of_a_resumed_batch(ctx, tracker, clock):
+    late_batch(tracker, clock)
+    clock.set(ny("2026-11-23 02:30"))
+    tracker.fail("enrich", "exit code 4")
+    failed = next(i for i in batch_health.open_incidents(tracker.snapshot(), clock(), DEADLINE) if i.kind == "failed")
+    incident = record_of(failed, clock())
+    clock.set(ny("2026-11-23 03:00"))
+    tracker.resume()
+    # The monitor refreshes the open record's summary at every check: now it says "resumed".
+    resumed = next(i for i in batch_health.open_incidents(tracker.snapshot(), clock(), DEADLINE) if i.kind == "failed")
+    assert "not yet completed" in resumed.summary
+    incident["summary"] = resumed.summary
+    clock.set(ny("2026-11-23 04:00"))
+    tracker.end()
+    text = resolution(incident, tracker.snapshot(), DEADLINE, clock())
+    message, body = body_of(ctx, tracker, incident, RECOVERY, now=clock(), resolution_text=text)
+    assert "completed after resume" in message["Subject"]
+    assert "not yet completed" not in body and "not yet completed" not in message["Subject"]
+    assert f"Originally:    batch {BATCH_ID} failed at stage enrich: exit code 4\n" in body
+    assert "Next steps:" not in body and "--resume" not in body
+
+
+def test_it_threads_recoveries_and_reminders_under_the_alert(ctx, tracker, clock):
+    late_batch(tracker, clock)
+    opened = ny("2026-11-23 05:00")
+    incident = record("late", BATCH_ID, BATCH_ID, opened_at=opened)
+    alert_id = message_id_for(f"late:{BATCH_ID}", opened, ALERT, 0, "example.com")
+    alert, _ = body_of(ctx, tracker, incident, ALERT, now=opened)
+    assert alert["Message-ID"] == alert_id  # what the monitor gives the alert
+    assert alert["In-Reply-To"] is None and alert["References"] is None
+    for notification_type in (RECOVERY, REMINDER):
+        message, _ = body_of(ctx, tracker, incident, notification_type, now=opened + 3600, reminder_number=1)
+        assert message["In-Reply-To"] == alert_id and message["References"] == alert_id
+
+    # A late start that answered a missing night continues that alert chain.
+    due = f"{opened:.0f}"
+    continued = dict(incident, continues=f"missing:{due}")
+    message, _ = body_of(ctx, tracker, continued, RECOVERY, now=opened + 3600)
+    assert message["In-Reply-To"] == message_id_for(f"missing:{due}", opened, ALERT, 0, "example.com")
+
+
+def test_it_keeps_display_names_in_headers_and_bare_addresses_in_the_envelope(
+    ctx, tracker, clock, tmp_path, smtp_server
+):
+    env = {
+        "BATCH_TRACKER_FILE": str(tmp_path / "t.json"),
+        "ALERT_EMAIL_FROM": "Batch Monitor <monitor@example.com>",
+        "ALERT_EMAIL_TO": '"Doe, John" <jd@example.org>, Jörg Ops <joerg@example.de>, ops@example.net',
+    }
+    config = MonitorConfig.from_env(env)
+    assert config.email_to == ('"Doe, John" <jd@example.org>', "Jörg Ops <joerg@example.de>", "ops@example.net")
+    assert config.sender_domain == "example.com"
+    named = dataclasses.replace(ctx, sender=config.email_from, recipients=config.email_to)
+    late_batch(tracker, clock)
+    message, _ = body_of(named, tracker, record("late", BATCH_ID, BATCH_ID))
+    raw = message.as_bytes()
+    headers = raw.split(b"\r\n\r\n", 1)[0].decode("ascii")  # non-ASCII names are RFC 2047-encoded
+    assert "From: Batch Monitor <monitor@example.com>" in headers
+    assert '"Doe, John" <jd@example.org>' in headers and "=?utf-8?" in headers
+    parsed = parse_message(raw)
+    assert [(a.display_name, a.addr_spec) for a in parsed["To"].addresses] == [
+        ("Doe, John", "jd@example.org"),
+        ("Jörg Ops", "joerg@example.de"),
+        ("", "ops@example.net"),
+    ]
+
+    outbox = Outbox(str(tmp_path / "outbox"), clock=clock)
+    queued = outbox.enqueue(message, kind="late", notification_type=ALERT)
+    assert queued.sender == "monitor@example.com"
+    assert queued.recipients == ("jd@example.org", "joerg@example.de", "ops@example.net")
+    report = outbox.deliver_due(SmtpTransport("127.0.0.1", smtp_server.port, security="plain"), now=clock())
+    assert report is not None
+    wait_until(lambda: smtp_server.messages, message="the alert at the SMTP server")
+    rcpt_tos, received = smtp_server.messages[0]
+    assert rcpt_tos == ["jd@example.org", "joerg@example.de", "ops@example.net"]
+    assert received["From"].addresses[0].display_name == "Batch Monitor"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("ALERT_EMAIL_TO", "Ops <not-an-address>"),
+        ("ALERT_EMAIL_TO", "a@example.com <b@example.com>"),
+        ("ALERT_EMAIL_FROM", "Monitor <a@example.com>, Other <b@example.com>"),
+        ("STATUS_PAGE_URL", "ftp://status.example.com/"),
+        ("STATUS_PAGE_URL", "status.example.com"),
+        ("ALERT_OUTPUT_TAIL_LINES", "101"),
+        ("BATCH_CLI_COMMAND", "batch-tracker\x07"),
+    ],
+)
+def test_it_rejects_bad_mail_settings_naming_the_variable(variable, value):
+    with pytest.raises(batch_tracker.ConfigError) as raised:
+        MonitorConfig.from_env({variable: value})
+    assert variable in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_it_reads_the_next_step_settings_from_the_environment(tmp_path):
+    config = MonitorConfig.from_env(
+        {
+            "BATCH_CLI_COMMAND": "batch-tracker",
+            "BATCH_RUN_COMMAND": "sudo systemctl start nightly-batch",
+            "BATCH_RESUME_COMMAND": "sudo systemctl start nightly-batch-resume",
+            "LOG_DIR": str(tmp_path / "logs"),
+            "STATUS_PAGE_URL": "http://batch.example.com:9469/",
+            "ALERT_OUTPUT_TAIL_LINES": "5",
+            "INVOCATION_ID": "0123abcd",
+        }
+    )
+    assert (config.cli_command, config.run_command, config.resume_command) == (
+        "batch-tracker",
+        "sudo systemctl start nightly-batch",
+        "sudo systemctl start nightly-batch-resume",
+    )
+    assert config.log_dir == str(tmp_path / "logs") and config.status_page_url == "http://batch.example.com:9469/"
+    assert config.output_tail_lines == 5 and config.under_systemd
+    default = MonitorConfig.from_env({})
+    assert default.cli_command.endswith("/bin/batch_tracker") and os.path.isabs(default.cli_command)
+    assert default.log_dir.endswith("/logs") and default.status_page_url is None and not default.under_systemd

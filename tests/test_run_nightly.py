@@ -409,3 +409,72 @@ def test_it_parses_the_example_stages_file(tmp_path, env):
         "mockup",
         "email",
     ]
+
+
+def test_it_puts_the_failed_stages_own_error_in_the_failure_email(tmp_path, env, tracker_file):
+    """End to end: the runner records the stage's output tail, the monitor's failure e-mail shows it."""
+    from utils.mail_compose import parse_message
+    from utils.monitor import Monitor
+    from utils.monitor_config import MonitorConfig
+
+    write_stages(
+        tmp_path,
+        env,
+        "fetch  echo 'fetching page 1'; echo 'upstream API returned 503' >&2; exit 4\nnever  true\n",
+    )
+    result = run(env, tmp_path)
+    assert result.returncode == 4, result.stdout + result.stderr
+    failure = json.loads(tracker_file.read_text())["current"]["failure"]
+    assert failure["reason"] == "exit code 4"
+    assert failure["output_tail"] == "fetching page 1\nupstream API returned 503"
+
+    outbox = tmp_path / "outbox"
+    config = MonitorConfig.from_env({**env, "BATCH_OUTBOX_DIR": str(outbox), "METRICS_PORT": "0"})
+    notifications = Monitor(config, early_warning=False).check().notifications
+    assert [n.kind for n in notifications] == ["failed"]
+    message = parse_message((outbox / "pending" / f"{notifications[0].outbox_id}.eml").read_bytes())
+    body = message.get_content().replace("\r\n", "\n")
+    assert "\n    upstream API returned 503\n" in body, body
+    assert "Last 2 line(s) of output from stage fetch:" in body
+    assert f"{tmp_path / 'logs'}/nightly_" in body  # this run's LOG_DIR, not the checkout's logs/
+    assert "upstream" not in str(message["Subject"])
+
+
+def test_it_stamps_log_lines_with_the_local_offset(tmp_path, env):
+    write_stages(tmp_path, env, "one  echo hello\ntwo  exit 3\n")
+    before = time.time()
+    result = run({**env, "TZ": "Asia/Kolkata"}, tmp_path)
+    after = time.time()
+    assert result.returncode == 3
+    lines = log_text(tmp_path).splitlines()
+    assert any("[one] hello" in line for line in lines) and any(" ERROR " in line for line in lines)
+    for line in lines:
+        match = STAMP.match(line)
+        assert match, f"line without an ISO-8601 timestamp: {line!r}"
+        assert match.group(1).endswith("+05:30"), line
+        instant = datetime.fromisoformat(match.group(1)).timestamp()
+        assert before - 1 <= instant <= after + 1, line
+
+
+def test_it_records_the_failure_even_when_the_output_file_is_unreadable(tmp_path, env, tracker_file):
+    assert subprocess.run([str(TRACKER_CLI), "start"], env=env, capture_output=True, check=False).returncode == 0
+    result = subprocess.run(
+        [
+            str(TRACKER_CLI),
+            "fail",
+            "--stage",
+            "one",
+            "--reason",
+            "exit code 4",
+            "--output-file",
+            str(tmp_path / "nope"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "cannot be read" in result.stderr and "recording the failure without the output" in result.stderr
+    failure = json.loads(tracker_file.read_text())["current"]["failure"]
+    assert failure["reason"] == "exit code 4" and "output_tail" not in failure

@@ -4,11 +4,15 @@
 (policy SMTP) whose subject says what happened, to which batch and when, and whose
 body carries everything on-call needs (batch, start, deadline in local time and UTC,
 every stage with its percentage and last update, the stage that looks stuck, the
-failure reason, troubleshooting commands). Text that comes from the tracker (stage
-names, failure reasons) is stripped of line breaks and control characters before it
-reaches a header, so it can never add a header. The Message-ID is derived from the
-incident occurrence and the message type (:func:`message_id_for`), so composing the
-same notification again after a crash gives the same Message-ID.
+failure reason and the failed stage's last output lines, the status page, and next
+steps for this kind of incident with the commands and paths of this installation,
+from :class:`MailContext`). Text that comes from the tracker (stage names, failure
+reasons, stage output) is stripped of line breaks and control characters before it
+reaches a header, so it can never add a header; stage output appears in the body only.
+The Message-ID is derived from the incident occurrence and the message type
+(:func:`message_id_for`), so composing the same notification again after a crash
+gives the same Message-ID; recoveries and reminders name their alert's Message-ID in
+``In-Reply-To`` and ``References``, so mail readers thread them under it.
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
+import shlex
 import socket
+import time
 from email import policy
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesParser
-from email.utils import formatdate
+from email.utils import formatdate, getaddresses, parseaddr
 
 from utils import batch_health
 from utils.batch_health import batch_deadline, format_duration, format_local
@@ -39,12 +47,9 @@ KIND_LABELS = {
     "too_short": "TOO SHORT",
     "stalled_stage": "STALLED",
 }
-TROUBLESHOOTING = (
-    ("python -m utils.batch_tracker status", "the batch's stages, deadline and recent history"),
-    ("journalctl -u batch-completion-monitor", "the monitor's own log"),
-    ("grep -i error logs/nightly_*.log", "errors in the nightly batch logs"),
-    ("bin/run_nightly.sh --resume", "re-run a failed batch from the stage that failed"),
-)
+# Where the monitor's own log is when it runs as the installed service (bin/install_batch_monitor_service.sh).
+MONITOR_UNIT = "batch-completion-monitor"
+RUNNER_UNIT = "nightly-batch"
 MAX_SUBJECT = 200
 # Long header lines rather than folding: Python folds a subject that fits on one continuation
 # line right after "Subject:", which some readers show with a leading space. RFC 5322 allows 998.
@@ -90,7 +95,16 @@ def outbox_id(message_id: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class MailContext:
-    """What every message needs besides the incident: names, addresses and the deadline."""
+    """What every message needs besides the incident: names, addresses, the deadline, and
+    this installation's commands and paths for the next steps.
+
+    ``sender`` and ``recipients`` are ``user@domain`` or ``Name <user@domain>``.
+    ``cli_command``, ``run_command``, ``resume_command`` are shown as typed (the
+    installed service sets e.g. ``batch-tracker`` and ``sudo systemctl start
+    nightly-batch-resume``); ``log_dir`` is the runner's log directory;
+    ``status_page_url`` (None: no link); ``output_tail_lines``: the failed stage's last
+    lines shown (0: none); ``under_systemd``: the monitor's log is in the journal.
+    """
 
     batch_name: str
     deadline: DailyDeadline
@@ -98,6 +112,18 @@ class MailContext:
     recipients: tuple[str, ...]
     tracker_file: str
     hostname: str = dataclasses.field(default_factory=socket.gethostname)
+    cli_command: str = "bin/batch_tracker"
+    run_command: str = "bin/run_nightly.sh"
+    resume_command: str = "bin/run_nightly.sh --resume"
+    log_dir: str = "logs"
+    status_page_url: str | None = None
+    output_tail_lines: int = 20
+    under_systemd: bool = False
+
+    @property
+    def sender_domain(self) -> str:
+        """The domain of the sender address (it names Message-IDs)."""
+        return parseaddr(self.sender)[1].rpartition("@")[2]
 
 
 def _find_batch(snapshot, batch_id: str | None) -> dict | None:
@@ -225,11 +251,14 @@ def compose_message(
     message_id: str,
     resolution_text: str | None = None,
     reminder_number: int = 0,
+    alert_message_id: str | None = None,
 ) -> EmailMessage:
     """The e-mail for one notification (``alert``, ``recovery`` or ``reminder``) about ``incident``.
 
     ``incident`` is the monitor's record of it (kind, key, summary, since, batch_id,
-    opened_at); ``snapshot`` the tracker as read for this check.
+    opened_at); ``snapshot`` the tracker as read for this check. A recovery or reminder
+    carries ``In-Reply-To`` and ``References`` = ``alert_message_id``, by default the
+    Message-ID the alert of this occurrence got (:func:`alert_message_id_for`).
     """
     if notification_type not in NOTIFICATION_TYPES:
         raise ValueError(f"notification type {notification_type!r} is not one of {NOTIFICATION_TYPES}")
@@ -246,11 +275,17 @@ def compose_message(
         headline = str(incident["summary"])
 
     message = EmailMessage(policy=MAIL_POLICY)
-    message["From"] = ctx.sender
-    message["To"] = ", ".join(ctx.recipients)
+    # Address objects: the policy quotes and RFC 2047-encodes display names; the outbox
+    # takes the bare addresses for the envelope.
+    message["From"] = _address_objects([ctx.sender])
+    message["To"] = _address_objects(ctx.recipients)
     message["Subject"] = subject
     message["Date"] = formatdate(now, usegmt=True)
     message["Message-ID"] = message_id
+    if notification_type != ALERT:
+        thread = alert_message_id or alert_message_id_for(incident, ctx.sender_domain)
+        message["In-Reply-To"] = thread
+        message["References"] = thread
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to an alert
     message["X-Batch-Incident"] = header_safe(identity_of(incident), 200)
     message["X-Batch-Notification"] = notification_type
@@ -264,14 +299,29 @@ def identity_of(incident: dict) -> str:
     return f"{incident['kind']}:{incident['key']}"
 
 
+def alert_message_id_for(incident: dict, domain: str) -> str:
+    """The Message-ID the alert of this occurrence of ``incident`` got (the monitor derives it the same way).
+
+    A late incident that continues a missing one (``continues``: the missing identity) was
+    alerted as that missing incident: its thread starts there.
+    """
+    identity = incident.get("continues") or identity_of(incident)
+    return message_id_for(str(identity), incident["opened_at"], ALERT, 0, domain)
+
+
+def _address_objects(entries) -> tuple[Address, ...]:
+    """``user@domain`` / ``Name <user@domain>`` strings (validated by the config) as Address objects."""
+    return tuple(Address(name, addr_spec=addr) for name, addr in getaddresses(list(entries)) if addr)
+
+
 def _body(ctx: MailContext, notification_type: str, incident: dict, snapshot, now: float, headline: str) -> str:
     deadline = ctx.deadline
     lines = [body_safe(headline), ""]
     lines.append(f"Incident:      {body_safe(identity_of(incident))} ({incident['kind']})")
     lines.append(f"Detected:      {_both(incident['opened_at'], deadline)}")
-    if notification_type != ALERT:
-        lines.append(f"Originally:    {body_safe(incident['summary'])}")
     batch = _find_batch(snapshot, incident.get("batch_id"))
+    if notification_type != ALERT:
+        lines.append(f"Originally:    {body_safe(_original_summary(incident, batch, notification_type))}")
     if batch is None and snapshot.readable and incident["kind"] in ("missing", "tracker_unreadable"):
         batch = snapshot.current
         if batch is not None:
@@ -283,16 +333,22 @@ def _body(ctx: MailContext, notification_type: str, incident: dict, snapshot, no
         due = float(incident["key"])
         lines.append(f"Deadline:      {_both(due, deadline)}")
     if batch is not None:
-        lines.extend(_batch_lines(ctx, batch, now))
+        lines.extend(_batch_lines(ctx, batch, now, incident["kind"]))
     elif incident["kind"] != "tracker_unreadable":
         lines.append("Batch:         none recorded")
     upcoming = deadline.first_after(now)
     lines.append(f"Next deadline: {_both(upcoming, deadline)}")
-    lines.append("")
-    lines.append("Troubleshooting:")
-    width = max(len(command) for command, _ in TROUBLESHOOTING)
-    for command, meaning in TROUBLESHOOTING:
-        lines.append(f"  {command:<{width}}  # {meaning}")
+    if ctx.status_page_url:
+        lines.append(f"Status page:   {body_safe(ctx.status_page_url)}")
+    if notification_type != RECOVERY:
+        steps = next_steps(ctx, incident, batch)
+        lines.append("")
+        lines.append("Next steps:")
+        for command, meaning in steps:
+            # The meaning above the command: paths of an installation make commands long, and
+            # a command alone on its line copies cleanly.
+            lines.append(f"  # {meaning}")
+            lines.append(f"  {command}")
     lines.append("")
     lines.append("-- ")
     lines.append(
@@ -302,7 +358,107 @@ def _body(ctx: MailContext, notification_type: str, incident: dict, snapshot, no
     return "\n".join(lines) + "\n"
 
 
-def _batch_lines(ctx: MailContext, batch: dict, now: float) -> list[str]:
+def _original_summary(incident: dict, batch: dict | None, notification_type: str) -> str:
+    """What the alert said. The monitor refreshes the summary while the incident is open, so
+    after a resume it reads "(resumed, not yet completed)"; a recovery must not repeat that."""
+    if notification_type == RECOVERY and incident["kind"] == "failed" and batch and batch.get("failures"):
+        failure = batch["failures"][-1]
+        where = f" at stage {failure['stage']}" if failure.get("stage") else ""
+        why = f": {failure['reason']}" if failure.get("reason") else ""
+        return f"batch {batch['id']} failed{where}{why}"
+    summary = str(incident["summary"])
+    if notification_type == RECOVERY:
+        summary = summary.replace(" (resumed, not yet completed)", "")
+    return summary
+
+
+def _quote(path: str) -> str:
+    return shlex.quote(path)
+
+
+def batch_log_file(ctx: MailContext, batch: dict | None) -> str:
+    """The runner's log for ``batch``'s latest run (named by the UTC day the run started), else a glob."""
+    log_dir = ctx.log_dir.rstrip("/") or "/"
+    if batch is None:
+        return f"{_quote(log_dir)}/nightly_*.log"
+    run_started = max([batch["started_at"], *(batch.get("resumed_at") or [])])
+    day = time.strftime("%Y%m%d", time.gmtime(run_started))
+    return _quote(os.path.join(log_dir, f"nightly_{day}.log"))
+
+
+def next_steps(ctx: MailContext, incident: dict, batch: dict | None) -> list[tuple[str, str]]:
+    """(command, what it shows or does) for this kind of incident, with this installation's
+    commands and paths. Only a failed batch is offered the resume command: resuming needs a
+    failed batch (the runner refuses otherwise), and a late or missing one needs a look first."""
+    kind, cli = incident["kind"], ctx.cli_command
+    log = batch_log_file(ctx, batch)
+    stage = (batch_health.active_stage(batch) if batch else None) or ""
+    status = (f"{cli} status", "the batch's stages, deadline and projection")
+    history = (f"{cli} history", "recent batches, their durations and outcomes")
+    tail = (f"tail -n 50 {log}", f"the latest lines of the batch's log{f' (stage {stage})' if stage else ''}")
+    monitor_log = [(f"journalctl -u {MONITOR_UNIT} -n 100", "the monitor's own log")] if ctx.under_systemd else []
+    if kind == "failed":
+        what = f"the failed stage {stage}'s full output" if stage else "the failed run's full output"
+        steps = [(f"grep -n -e ERROR -e '\\[{stage}\\]' {log}" if stage else f"grep -n ERROR {log}", what), status]
+        if batch is None or batch["state"] == "failed":  # once resumed, it is running again: nothing to resume
+            steps.append(
+                (
+                    ctx.resume_command,
+                    "after fixing the cause: re-run from the failed stage (finished stages are skipped)",
+                )
+            )
+        return steps
+    if kind == "late":
+        return [status, tail, history]
+    if kind == "missing":
+        if ctx.under_systemd:
+            scheduler = [
+                (f"systemctl list-timers {RUNNER_UNIT}.timer", "when the nightly run last fired and fires next"),
+                (f"journalctl -u {RUNNER_UNIT} -n 50", "what the last nightly run said"),
+            ]
+        else:
+            scheduler = [("crontab -l", "is the nightly run scheduled")]
+        return [
+            *scheduler,
+            (f"ls -lt {_quote(ctx.log_dir)} | head", "the latest nightly logs (did a run start at all?)"),
+            history,
+            (ctx.run_command, "start the batch now (it is recorded as late)"),
+        ]
+    if kind == "tracker_unreadable":
+        folder = _quote(os.path.dirname(ctx.tracker_file) or ".")
+        return [
+            (f"{cli} status", "the read error"),
+            (f"ls -l {folder}", "the tracker file and any copy moved aside (*.corrupt-*)"),
+            *monitor_log,
+        ]
+    if kind == "at_risk":
+        return [status, tail, history]
+    if kind == "too_short":
+        return [history, (f"grep -n -i -e error -e warning {log}", "stages that did little or complained")]
+    if kind == "stalled_stage":
+        alive = (
+            (f"systemctl status {RUNNER_UNIT}", "is the nightly run still alive")
+            if ctx.under_systemd
+            else ("pgrep -af run_nightly.sh", "is the nightly run still alive")
+        )
+        return [tail, status, alive]
+    return [status, tail, *monitor_log]
+
+
+def _output_tail_lines(ctx: MailContext, failure: dict) -> list[str]:
+    """The failed stage's last output lines (stored by the tracker, already sanitised), indented."""
+    tail = failure.get("output_tail")
+    if not tail or ctx.output_tail_lines <= 0:
+        return []
+    shown = str(tail).split("\n")[-ctx.output_tail_lines :]
+    stage = f"stage {failure['stage']}" if failure.get("stage") else "the failed stage"
+    # Indented, control characters blanked: stage output can neither fake a section nor reach a header.
+    lines = [f"Last {len(shown)} line(s) of output from {stage}:"]
+    lines.extend("    " + "".join(ch if ch.isprintable() else " " for ch in line).rstrip() for line in shown)
+    return lines
+
+
+def _batch_lines(ctx: MailContext, batch: dict, now: float, kind: str = "") -> list[str]:
     deadline = ctx.deadline
     due = batch_deadline(batch, deadline)
     end = batch.get("ended_at")
@@ -318,7 +474,8 @@ def _batch_lines(ctx: MailContext, batch: dict, now: float) -> list[str]:
         lines.append(f"Ended:         {_both(end, deadline)}")
     lines.append(f"Elapsed:       {format_duration(elapsed)}")
     lines.append(f"Overall:       {batch_health.overall_percentage(batch):.1f}%")
-    if batch["state"] != "completed":
+    if batch["state"] == "running":
+        # A failed batch has no stuck stage: its Failure line names the stage that failed.
         stuck = batch_health.active_stage(batch)
         if stuck:
             detail = batch["stages"].get(stuck)
@@ -327,12 +484,14 @@ def _batch_lines(ctx: MailContext, batch: dict, now: float) -> list[str]:
                 if detail
                 else "not started"
             )
-            lines.append(f"Looks stuck:   {stuck} ({last})")
+            label = "Looks stuck:  " if kind in ("late", "stalled_stage") else "Active stage: "
+            lines.append(f"{label} {stuck} ({last})")
     failure = batch.get("failure")
     if failure:
         where = f"stage {failure['stage']}" if failure.get("stage") else "no stage given"
         reason = body_safe(failure.get("reason") or "no reason given")
         lines.append(f"Failure:       {where}: {reason} ({format_local(failure.get('at'), deadline)})")
+        lines.extend(_output_tail_lines(ctx, failure))
     elif batch.get("failures"):
         last_failure = batch["failures"][-1]
         reason = body_safe(last_failure.get("reason") or "no reason given")
