@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Benchmarks: hook overhead, time to alert, monitor footprint, concurrent writers.
+"""Benchmarks: hook overhead, time to alert, monitor footprint, scrapes, concurrent writers.
 
-Usage: .venv/bin/python bench/run.py [--only hook,alert,footprint,concurrency] [--quick]
+Usage: .venv/bin/python bench/run.py [--only hook,alert,footprint,scrape,concurrency] [--quick]
 
 Prints a table and writes bench/results/latest.json. Ratios are measured against
 a baseline taken in the same run (interleaved), so they hold on a noisy machine;
@@ -15,6 +15,7 @@ the real monitor as a subprocess, real HTTP scrapes of /metrics.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import multiprocessing
 import os
@@ -350,6 +351,65 @@ def bench_footprint(work: Path, quick: bool) -> dict:
     return {"rows": rows}
 
 
+# --------------------------------------------------------------------------- scrapes
+
+
+def bench_scrape(work: Path, quick: bool) -> dict:
+    """/metrics on a new connection per scrape (the baseline) and on one kept-alive connection.
+
+    Prometheus keeps its connection alive between scrapes. A response written in several
+    small writes meets Nagle's algorithm and the client's delayed ACK there: 40 ms per
+    scrape however fast the server is, so the kept-alive median must not exceed the
+    new-connection one (interleaved, same monitor, same run) and must stay under 5 ms.
+    """
+    smtp = SmtpSink().start()
+    monitor = MonitorProcess(work / "scrape", smtp.port).start()
+    try:
+        monitor.cli("start", "--stages", ",".join(STAGES))
+        for name in STAGES[:3]:
+            monitor.cli("stage", name, "100")
+
+        def scrape(connection: http.client.HTTPConnection) -> float:
+            started = time.perf_counter()
+            connection.request("GET", "/metrics")
+            response = connection.getresponse()
+            body = response.read()
+            elapsed = time.perf_counter() - started
+            assert response.status == 200 and b"anthrasite_batch_completion_percentage" in body
+            return elapsed
+
+        kept = http.client.HTTPConnection("127.0.0.1", monitor.metrics_port, timeout=5)
+        samples: dict[str, list[float]] = {"new": [], "kept": []}
+        rounds = 100 if quick else 400
+        for index in range(rounds + 20):  # interleaved; the first 20 rounds warm up
+            fresh = http.client.HTTPConnection("127.0.0.1", monitor.metrics_port, timeout=5)
+            new_time = scrape(fresh)
+            fresh.close()
+            kept_time = scrape(kept)
+            if index >= 20:
+                samples["new"].append(new_time)
+                samples["kept"].append(kept_time)
+        kept.close()
+    finally:
+        monitor.stop()
+        smtp.stop()
+    new_median, kept_median = statistics.median(samples["new"]), statistics.median(samples["kept"])
+    rows = [
+        _row("scrape", "/metrics, new connection each (baseline)", new_median * 1000, "ms", 1.0, None, "x"),
+        _row(
+            "scrape",
+            "/metrics, one kept-alive connection",
+            kept_median * 1000,
+            "ms",
+            kept_median / new_median,
+            1.0,
+            "x",
+        ),
+        _row("scrape", "/metrics kept-alive median", kept_median * 1000, "ms", None, 5.0, "ms", absolute=True),
+    ]
+    return {"rows": rows, "samples_ms": {k: [round(v * 1000, 3) for v in vals] for k, vals in samples.items()}}
+
+
 # --------------------------------------------------------------------------- concurrency
 
 
@@ -425,14 +485,16 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="hook,alert,footprint,concurrency", help="comma-separated sections")
+    parser.add_argument("--only", default="hook,alert,footprint,scrape,concurrency", help="comma-separated sections")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (for a smoke run)")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(sections) - {"hook", "alert", "footprint", "concurrency"}
+    unknown = set(sections) - {"hook", "alert", "footprint", "scrape", "concurrency"}
     if unknown:
-        parser.error(f"unknown section(s) {', '.join(sorted(unknown))} (allowed: hook, alert, footprint, concurrency)")
+        parser.error(
+            f"unknown section(s) {', '.join(sorted(unknown))} (allowed: hook, alert, footprint, scrape, concurrency)"
+        )
     work = Path(tempfile.mkdtemp(prefix="batch-bench-"))
     results: dict = {"python": sys.version.split()[0], "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
@@ -443,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["alert"] = bench_alert(work)
             elif section == "footprint":
                 results["footprint"] = bench_footprint(work, args.quick)
+            elif section == "scrape":
+                results["scrape"] = bench_scrape(work, args.quick)
             else:
                 results["concurrency"] = bench_concurrency(work)
     finally:
