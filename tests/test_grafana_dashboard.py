@@ -20,17 +20,25 @@ REQUIRED_PANELS = {
     "Time left to deadline": "anthrasite_batch_deadline_timestamp_seconds",
     "Time since last success": "anthrasite_batch_last_success_timestamp_seconds",
     "Batch duration (p50 / p95 over 7 days)": "histogram_quantile(0.95",
-    "On-time rate": "anthrasite_batch_completion_success",
+    "On-time rate": 'anthrasite_batch_completed_total{on_time="true"}',
+    "Batches completed": "anthrasite_batch_completed_total",
     "Cost per lead": "anthrasite_batch_cost_per_lead",
-    "GPU spend rate": "anthrasite_batch_gpu_cost_dollars_total",
+    "GPU spend per day": "increase(anthrasite_batch_gpu_cost_dollars_total[1d])",
+    "GPU spend in range": "increase(anthrasite_batch_gpu_cost_dollars_total[$__range])",
     "Alerts sent by kind": "anthrasite_batch_alerts_sent_total",
+    "Projected finish vs deadline": "anthrasite_batch_projected_completion_timestamp_seconds",
+    "Open incidents": "anthrasite_batch_open_incidents",
+    "Batch state": "anthrasite_batch_state",
+    "Alert outbox": "anthrasite_batch_alerts_oldest_queued_age_seconds",
 }
 REQUIRED_GRAFANA_ALERTS = {
     "Batch not complete at deadline",
     "Batch failed",
     "High cost per lead",
     "High GPU cost",
+    "Alert e-mails stuck",
 }
+SOURCE_JOIN = "* on (job, instance) group_left (batch, host) anthrasite_batch_source_info"
 GRID_WIDTH = 24
 
 
@@ -81,7 +89,7 @@ def test_it_takes_the_datasource_from_a_variable(dashboard):
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
             assert target["datasource"] == expected, panel["title"]
-    assert variables["job"]["datasource"] == expected
+    assert variables["batch"]["datasource"] == expected and variables["host"]["datasource"] == expected
 
 
 def test_it_has_the_required_panels(dashboard):
@@ -157,3 +165,26 @@ def test_it_uses_only_exported_metrics_in_grafana_alerts():
         expr = next(step for step in rule["data"] if step["refId"] == "A")["model"]["expr"]
         for name in re.findall(r"\banthrasite_batch_[a-z_]+", expr):
             assert name in exported, f"{rule['title']}: {name}"
+
+
+def test_it_counts_each_batch_once_whichever_sources_report_it(dashboard):
+    # Monitor and Pushgateway both export the same tracker's series: every query joins them to their
+    # source and aggregates by batch/host, and filters by the dashboard's batch/host, never a job name.
+    for panel in data_panels(dashboard):
+        for target in panel["targets"]:
+            expr = target["expr"]
+            assert SOURCE_JOIN + '{batch=~"$batch", host=~"$host"}' in expr, panel["title"]
+            assert "job=" not in expr and "$job" not in expr, panel["title"]
+
+
+def test_it_shows_spend_as_dollars_and_the_on_time_rate_as_a_share_of_batches(dashboard):
+    exprs = " ".join(t["expr"] for p in data_panels(dashboard) for t in p["targets"])
+    assert "rate(anthrasite_batch_gpu_cost_dollars_total" not in exprs  # not $/h after a single record
+    assert "avg_over_time(anthrasite_batch_completion_success" not in exprs  # not weighted by time
+
+
+def test_it_joins_every_grafana_alert_query_to_its_source():
+    for rule in grafana_rules():
+        expr = next(step for step in rule["data"] if step["refId"] == "A")["model"]["expr"]
+        assert " ".join(expr.split()).count(SOURCE_JOIN) == 1, rule["title"]
+        assert "max by (batch, host)" in expr, rule["title"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -298,7 +299,9 @@ def test_it_leaves_out_persisted_families_when_their_state_cannot_be_read(tracke
     not_a_directory = tmp_path / "plain-file"
     not_a_directory.write_text("")
     broken = Scraper(tracker, clock)
-    broken.collector.metrics_state = metrics.MetricsStateFile(not_a_directory / "metrics.json")
+    broken.collector.metrics_state = metrics.MetricsStateFile(
+        not_a_directory / "metrics.json", deadline=tracker.config.deadline()
+    )
     # Nothing persisted can be read: no histogram or counter rather than zeros (a false reset) ...
     assert broken.value("anthrasite_batch_completion_time_seconds_count") is None
     assert broken.value("anthrasite_batch_gpu_cost_dollars_total") is None
@@ -389,8 +392,77 @@ def test_it_uses_histogram_buckets_that_fit_a_nightly_batch(scraper):
         for s in scraper.families()["anthrasite_batch_completion_time_seconds"].samples
         if s.name.endswith("_bucket")
     ]
-    assert buckets[0] == "300.0" and buckets[-2] == "43200.0" and buckets[-1] == "+Inf"
+    assert buckets[0] == "30.0" and buckets[-2] == "43200.0" and buckets[-1] == "+Inf"
     assert len(buckets) == len(COMPLETION_TIME_BUCKETS) + 1
+    # Roughly geometric: no bucket wider than 1.5x its lower bound, so a 100 s run never reads as 300 s.
+    ratios = [upper / lower for lower, upper in itertools.pairwise(COMPLETION_TIME_BUCKETS)]
+    assert max(ratios) <= 1.5 and min(ratios) > 1.0
+
+
+def test_it_counts_completed_batches_on_time_and_late_once_each(tracker, clock):
+    scraper = Scraper(tracker, clock)
+    run_batch(tracker, clock, HOUR)  # on time
+    tracker.start()
+    clock.advance(30 * HOUR)  # past its deadline
+    tracker.end()  # late
+    run_batch(tracker, clock, 600)  # on time
+    for _ in range(3):
+        assert scraper.value("anthrasite_batch_completed_total", on_time="true") == 2.0
+        assert scraper.value("anthrasite_batch_completed_total", on_time="false") == 1.0
+    tracker.start()
+    tracker.fail("scrape", "exit 1")  # failed batches are not completions
+    restarted = Scraper(tracker, clock)  # a restarted monitor keeps the counts (persisted)
+    assert restarted.value("anthrasite_batch_completed_total", on_time="true") == 2.0
+    assert restarted.value("anthrasite_batch_completed_total", on_time="false") == 1.0
+
+
+def test_it_rebuilds_an_older_releases_metrics_state_from_history_and_keeps_the_gpu_spend(tracker, clock):
+    run_batch(tracker, clock, 100, gpu=3.5)
+    run_batch(tracker, clock, 417)
+    path = sibling_file(tracker.path, "metrics")
+    older = metrics.fresh_metrics_state()
+    older.pop("completed")
+    older["completion_time"] = {
+        "bounds": [300.0, 600.0],
+        "counts": [5, 0, 0],
+        "sum": 1500.0,
+        "count": 5,
+    }
+    older["gpu"] = {"total": 10.0, "counted": {b["id"]: [b["started_at"], 3.5] for b in tracker.snapshot().history}}
+    write_json_atomically(path, older)
+    scraper = Scraper(tracker, clock)
+    assert scraper.value("anthrasite_batch_completion_time_seconds_count") == 2.0
+    assert scraper.value("anthrasite_batch_completion_time_seconds_bucket", le="120.0") == 1.0
+    assert scraper.value("anthrasite_batch_completion_time_seconds_bucket", le="420.0") == 2.0
+    assert scraper.value("anthrasite_batch_completed_total", on_time="true") == 2.0
+    assert scraper.value("anthrasite_batch_gpu_cost_dollars_total") == 10.0
+
+
+def test_it_exports_the_outbox_gauges_from_the_monitor_state(scraper, clock):
+    assert scraper.value("anthrasite_batch_alerts_queued") is None  # no monitor state: no outbox data
+    write_monitor_state(
+        scraper, {"schema_version": 1, "outbox": {"pending": 2, "failed": 1, "oldest_pending_at": clock() - 1000}}
+    )
+    assert scraper.value("anthrasite_batch_alerts_queued") == 2.0
+    assert scraper.value("anthrasite_batch_alerts_failed") == 1.0
+    assert scraper.value("anthrasite_batch_alerts_oldest_queued_age_seconds") == 1000.0
+    clock.advance(60)  # the age is taken at scrape time
+    assert scraper.value("anthrasite_batch_alerts_oldest_queued_age_seconds") == 1060.0
+    write_monitor_state(
+        scraper, {"schema_version": 1, "outbox": {"pending": 0, "failed": 0, "oldest_pending_at": None}}
+    )
+    assert scraper.value("anthrasite_batch_alerts_queued") == 0.0
+    assert scraper.value("anthrasite_batch_alerts_oldest_queued_age_seconds") == 0.0
+
+
+def test_it_names_its_source_the_way_the_pushgateway_groups(tracker, scraper, tracker_config, clock):
+    from utils.pushgateway import build_registry, instance_name
+
+    labels = {"source": "monitor", "batch": tracker_config.batch_name, "host": instance_name()}
+    assert scraper.value("anthrasite_batch_source_info", **labels) == 1.0
+    tracker.start()
+    pushed = build_registry(tracker_config, tracker.snapshot(), clock())
+    assert pushed.get_sample_value("anthrasite_batch_source_info", {**labels, "source": "push"}) == 1.0
 
 
 def test_it_registers_without_reading_any_file(tracker_config, clock, tmp_path):

@@ -23,7 +23,9 @@ REQUIRED_ALERTS = {
     "BatchHighCostPerLead",
     "BatchHighGpuSpendRate",
     "BatchMonitorDown",
+    "BatchAlertEmailsStuck",
 }
+SOURCE_JOIN = "* on (job, instance) group_left (batch, host) anthrasite_batch_source_info"
 # Series Prometheus itself provides.
 PROMETHEUS_SERIES = {"up"}
 
@@ -67,10 +69,9 @@ def test_it_passes_promtool_test_rules(promtool):
 def test_it_fails_the_rule_tests_when_a_threshold_changes(promtool, tmp_path):
     # The unit tests pin behaviour: a changed threshold must make them fail.
     text = RULES.read_text()
-    assert "anthrasite_batch_cost_per_lead > 0.5" in text
-    (tmp_path / RULES.name).write_text(
-        text.replace("anthrasite_batch_cost_per_lead > 0.5", "anthrasite_batch_cost_per_lead > 5")
-    )
+    threshold = "anthrasite_batch_cost_per_lead\n            * on (job, instance) group_left (batch, host) anthrasite_batch_source_info\n          ) > 0.5"
+    assert threshold in text
+    (tmp_path / RULES.name).write_text(text.replace(threshold, threshold[:-3] + "5"))
     shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
     result = run(promtool, "test", "rules", RULE_TESTS.name, cwd=tmp_path)
     assert result.returncode != 0
@@ -109,6 +110,29 @@ def test_it_uses_only_metrics_this_project_exports():
 
 def test_it_documents_the_default_thresholds_in_the_file():
     header = RULES.read_text().split("groups:")[0]
-    for alert in ("BatchHighCostPerLead", "BatchHighGpuSpendRate", "BatchMonitorDown", "BatchAtRisk"):
+    for alert in (
+        "BatchHighCostPerLead",
+        "BatchHighGpuSpendRate",
+        "BatchMonitorDown",
+        "BatchAtRisk",
+        "BatchAlertEmailsStuck",
+    ):
         assert alert in header
     assert "$0.50" in header and "$20 per hour" in header
+
+
+def test_it_names_no_scrape_job():
+    # The user picks the job names in prometheus.yml: a rule selecting one can never match theirs.
+    for rule in all_rules():
+        assert not re.search(r"\bjob\s*=~?", rule["expr"]), rule.get("alert") or rule.get("record")
+
+
+def test_it_counts_a_batch_once_when_the_monitor_and_a_pushgateway_both_report_it():
+    # Every rule on series the Pushgateway also carries joins them to their source and aggregates
+    # by (batch, host); only the monitor's own series (never pushed) may go without.
+    pushed = exported_sample_names(include_monitor=False) - {"anthrasite_batch_source_info"}
+    for rule in all_rules():
+        expr = " ".join(rule["expr"].split())
+        names = set(re.findall(r"\banthrasite_batch_[a-z_]+", expr))
+        if names & pushed:
+            assert SOURCE_JOIN in expr and "by (batch, host" in expr, rule.get("alert") or rule.get("record")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,26 +31,50 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def pushgateway(tmp_path):
-    """A real prometheus-pushgateway (no persistence) on a free loopback port; yields its URL."""
+def pushgateway_binary() -> str:
     binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
     if binary is None:
         pytest.skip("prometheus-pushgateway is not installed (Debian package prometheus-pushgateway)")
+    return binary
+
+
+def pushgateway_command(binary: str, port: int, directory) -> list[str]:
+    """The gateway's command line, its persistence file inside ``directory``.
+
+    Debian's build defaults --persistence.file to /var/lib/prometheus/pushgateway.data: a
+    gateway started without the flag loads the system gateway's pushes and writes the test's
+    pushes back into that file when it stops.
+    """
+    return [
+        binary,
+        f"--web.listen-address=127.0.0.1:{port}",
+        f"--persistence.file={directory / 'pushgateway.data'}",
+        "--log.level=warn",
+    ]
+
+
+@contextlib.contextmanager
+def running_pushgateway(directory):
+    """A real prometheus-pushgateway on a free loopback port, state in ``directory``; yields its URL."""
     port = free_port()
-    log = open(tmp_path / "pushgateway.log", "wb")
-    process = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"], stdout=log, stderr=log
-    )
+    log = open(directory / "pushgateway.log", "wb")
+    process = subprocess.Popen(pushgateway_command(pushgateway_binary(), port, directory), stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: process.poll() is not None or _http_ok(url + "/-/ready"), 15, message="pushgateway ready")
-        assert process.poll() is None, (tmp_path / "pushgateway.log").read_text()
+        assert process.poll() is None, (directory / "pushgateway.log").read_text()
         yield url
     finally:
         process.terminate()
         process.wait(10)
         log.close()
+
+
+@pytest.fixture
+def pushgateway(tmp_path):
+    """A real prometheus-pushgateway on a free loopback port, persisting into tmp_path; yields its URL."""
+    with running_pushgateway(tmp_path) as url:
+        yield url
 
 
 def gateway_samples(url: str) -> dict:
@@ -178,3 +204,26 @@ def test_it_keeps_prometheus_client_off_the_hook_path_without_a_url(base_env):
         [sys.executable, "-c", code], cwd=PROJECT_ROOT, env=base_env, capture_output=True, text=True, timeout=30
     )
     assert result.stdout.split()[-3:] == ["0", "False", "False"], result.stderr
+
+
+def system_persistence_file(binary: str) -> str | None:
+    """The --persistence.file default this gateway build has (Debian: /var/lib/prometheus/pushgateway.data)."""
+    result = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10, check=False)
+    text = result.stdout + result.stderr
+    match = re.search(r'--persistence\.file="([^"]*)"', text)
+    return match.group(1) if match and match.group(1) else None
+
+
+def test_it_keeps_the_test_gateways_pushes_out_of_the_system_gateways_file(base_env, tmp_path):
+    binary = pushgateway_binary()
+    system_file = system_persistence_file(binary)
+    job = f"test-only-{os.getpid()}-{free_port()}"
+    with running_pushgateway(tmp_path) as url:
+        cli({**base_env, "BATCH_PUSHGATEWAY_URL": url, "BATCH_NAME": job}, "start")
+        assert any(dict(labels).get("job") == job for _, labels in gateway_samples(url))
+    # The gateway wrote its state where the test told it to, on shutdown ...
+    assert job.encode() in (tmp_path / "pushgateway.data").read_bytes()
+    # ... and never into the default file a user's own gateway uses.
+    if system_file and os.path.exists(system_file) and os.access(system_file, os.R_OK):
+        with open(system_file, "rb") as handle:
+            assert job.encode() not in handle.read()

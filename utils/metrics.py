@@ -16,7 +16,11 @@ one in the tracker file: running, or the last one finished until the next starts
 ``stage_completion_percentage{stage}``             gauge      current batch, one series per real stage
                                                               (at most ``MAX_STAGE_SERIES``)
 ``completion_time_seconds``                        histogram  duration of every completed batch, observed
-                                                              exactly once, ever (persisted)
+                                                              exactly once, ever (persisted); buckets 30 s
+                                                              to 12 h, roughly geometric
+``completed_total{on_time}``                       counter    completed batches by ``true``/``false``: done
+                                                              by their deadline or not; each counted once,
+                                                              with the histogram (persisted)
 ``completion_success``                             gauge      1 when the newest decided batch completed by
                                                               its deadline, else 0 (absent before any)
 ``cost_per_lead``                                  gauge      newest recorded cost per lead (dollars)
@@ -41,16 +45,27 @@ one in the tracker file: running, or the last one finished until the next starts
 ``alert_permanent_failures_total``                 counter    alerts given up on (monitor)
 ``open_incidents{kind}``                           gauge      incidents the monitor has open, by kind
 ``monitor_last_check_timestamp_seconds``           gauge      when the monitor last evaluated the batch
+``alerts_queued``                                  gauge      e-mails waiting in the outbox (monitor)
+``alerts_failed``                                  gauge      e-mails given up on, in the outbox's
+                                                              ``failed/`` directory (monitor)
+``alerts_oldest_queued_age_seconds``               gauge      age of the oldest waiting e-mail at scrape
+                                                              time, 0 when none waits (monitor)
+``source_info{source,batch,host}``                 gauge      1; ``source`` is ``monitor`` or ``push``,
+                                                              ``batch`` ``BATCH_NAME``, ``host`` this host's
+                                                              name: the key rules and panels join on, so
+                                                              a batch reported by the monitor and by a
+                                                              Pushgateway counts once
 =================================================  =========  ==========================================
 
-``gpu_cost_dollars`` is a counter: prometheus_client exposes it as
-``anthrasite_batch_gpu_cost_dollars_total``.
+``gpu_cost_dollars`` and ``completed`` are counters: prometheus_client exposes them as
+``anthrasite_batch_gpu_cost_dollars_total`` and ``anthrasite_batch_completed_total``. The outbox
+gauges come from the ``outbox`` summary in the monitor's state file (absent without one).
 
 Persistence (``metrics_state_path``, JSON, written with :mod:`utils.state_store`'s
 lock-and-replace protocol, only when something new must be counted):
 
-- the histogram's per-bucket counts, sum and count, and the ids of the completed
-  batches already observed. A completed batch is observed when a scrape first sees
+- the histogram's per-bucket counts, sum and count, the on-time/late completion
+  counts, and the ids of the completed batches already observed. A completed batch is observed when a scrape first sees
   it (current batch or history), under the lock after re-reading the file, so two
   processes or a restarted monitor never count it twice;
 - the GPU counter: a running total plus, per batch id, the spend already added.
@@ -73,6 +88,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -96,10 +112,12 @@ LOGGER = logging.getLogger(__name__)
 
 PREFIX = "anthrasite_batch_"
 SCHEMA_VERSION = 1
-#: Histogram buckets (seconds) for a nightly batch: 5 min to 12 h.
-COMPLETION_TIME_BUCKETS: tuple[float, ...] = tuple(
-    60.0 * minutes for minutes in (5, 10, 15, 30, 45, 60, 90, 120, 180, 240, 360, 480, 720)
-)
+#: Histogram buckets (seconds) for a nightly batch: 30 s to 12 h, roughly geometric (each bound
+#: 1.3-1.5x the previous), so ``histogram_quantile`` reads a 100 s or a 7 h run within a few percent.
+COMPLETION_TIME_BUCKETS: tuple[float, ...] = (
+    30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0, 420.0, 600.0, 900.0, 1200.0, 1800.0,
+    2400.0, 3600.0, 5400.0, 7200.0, 10800.0, 14400.0, 21600.0, 28800.0, 43200.0,
+)  # fmt: skip
 BATCH_STATE_VALUES = ("none", "running", "completed", "failed", "abandoned")
 #: Incident kinds of :mod:`utils.batch_health` and :mod:`utils.prediction`.
 KNOWN_INCIDENT_KINDS = (LATE, FAILED, MISSING, UNREADABLE, AT_RISK, TOO_SHORT, STALLED_STAGE)
@@ -110,6 +128,11 @@ _GPU_EPSILON = 1e-9
 
 # Label values (stage names, incident kinds, batch ids) must be tracker names: 1-64 of A-Z a-z 0-9 _ . -
 _is_label_value = is_valid_name
+
+
+def host_name() -> str:
+    """This host's name: the ``host`` of ``source_info`` and the Pushgateway's ``instance``."""
+    return os.uname().nodename or socket.gethostname()
 
 
 def _number(value: object) -> float | None:
@@ -132,6 +155,7 @@ def fresh_metrics_state() -> dict:
             "count": 0,
         },
         "observed": {},
+        "completed": {"on_time": 0, "late": 0},
         "gpu": {"total": 0.0, "counted": {}},
         "last_success_at": None,
         "watermark": None,
@@ -144,6 +168,7 @@ def _valid_state(document: object) -> dict:
         raise CorruptStateError("metrics state has no supported schema_version")
     histogram = document.get("completion_time")
     gpu = document.get("gpu")
+    completed = document.get("completed")
     try:
         counts = histogram["counts"]
         ok = (
@@ -160,9 +185,13 @@ def _valid_state(document: object) -> dict:
         ok = False
     if not ok:
         raise CorruptStateError("metrics state is malformed")
-    if [float(b) for b in histogram["bounds"]] != list(COMPLETION_TIME_BUCKETS):
-        # The buckets changed in a new release: old counts cannot be re-bucketed.
-        # Rebuild from the history the tracker still has (a counter reset), keep GPU spend.
+    same_buckets = [float(b) for b in histogram["bounds"]] == list(COMPLETION_TIME_BUCKETS)
+    has_outcomes = isinstance(completed, dict) and all(
+        isinstance(completed.get(k), int) and completed[k] >= 0 for k in ("on_time", "late")
+    )
+    if not (same_buckets and has_outcomes):
+        # The buckets changed (or the on-time counts are new) in this release: old counts cannot be
+        # re-bucketed. Rebuild from the history the tracker still has (a counter reset), keep GPU spend.
         LOGGER.warning("completion-time buckets changed; rebuilding the histogram from the tracker history")
         rebuilt = fresh_metrics_state()
         rebuilt["gpu"] = gpu
@@ -206,10 +235,15 @@ def _already_counted(counted: dict, batch_id: str) -> float:
     return (_number(entry[1]) or 0.0) if isinstance(entry, list) and len(entry) == 2 else 0.0
 
 
-def apply_snapshot(state: dict, snapshot) -> dict:
-    """Count what is new in ``snapshot`` into ``state`` (mutated and returned); see the module docstring."""
+def apply_snapshot(state: dict, snapshot, deadline) -> dict:
+    """Count what is new in ``snapshot`` into ``state`` (mutated and returned); see the module docstring.
+
+    ``deadline`` (a :class:`utils.deadline.DailyDeadline`) judges whether a newly observed
+    completed batch was on time.
+    """
     watermark = state.get("watermark")
     histogram = state["completion_time"]
+    outcomes = state["completed"]
     observed: dict = state["observed"]
     gpu = state["gpu"]
     counted: dict = gpu["counted"]
@@ -230,6 +264,8 @@ def apply_snapshot(state: dict, snapshot) -> dict:
                 histogram["count"] += 1
             observed[batch["id"]] = batch["started_at"]
             ended = _number(batch.get("ended_at"))
+            if ended is not None:
+                outcomes["on_time" if on_time(batch, deadline, ended) else "late"] += 1
             if ended is not None and (state.get("last_success_at") is None or ended > state["last_success_at"]):
                 state["last_success_at"] = ended
         spend, already = _spend(batch), _already_counted(counted, batch["id"])
@@ -294,17 +330,30 @@ def batch_metric_families(
     monitor_state: dict | None = None,
     *,
     include_monitor: bool = True,
+    batch_name: str = "",
+    host: str = "",
 ) -> list[Metric]:
     """The metric families for ``snapshot`` at ``now`` (pure: no I/O).
 
     ``metrics_state`` (after :func:`apply_snapshot`) supplies the histogram, the GPU
     counter and the last success; when None those families are left out rather than
     exported as zeros (a false counter reset). ``include_monitor=False`` leaves out
-    the monitor's families (the Pushgateway path has no monitor).
+    the monitor's families (the Pushgateway path has no monitor). ``batch_name`` and
+    ``host`` (``BATCH_NAME`` and this host's name) label ``source_info``, the one series
+    the monitor and a Pushgateway export alike for the same tracker: rules and panels
+    join on it to count a batch once whichever way its series arrive.
     """
     families: list[Metric] = []
     current = snapshot.current
     state = current["state"] if current else "none"
+
+    source = GaugeMetricFamily(
+        PREFIX + "source_info",
+        "Where these series come from (always 1): source monitor or push, the batch name and the host.",
+        labels=["source", "batch", "host"],
+    )
+    source.add_metric(["monitor" if include_monitor else "push", batch_name, host], 1.0)
+    families.append(source)
 
     families.append(
         _gauge(
@@ -339,6 +388,14 @@ def batch_metric_families(
                 sum_value=histogram["sum"],
             )
         )
+        outcomes = CounterMetricFamily(
+            PREFIX + "completed",
+            "Completed batches, each counted once, by whether they completed by their deadline.",
+            labels=["on_time"],
+        )
+        outcomes.add_metric(["true"], metrics_state["completed"]["on_time"])
+        outcomes.add_metric(["false"], metrics_state["completed"]["late"])
+        families.append(outcomes)
         families.append(
             CounterMetricFamily(
                 PREFIX + "gpu_cost_dollars",
@@ -424,7 +481,7 @@ def batch_metric_families(
         )
     )
     if include_monitor:
-        families.extend(_monitor_families(monitor_state or {}))
+        families.extend(_monitor_families(monitor_state or {}, now))
     return families
 
 
@@ -473,7 +530,7 @@ def _count(value: object) -> float:
     return number if number is not None and number >= 0 else 0.0
 
 
-def _monitor_families(monitor_state: dict) -> list[Metric]:
+def _monitor_families(monitor_state: dict, now: float) -> list[Metric]:
     counters = monitor_state.get("counters") if isinstance(monitor_state.get("counters"), dict) else {}
     by_kind = counters.get("alerts_sent") if isinstance(counters.get("alerts_sent"), dict) else {}
     sent = CounterMetricFamily(
@@ -509,7 +566,29 @@ def _monitor_families(monitor_state: dict) -> list[Metric]:
             _number(monitor_state.get("last_check_at")),
         )
     )
+    families.extend(_outbox_families(monitor_state.get("outbox"), now))
     return families
+
+
+def _outbox_families(summary: object, now: float) -> list[Metric]:
+    """The outbox gauges from the monitor's ``outbox`` summary (``Outbox.summary()``); absent without one."""
+    summary = summary if isinstance(summary, dict) else None
+    pending = _number(summary.get("pending")) if summary else None
+    failed = _number(summary.get("failed")) if summary else None
+    oldest = _number(summary.get("oldest_pending_at")) if summary else None
+    age = None
+    if pending is not None:
+        # Nothing queued: age 0, so the series exists and "older than 15 min" reads as a plain comparison.
+        age = max(0.0, now - oldest) if pending > 0 and oldest is not None else 0.0
+    return [
+        _gauge("alerts_queued", "Alert and recovery e-mails waiting in the monitor's outbox.", pending),
+        _gauge("alerts_failed", "E-mails the monitor gave up on, kept in the outbox's failed directory.", failed),
+        _gauge(
+            "alerts_oldest_queued_age_seconds",
+            "Age of the oldest e-mail waiting in the outbox (0 when none waits).",
+            age,
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- I/O
@@ -523,8 +602,9 @@ class MetricsStateFile:
     lock after re-reading the file, so concurrent processes count each batch once.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, deadline):
         self.store = JsonStateStore(path)
+        self.deadline = deadline
         self._last_good: dict | None = None
         self._last_problem: str | None = None
 
@@ -554,7 +634,7 @@ class MetricsStateFile:
                     LOGGER.error("metrics state %s is corrupt (%s); moved aside to %s", self.path, exc, moved_to)
                     state = fresh_metrics_state()
                 if pending_changes(state, snapshot):
-                    apply_snapshot(state, snapshot)
+                    apply_snapshot(state, snapshot, self.deadline)
                     state["updated_at"] = time.time()
                     self.store.write(state)
             self._remember(state)
@@ -611,11 +691,17 @@ class BatchMetricsCollector:
         metrics_state_path: str | os.PathLike,
         clock: Callable[[], float] = time.time,
         include_monitor: bool = True,
+        host: str | None = None,
     ):
         self.tracker = tracker
         self.deadline = tracker.config.deadline()  # validates the time zone once, at start-up
         self.monitor_state_path = None if monitor_state_path is None else os.fspath(monitor_state_path)
-        self.metrics_state = MetricsStateFile(metrics_state_path)
+        self.metrics_state = MetricsStateFile(metrics_state_path, deadline=self.deadline)
+        # The same identity the Pushgateway path groups by (job=BATCH_NAME, instance=host name).
+        self.source_labels = {
+            "batch_name": tracker.config.batch_name,
+            "host": host if host is not None else host_name(),
+        }
         self.clock = clock
         self.include_monitor = include_monitor
         self._cached_snapshot: tuple | None = None
@@ -624,7 +710,13 @@ class BatchMetricsCollector:
         # Names only: registration must not read files.
         snapshot = TrackerSnapshot(None, [], [])
         yield from batch_metric_families(
-            snapshot, 0.0, self.deadline, fresh_metrics_state(), {}, include_monitor=self.include_monitor
+            snapshot,
+            0.0,
+            self.deadline,
+            fresh_metrics_state(),
+            {},
+            include_monitor=self.include_monitor,
+            **self.source_labels,
         )
 
     def snapshot(self):
@@ -649,7 +741,13 @@ class BatchMetricsCollector:
         state = self.metrics_state.sync(snapshot)
         monitor_state = read_monitor_state(self.monitor_state_path) if self.include_monitor else None
         yield from batch_metric_families(
-            snapshot, now, self.deadline, state, monitor_state, include_monitor=self.include_monitor
+            snapshot,
+            now,
+            self.deadline,
+            state,
+            monitor_state,
+            include_monitor=self.include_monitor,
+            **self.source_labels,
         )
 
 

@@ -4,7 +4,10 @@ For batches that run on hosts without a monitor: when ``BATCH_PUSHGATEWAY_URL`` 
 set, every ``start``/``stage``/``end``/``fail``/``resume``/``cost`` hook call pushes
 the same ``anthrasite_batch_*`` families the monitor serves (see
 :mod:`utils.metrics`), except the monitor's own (alerts sent, open incidents, last
-check), to ``<url>/metrics/job/<BATCH_NAME>/instance/<hostname>``.
+check, outbox), to ``<url>/metrics/job/<BATCH_NAME>/instance/<hostname>``.
+``anthrasite_batch_source_info{source="push",batch,host}`` carries the same batch
+name and host the monitor's ``source="monitor"`` series does, so the shipped rules
+and dashboard count a batch once when both report it.
 
 - The push replaces the whole group (HTTP PUT), so a stage that disappears from a
   new batch does not linger in the gateway.
@@ -23,13 +26,11 @@ Pushgateway never pay for importing prometheus_client.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 
 from prometheus_client import CollectorRegistry, push_to_gateway
 
 from utils.batch_tracker import sibling_file
-from utils.metrics import MetricsStateFile, batch_metric_families
+from utils.metrics import MetricsStateFile, batch_metric_families, host_name
 
 LOGGER = logging.getLogger(__name__)
 PUSH_TIMEOUT_SECONDS = 3.0
@@ -51,7 +52,7 @@ class _SnapshotCollector:
 
 def instance_name() -> str:
     """The ``instance`` grouping label: this host's name."""
-    return os.uname().nodename or socket.gethostname()
+    return host_name()
 
 
 def build_registry(config, snapshot, now: float) -> CollectorRegistry:
@@ -60,8 +61,18 @@ def build_registry(config, snapshot, now: float) -> CollectorRegistry:
     Updates the persisted metrics state (histogram, GPU counter) when the snapshot
     holds something not yet counted.
     """
-    state = MetricsStateFile(sibling_file(config.tracker_file, "metrics")).sync(snapshot)
-    families = batch_metric_families(snapshot, now, config.deadline(), state, None, include_monitor=False)
+    deadline = config.deadline()
+    state = MetricsStateFile(sibling_file(config.tracker_file, "metrics"), deadline=deadline).sync(snapshot)
+    families = batch_metric_families(
+        snapshot,
+        now,
+        deadline,
+        state,
+        None,
+        include_monitor=False,
+        batch_name=config.batch_name,
+        host=instance_name(),
+    )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(families))
     return registry
