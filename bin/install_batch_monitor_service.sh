@@ -7,14 +7,20 @@
 # (batch-completion-monitor.service, nightly-batch.service,
 # nightly-batch-resume.service, nightly-batch.timer), the environment file
 # /etc/batch-completion-monitor/batch-completion-monitor.env (mode 0600, never
-# overwritten) and the service user batchmon (sysusers.d), enables the monitor
-# and the nightly timer, and (re)starts the monitor when systemd is running.
+# overwritten) and the service user batchmon (sysusers.d), the state and log
+# directories, the operator commands /usr/local/bin/batch-tracker (the tracker
+# CLI) and /usr/local/bin/batch-nightly (bin/run_nightly.sh), which run with the
+# services' environment file and user, enables the monitor and the nightly
+# timer, and (re)starts the monitor when systemd is running.
 # Every unit is checked with systemd-analyze verify before anything changes.
 # Running it again with the same options changes nothing.
 #
 #   --prefix DIR             install directory (default /opt/batch-completion-monitor)
 #   --root DIR               install into DIR as if it were / (image builds, tests):
 #                            nothing is started, no running systemd is needed
+#   --python PATH            interpreter of the venv (default /usr/bin/python3); it must be
+#                            one the service user can run, outside /root and /home
+#                            (the units hide home directories): not a pyenv/asdf shim
 #   --no-venv                do not create or update PREFIX/.venv (provide it yourself)
 #   --no-timer               leave nightly-batch.timer disabled (the batch runs from cron)
 #   --nightly-time HH:MM     start time of the nightly batch (writes a timer drop-in;
@@ -25,10 +31,10 @@
 #                            the user (and says so)
 #   -h, --help               show this text
 #
-# Exit codes: 0 done; 2 bad usage, not root, or an install directory that is not
-# ours (nothing changed); 3 a unit failed systemd-analyze verify (nothing
-# changed); 4 installed, but the monitor did not start (see journalctl); other:
-# the failing step's code.
+# Exit codes: 0 done; 2 bad usage, not root, an install directory that is not
+# ours, or an interpreter the service user cannot run (nothing changed); 3 a
+# unit failed systemd-analyze verify (nothing changed); 4 installed, but the
+# monitor did not start (see journalctl); other: the failing step's code.
 set -euo pipefail
 # Installed files must be readable by the service user whatever root's umask is (the
 # environment file gets its own 0600).
@@ -41,7 +47,7 @@ readonly MONITOR_UNIT=batch-completion-monitor.service
 readonly TIMER_UNIT=nightly-batch.timer
 readonly UNITS=(batch-completion-monitor.service nightly-batch.service nightly-batch-resume.service nightly-batch.timer)
 # What is copied to the install directory (.venv, data, logs, .git are not).
-readonly PROJECT_ITEMS=(bin utils etc docs requirements.txt requirements-runtime.txt README.md)
+readonly PROJECT_ITEMS=(bin utils etc docs requirements.txt README.md)
 readonly MARKER=.batch-completion-monitor-install
 readonly CONF_DIR=/etc/batch-completion-monitor
 readonly ENV_FILE=$CONF_DIR/batch-completion-monitor.env
@@ -51,6 +57,11 @@ readonly UNIT_DIR=/etc/systemd/system
 readonly TIMER_DROPIN=$UNIT_DIR/nightly-batch.timer.d/schedule.conf
 readonly STATE_DIR=/var/lib/batch-completion-monitor
 readonly LOGS_DIR=/var/log/batch-completion-monitor
+readonly DEFAULT_PYTHON=/usr/bin/python3
+# Operator commands: the tracker CLI and the runner with the services' settings and user.
+readonly CLI_WRAPPER=/usr/local/bin/batch-tracker
+readonly NIGHTLY_WRAPPER=/usr/local/bin/batch-nightly
+readonly WRITTEN_BY="Written by install_batch_monitor_service.sh"
 me=install_batch_monitor_service.sh
 
 usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
@@ -64,7 +75,7 @@ warn() { printf '%s: warning: %s\n' "$me" "$*" >&2; }
 
 # ----------------------------------------------------------------------------- arguments
 
-root="" prefix="" venv=true timer=true uninstall=false nightly_time="" nightly_zone=""
+root="" prefix="" venv=true timer=true uninstall=false nightly_time="" nightly_zone="" python=""
 need_value() { # need_value OPTION [VALUE...]: fail unless OPTION is followed by a non-empty value
   if [ "$#" -lt 2 ] || [ -z "$2" ]; then die "$EXIT_USAGE" "option $1 needs a value (see --help)"; fi
 }
@@ -78,11 +89,13 @@ while [ "$#" -gt 0 ]; do
     --nightly-time=*) nightly_time=${1#*=} ;;
     --nightly-timezone) need_value "$@"; nightly_zone=$2; shift ;;
     --nightly-timezone=*) nightly_zone=${1#*=} ;;
+    --python) need_value "$@"; python=$2; shift ;;
+    --python=*) python=${1#*=} ;;
     --no-venv) venv=false ;;
     --no-timer) timer=false ;;
     --uninstall) uninstall=true ;;
     -h | --help) usage; exit 0 ;;
-    *) die "$EXIT_USAGE" "unknown argument '$1' (allowed: --prefix DIR, --root DIR, --no-venv, --no-timer, --nightly-time HH:MM, --nightly-timezone ZONE, --uninstall, --help)" ;;
+    *) die "$EXIT_USAGE" "unknown argument '$1' (allowed: --prefix DIR, --root DIR, --python PATH, --no-venv, --no-timer, --nightly-time HH:MM, --nightly-timezone ZONE, --uninstall, --help)" ;;
   esac
   shift
 done
@@ -110,7 +123,7 @@ checked_prefix() { # checked_prefix DIR: DIR normalized, or exit 2 unless it can
   printf '%s' "$dir"
 }
 if [ -n "$prefix" ]; then prefix=$(checked_prefix "$prefix"); fi
-if $uninstall && { [ -n "$nightly_time" ] || [ -n "$nightly_zone" ] || ! $venv || ! $timer; }; then
+if $uninstall && { [ -n "$nightly_time" ] || [ -n "$nightly_zone" ] || [ -n "$python" ] || ! $venv || ! $timer; }; then
   die "$EXIT_USAGE" "--uninstall takes only --root and --prefix"
 fi
 if [ -n "$nightly_time" ] || [ -n "$nightly_zone" ]; then
@@ -157,6 +170,9 @@ do_uninstall() {
     rm -f "$root$UNIT_DIR/$unit"
   done
   if grep -qF "Written by $me" "$root$TIMER_DROPIN" 2>/dev/null; then rm -f "$root$TIMER_DROPIN"; fi
+  for wrapper in "$CLI_WRAPPER" "$NIGHTLY_WRAPPER"; do
+    if grep -qF "$WRITTEN_BY" "$root$wrapper" 2>/dev/null; then rm -f "$root$wrapper"; fi
+  done
   rmdir "$root$UNIT_DIR/nightly-batch.timer.d" 2>/dev/null || true
   rm -f "$root$SYSUSERS_FILE"
   if [ -f "$root$prefix/$MARKER" ]; then
@@ -166,7 +182,7 @@ do_uninstall() {
     warn "$prefix was not installed by this script (no $MARKER): left in place"
   fi
   if $systemd_running; then systemctl daemon-reload; fi
-  say "removed the units (${UNITS[*]}), their enablement and $SYSUSERS_FILE"
+  say "removed the units (${UNITS[*]}), their enablement, $SYSUSERS_FILE, $CLI_WRAPPER and $NIGHTLY_WRAPPER"
   [ ! -e "$root$ENV_FILE" ] || kept+=("$ENV_FILE (your settings and secrets)")
   [ ! -e "$root$STAGES_FILE" ] || kept+=("$STAGES_FILE (your stage list)")
   [ ! -e "$root$STATE_DIR" ] || kept+=("$STATE_DIR (batch state, history, alert state, outbox)")
@@ -194,6 +210,53 @@ for unit in "${UNITS[@]}"; do
   [ -f "$project_root/etc/$unit" ] || die 1 "$project_root/etc/$unit is missing from the project"
 done
 
+service_ids() { # service_ids: "UID GID" of the service user in the tree being installed, if it exists
+  local entry
+  entry=$(grep -m 1 "^$SERVICE_USER:" "$root/etc/passwd" 2>/dev/null || true)
+  [ -z "$entry" ] || printf '%s %s' "$(cut -d: -f3 <<<"$entry")" "$(cut -d: -f4 <<<"$entry")"
+}
+
+check_python() { # check_python PATH: exit 2 unless the service user can run PATH and build a venv with it
+  local py=$1 ids real home_dir path
+  local -a run_as
+  case "$py" in
+    /*) ;;
+    *) die "$EXIT_USAGE" "--python '$py' is not an absolute path (e.g. $DEFAULT_PYTHON)" ;;
+  esac
+  if [ ! -f "$py" ] || [ ! -x "$py" ]; then
+    die "$EXIT_USAGE" "python '$py' does not exist or is not executable (install python3 python3-venv, or give --python PATH)"
+  fi
+  # The units hide home directories (ProtectHome=): an interpreter, or a standard library,
+  # under /root or /home (pyenv, asdf, conda) cannot start there, whatever its mode.
+  real=$(realpath -e -- "$py")
+  home_dir=$("$py" -c 'import os, sys; print(os.path.realpath(sys.base_prefix))' 2>/dev/null) ||
+    die "$EXIT_USAGE" "python '$py' does not run"
+  for path in "$real" "$home_dir"; do
+    case "$path" in
+      /root | /root/* | /home | /home/* | /run/user/*)
+        die "$EXIT_USAGE" "python '$py' lives in a home directory ($path), which the service cannot see (allowed: a system interpreter such as $DEFAULT_PYTHON; give it with --python PATH)" ;;
+    esac
+  done
+  # Run it as the service user (as nobody while that user does not exist yet): the venv's
+  # python is a symlink to it, so the service needs search and execute permission on its path.
+  ids=$(service_ids)
+  if [ -n "$ids" ]; then run_as=(--reuid="${ids% *}" --regid="${ids#* }"); else run_as=(--reuid=65534 --regid=65534); fi
+  if command -v setpriv >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    # shellcheck disable=SC2016 # $1 is the inner shell's argument
+    setpriv "${run_as[@]}" --clear-groups -- /bin/sh -c 'test -x "$1" && exec "$1" -c "import sys"' sh "$py" >/dev/null 2>&1 ||
+      die "$EXIT_USAGE" "python '$py' cannot be run by the service user $SERVICE_USER (check the permissions of its directories, or give another with --python PATH)"
+  fi
+  "$py" -c 'import venv, ensurepip' >/dev/null 2>&1 ||
+    die "$EXIT_USAGE" "python '$py' cannot create a venv (Debian: apt-get install python3-venv)"
+}
+
+if $venv; then
+  python=${python:-$DEFAULT_PYTHON}
+  check_python "$python"
+elif [ -n "$python" ]; then
+  die "$EXIT_USAGE" "--python and --no-venv exclude each other (--python names the venv's interpreter)"
+fi
+
 staging=$(mktemp -d "${TMPDIR:-/tmp}/batch-monitor-install.XXXXXX")
 trap 'rm -rf -- "$staging"' EXIT
 
@@ -212,6 +275,11 @@ if [ -n "$nightly_time" ]; then
     "[Timer]" "OnCalendar=" "OnCalendar=$calendar" >"$staging/schedule.conf"
 fi
 
+# requirements.txt holds the runtime dependencies only (the test tools are in requirements-test.txt).
+if $venv && [ ! -s "$project_root/requirements.txt" ]; then
+  die 1 "no runtime requirements found ($project_root/requirements.txt)"
+fi
+
 # The project as it will be installed: no caches, normalized modes.
 items=()
 for item in "${PROJECT_ITEMS[@]}"; do [ ! -e "$project_root/$item" ] || items+=("$item"); done
@@ -221,9 +289,9 @@ printf '%s\n' "Installed by bin/install_batch_monitor_service.sh; remove with it
 
 # systemd-analyze verify needs the programs the units start to exist: verify copies in
 # which the install directory points at the staged project, and the venv's interpreter
-# (not created yet) at the host's python3. Everything else is checked as installed.
+# (not created yet) at the chosen python (or /bin/sh). Everything else is checked as installed.
 if command -v systemd-analyze >/dev/null 2>&1; then
-  stand_in_python=$(command -v python3 || echo /bin/sh)
+  stand_in_python=${python:-/bin/sh}
   for unit in "${UNITS[@]}"; do
     sed -e "s|$(regex_quote "$prefix/.venv/bin/python")|$stand_in_python|g" -e "s|$(regex_quote "$prefix")|$staging/app|g" \
       "$staging/units/$unit" >"$staging/verify/$unit"
@@ -264,20 +332,21 @@ chmod 0755 "$target"
 say "installed the project into $prefix"
 
 if $venv; then
-  python_host=$(command -v python3) || die 1 "python3 not found: install it (apt-get install python3 python3-venv) or use --no-venv"
-  if [ ! -x "$target/.venv/bin/python" ] || ! "$target/.venv/bin/python" -c 'import sys' 2>/dev/null; then
+  # Rebuilt when broken or made from another interpreter (e.g. an earlier install's pyenv shim).
+  if [ ! -x "$target/.venv/bin/python" ] || ! "$target/.venv/bin/python" -c 'import sys' 2>/dev/null ||
+    [ "$(readlink -f -- "$target/.venv/bin/python")" != "$(readlink -f -- "$python")" ]; then
     rm -rf -- "$target/.venv"
-    "$python_host" -m venv "$target/.venv" ||
-      die 1 "could not create $prefix/.venv (Debian: apt-get install python3-venv)"
+    "$python" -m venv "$target/.venv" ||
+      die 1 "could not create $prefix/.venv with $python (Debian: apt-get install python3-venv)"
   fi
-  requirements=$target/requirements.txt
-  [ ! -f "$target/requirements-runtime.txt" ] || requirements=$target/requirements-runtime.txt
-  "$target/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+  # The runtime dependencies only (the test and lint tools stay out of the service's venv).
+  "$target/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$target/requirements.txt"
   if [ -n "$root" ]; then
-    # Scripts pip wrote name the venv through $root; inside the image it is $prefix.
-    grep -rlF -- "$root$prefix" "$target/.venv/bin" "$target/.venv/pyvenv.cfg" 2>/dev/null | while IFS= read -r file; do
+    # Scripts pip wrote name the venv through $root; inside the image it is $prefix. (A
+    # second run finds none: grep's "no match" must not end the script under pipefail.)
+    while IFS= read -r file; do
       sed -i "s|$(regex_quote "$root$prefix")|$prefix|g" "$file"
-    done
+    done < <(grep -rlF -- "$root$prefix" "$target/.venv/bin" "$target/.venv/pyvenv.cfg" 2>/dev/null || true)
   fi
   say "venv ready: $prefix/.venv ($("$target/.venv/bin/python" --version 2>&1))"
 elif [ ! -x "$target/.venv/bin/python" ]; then
@@ -285,8 +354,13 @@ elif [ ! -x "$target/.venv/bin/python" ]; then
 fi
 if [ -x "$target/.venv/bin/python" ] && "$target/.venv/bin/python" -c 'import sys' 2>/dev/null; then
   # Byte-compiled once here: the services cannot write the install directory, and the
-  # nightly hooks' start-up time matters. Hash-checked .pyc files do not depend on mtimes.
-  "$target/.venv/bin/python" -m compileall -q --invalidation-mode checked-hash "$target/bin" "$target/utils" >/dev/null
+  # nightly hooks' start-up time matters. Hash-checked .pyc files do not depend on mtimes,
+  # and a fixed hash seed makes them byte-identical from run to run (set constants). The
+  # file names they record are the installed ones (tracebacks), without --root's directory.
+  strip_root=()
+  [ -z "$root" ] || strip_root=(-s "$root" -p /)
+  PYTHONHASHSEED=0 "$target/.venv/bin/python" -m compileall -q --invalidation-mode checked-hash "${strip_root[@]}" \
+    "$target/bin" "$target/utils" >/dev/null
 fi
 
 # Units, and the schedule drop-in when one was asked for (an existing one is kept).
@@ -307,7 +381,17 @@ say "installed the units into $UNIT_DIR: ${UNITS[*]}"
 if [ -e "$root$ENV_FILE" ]; then
   say "kept $ENV_FILE (compare with $prefix/etc/batch-completion-monitor.env.example for new settings)"
 else
-  install -m 0600 "$project_root/etc/batch-completion-monitor.env.example" "$root$ENV_FILE"
+  # The example, plus what the alert e-mails should tell on-call on this machine.
+  {
+    cat "$project_root/etc/batch-completion-monitor.env.example"
+    printf '%s\n' "" "# --------------------------------------------------------------- $WRITTEN_BY" \
+      "# Commands the alert e-mails give on-call, and where the nightly logs are." \
+      "BATCH_CLI_COMMAND=sudo $CLI_WRAPPER" \
+      "BATCH_RUN_COMMAND=sudo systemctl start nightly-batch" \
+      "BATCH_RESUME_COMMAND=sudo systemctl start nightly-batch-resume" \
+      "LOG_DIR=$LOGS_DIR"
+  } >"$staging/env"
+  install -m 0600 "$staging/env" "$root$ENV_FILE"
   say "created $ENV_FILE (mode 0600): set ALERT_EMAIL_TO and SMTP_SERVER there"
 fi
 # The stage list (nightly-batch.service reads it from here, so upgrades keep it): the
@@ -332,6 +416,73 @@ elif ! grep -q "^$SERVICE_USER:" "$root/etc/passwd" 2>/dev/null; then
     --shell /usr/sbin/nologin --comment "Batch completion monitor and nightly batch" "$SERVICE_USER"
 fi
 say "service user: $SERVICE_USER"
+
+# State and log directories (systemd creates them too, but the operator commands and a
+# cron-driven batch may run before any unit has). Existing ones are left as they are.
+ids=$(service_ids)
+for directory in "$STATE_DIR" "$LOGS_DIR"; do
+  if [ ! -e "$root$directory" ]; then
+    if [ -n "$ids" ]; then
+      install -d -m 0750 -o "${ids% *}" -g "${ids#* }" "$root$directory"
+    else
+      warn "user $SERVICE_USER does not exist yet: $directory is created at the first start of a unit"
+    fi
+  fi
+done
+
+# The operator commands: the tracker CLI and the runner with the services' settings.
+write_wrapper() { # write_wrapper PATH PROGRAM PURPOSE: install a command that runs PROGRAM like the units do
+  local path=$1 program=$2 purpose=$3
+  if [ -e "$root$path" ] && ! grep -qF "$WRITTEN_BY" "$root$path"; then
+    warn "$path exists and was not written by this script: left in place"
+    return 0
+  fi
+  {
+    printf '#!/bin/bash\n'
+    printf '# Usage: sudo %s [ARGS]: %s\n' "${path##*/}" "$purpose"
+    printf '# %s (rewritten on upgrade, removed with --uninstall).\n' "$WRITTEN_BY"
+    printf '#\n'
+    printf "# Runs %s as the units do: a clean environment with the units' defaults,\n" "$prefix/$program"
+    printf "# then %s read like systemd's\n" "$ENV_FILE"
+    printf '# EnvironmentFile= (NAME=value lines, never run as shell code), as user %s.\n' "$SERVICE_USER"
+    printf "# Run it as root: the file is root's (mode 0600). Exit codes: the program's; 2 unreadable file.\n"
+    printf 'set -euo pipefail\n'
+    printf 'readonly ENV_FILE=%q PROGRAM=%q SERVICE_USER=%q\n' "$ENV_FILE" "$prefix/$program" "$SERVICE_USER"
+    printf 'environment=(%q %q %q %q %q %q %q)\n' \
+      "PATH=$prefix/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "HOME=$STATE_DIR" \
+      "BATCH_TRACKER_FILE=$STATE_DIR/batch_tracker.json" "BATCH_OUTBOX_DIR=$STATE_DIR/outbox" \
+      "NIGHTLY_STAGES_FILE=$STAGES_FILE" "LOG_DIR=$LOGS_DIR" "LANG=C.UTF-8"
+    cat <<'WRAPPER_BODY'
+me=${0##*/}
+umask 0027 # UMask= of the nightly units: state and logs private to the service user's group
+if [ -e "$ENV_FILE" ]; then
+  [ -r "$ENV_FILE" ] || { printf '%s: error: cannot read %s (run with sudo)\n' "$me" "$ENV_FILE" >&2; exit 2; }
+  while IFS= read -r line || [ -n "$line" ]; do
+    line="${line#"${line%%[![:space:]]*}"}"
+    line="${line%"${line##*[![:space:]]}"}"
+    case "$line" in '' | '#'* | ';'*) continue ;; esac
+    if [[ $line =~ ^([A-Za-z_][A-Za-z0-9_]*)[[:space:]]*=[[:space:]]*(.*)$ ]]; then
+      name=${BASH_REMATCH[1]} value=${BASH_REMATCH[2]}
+      # One pair of surrounding quotes is removed, as systemd does.
+      if [[ $value =~ ^\"(.*)\"$ || $value =~ ^\'(.*)\'$ ]]; then value=${BASH_REMATCH[1]}; fi
+      environment+=("$name=$value")
+    else
+      printf '%s: warning: %s: ignored a line that is not NAME=value: %s\n' "$me" "$ENV_FILE" "$line" >&2
+    fi
+  done <"$ENV_FILE"
+fi
+# Files the program writes must belong to the service user, as when a unit runs it.
+if [ "$(id -u)" -eq 0 ]; then
+  exec setpriv --reuid="$SERVICE_USER" --regid="$SERVICE_USER" --init-groups -- env -i "${environment[@]}" "$PROGRAM" "$@"
+fi
+exec env -i "${environment[@]}" "$PROGRAM" "$@"
+WRAPPER_BODY
+  } >"$staging/wrapper"
+  install -D -m 0755 "$staging/wrapper" "$root$path"
+}
+write_wrapper "$CLI_WRAPPER" bin/batch_tracker "the tracker CLI (status, check, history, hooks) with the services' settings"
+write_wrapper "$NIGHTLY_WRAPPER" bin/run_nightly.sh "the nightly batch (bin/run_nightly.sh [--resume] [--dry-run]), e.g. from cron"
+say "operator commands: $CLI_WRAPPER (tracker CLI), $NIGHTLY_WRAPPER (nightly batch), with the services' settings"
 
 # Enablement: systemctl edits the symlinks itself when systemd is not running (and with --root).
 enable_units=("$MONITOR_UNIT")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from email import message_from_bytes, policy
@@ -152,3 +154,53 @@ def smtp_server():
     sink = SmtpSink().start()
     yield sink
     sink.stop()
+
+
+# --------------------------------------------------------------------------- other users
+
+
+@pytest.fixture
+def reachable_dir():
+    """A fresh directory that every user can reach (mode 0755, in the system temp directory).
+
+    tmp_path and the checkout may sit below directories only their owner can enter (pytest's
+    basetemp is 0700; a clone may live in /root or a 0700 ``mktemp -d``): tests that run a
+    program as another user put what it needs here (see :func:`copy_for_other_users`).
+    """
+    directory = Path(tempfile.mkdtemp(prefix="reachable-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def copy_for_other_users(directory: Path, *items: str, packages: tuple[str, ...] = ()) -> Path:
+    """Copy project ``items`` (e.g. "bin", "utils") and importable ``packages`` into ``directory``.
+
+    Everything is made readable (and directories searchable) by every user; returns
+    ``directory``, to use as the project root or PYTHONPATH of a program run as another user.
+    """
+    import importlib
+
+    directory.mkdir(exist_ok=True)
+    directory.chmod(directory.stat().st_mode | 0o755)
+    sources = [(PROJECT_ROOT / item, directory / item) for item in items]
+    for package in packages:
+        origin = Path(importlib.import_module(package).__file__)
+        source = origin.parent if origin.name == "__init__.py" else origin
+        sources.append((source, directory / source.name))
+    for source, target in sources:
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, target)
+        for path in [target, *target.rglob("*")] if target.is_dir() else [target]:
+            path.chmod(path.stat().st_mode | (0o755 if path.is_dir() else 0o444))
+    return directory
+
+
+def python_for_other_users() -> str:
+    """An interpreter every user can run: the system's python3 (the venv's may live under /root)."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return sys.executable

@@ -1,13 +1,25 @@
-"""bin/install_batch_monitor_service.sh, run for real into temporary roots (--root), offline (--no-venv).
+"""bin/install_batch_monitor_service.sh, run for real into temporary roots (--root).
 
 The installer drives the real systemd-analyze, systemctl --root and systemd-sysusers --root;
-no systemd needs to be running. The non-root check runs the script as the user nobody.
+no systemd needs to be running. Most tests skip the venv (--no-venv); the venv tests build one
+tree with the real venv step (/usr/bin/python3, pip from the configured index) and copy it.
+The non-root checks run the script as the user nobody, from a copy every user can reach.
+
+What an operator runs on the installed machine (the operator commands, the guide's cron line)
+runs for real inside the installed tree: a private mount namespace lays the tree's /etc, /opt
+and /usr/local over the host's (overlayfs, read-only) and sends writes to its /var/lib and
+/var/log into the tree, so the programs see the paths they were installed for, the batchmon
+user of the tree's /etc/passwd, and the host sees nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import marshal
 import os
+import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -15,6 +27,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import copy_for_other_users
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALLER = ROOT / "bin" / "install_batch_monitor_service.sh"
@@ -30,6 +44,13 @@ UNITS = (
     "nightly-batch.timer",
 )
 PROJECT_ITEMS = ("bin", "utils", "etc", "docs", "requirements.txt", "README.md")
+STATE_DIR = "var/lib/batch-completion-monitor"
+LOGS_DIR = "var/log/batch-completion-monitor"
+CLI_WRAPPER = "usr/local/bin/batch-tracker"
+NIGHTLY_WRAPPER = "usr/local/bin/batch-nightly"
+GUIDE = ROOT / "docs" / "batch-completion-monitoring.md"
+IS_ROOT = os.getuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (setpriv, mount namespaces)")
 ENABLEMENT_LINKS = {
     f"{UNIT_DIR}/multi-user.target.wants/batch-completion-monitor.service": "/etc/systemd/system/batch-completion-monitor.service",
     f"{UNIT_DIR}/timers.target.wants/nightly-batch.timer": "/etc/systemd/system/nightly-batch.timer",
@@ -49,7 +70,7 @@ def run_installer(*args: str, installer: Path = INSTALLER, user: str | None = No
 def system_root(tmp_path) -> Path:
     """An empty tree with the directories a Debian system has, to install into as if it were /."""
     root = tmp_path / "root"
-    for directory in (UNIT_DIR, "etc/sysusers.d", "opt", "var/lib", "var/log"):
+    for directory in (UNIT_DIR, "etc/sysusers.d", "opt", "usr/local/bin", "var/lib", "var/log"):
         (root / directory).mkdir(parents=True)
     return root
 
@@ -84,10 +105,82 @@ def shipped_project_files() -> set[str]:
     return files
 
 
-def install(system_root: Path, *extra: str) -> subprocess.CompletedProcess:
-    result = run_installer("--root", str(system_root), "--no-venv", *extra)
+def install(
+    system_root: Path, *extra: str, venv: bool = False, installer: Path = INSTALLER
+) -> subprocess.CompletedProcess:
+    result = run_installer("--root", str(system_root), *([] if venv else ["--no-venv"]), *extra, installer=installer)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+def env_file_values(text: str) -> dict[str, str]:
+    """The NAME=value assignments of an environment file's text (comments and blank lines skipped)."""
+    return dict(line.split("=", 1) for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+def user_ids(system_root: Path, user: str = "batchmon") -> tuple[int, int]:
+    entry = next(line for line in (system_root / "etc/passwd").read_text().splitlines() if line.startswith(f"{user}:"))
+    return int(entry.split(":")[2]), int(entry.split(":")[3])
+
+
+def run_in_installed_tree(system_root: Path, work: Path, command: str) -> subprocess.CompletedProcess:
+    """``/bin/sh -c command`` as root with cron's environment, on a system where system_root is installed.
+
+    A private mount namespace: the tree's /etc, /opt and /usr/local over the host's (read-only),
+    writes to /var/lib and /var/log go into the tree. Nothing changes outside it.
+    """
+    mounts = [("etc", None), ("opt", None), ("usr/local", None), ("var/lib", "lib"), ("var/log", "log")]
+    script = ["set -e"]
+    for directory, upper in mounts:
+        if upper is None:
+            options = f"lowerdir={system_root / directory}:/{directory}"
+        else:
+            (work / upper).mkdir(parents=True, exist_ok=True)
+            options = f"lowerdir=/{directory},upperdir={system_root / directory},workdir={work / upper}"
+        script.append(f"mount -t overlay overlay -o {shlex.quote(options)} /{directory}")
+    script.append('exec env -i PATH=/usr/bin:/bin HOME=/root SHELL=/bin/sh LOGNAME=root /bin/sh -c "$0"')
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", "\n".join(script), command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd="/",
+    )
+
+
+def copy_project(target: Path) -> Path:
+    """The shipped project items copied to target (a checkout that does not change under the test)."""
+    for item in PROJECT_ITEMS:
+        if (ROOT / item).is_dir():
+            shutil.copytree(ROOT / item, target / item, ignore=shutil.ignore_patterns("__pycache__"))
+        elif (ROOT / item).exists():
+            shutil.copy2(ROOT / item, target / item)
+    return target
+
+
+@pytest.fixture(scope="module")
+def snapshot_installer(tmp_path_factory) -> Path:
+    """The installer of a snapshot of the project: runs compared with each other install the same files."""
+    return copy_project(tmp_path_factory.mktemp("snapshot") / "checkout") / "bin" / INSTALLER.name
+
+
+@pytest.fixture(scope="module")
+def venv_tree(tmp_path_factory, snapshot_installer) -> Path:
+    """One tree installed with the real venv step (default options); tests work on copies of it."""
+    root = tmp_path_factory.mktemp("venv-tree") / "root"
+    for directory in (UNIT_DIR, "etc/sysusers.d", "opt", "usr/local/bin", "var/lib", "var/log"):
+        (root / directory).mkdir(parents=True)
+    install(root, venv=True, installer=snapshot_installer)
+    return root
+
+
+@pytest.fixture
+def venv_root(venv_tree, tmp_path) -> Path:
+    """A private copy of the venv tree (owners and modes kept)."""
+    copy = tmp_path / "root"
+    subprocess.run(["cp", "-a", str(venv_tree), str(copy)], check=True, timeout=60)
+    return copy
 
 
 def test_it_installs_units_env_file_user_and_enablement_into_a_root(system_root):
@@ -110,14 +203,27 @@ def test_it_installs_units_env_file_user_and_enablement_into_a_root(system_root)
 
     env_file = system_root / ENV_FILE
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-    assert env_file.read_bytes() == (ROOT / "etc" / "batch-completion-monitor.env.example").read_bytes()
+    example = (ROOT / "etc" / "batch-completion-monitor.env.example").read_text()
+    written = env_file.read_text()
+    assert written.startswith(example)
+    assert env_file_values(written[len(example) :]) == {
+        "BATCH_CLI_COMMAND": "sudo /usr/local/bin/batch-tracker",
+        "BATCH_RUN_COMMAND": "sudo systemctl start nightly-batch",
+        "BATCH_RESUME_COMMAND": "sudo systemctl start nightly-batch-resume",
+        "LOG_DIR": "/var/log/batch-completion-monitor",
+    }
     assert (system_root / STAGES_FILE).is_file()
+    for wrapper in (CLI_WRAPPER, NIGHTLY_WRAPPER):
+        assert stat.S_IMODE((system_root / wrapper).stat().st_mode) == 0o755
 
     passwd = (system_root / "etc" / "passwd").read_text().splitlines()
     entry = next(line for line in passwd if line.startswith("batchmon:")).split(":")
     assert 0 < int(entry[2]) < 1000  # a system user
     assert entry[5:] == ["/var/lib/batch-completion-monitor", "/usr/sbin/nologin"]
     assert (system_root / SYSUSERS_FILE).read_bytes() == (ROOT / SYSUSERS_FILE).read_bytes()
+    for directory in (STATE_DIR, LOGS_DIR):  # for the operator commands and cron, before any unit ran
+        info = (system_root / directory).stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o750, int(entry[2]), int(entry[3]))
     assert "nothing started" in result.stdout
 
 
@@ -158,14 +264,116 @@ def test_it_installs_units_that_systemd_analyze_verify_accepts(system_root, tmp_
     assert result.stdout + result.stderr == ""
 
 
-def test_it_changes_nothing_when_run_twice(system_root):
-    install(system_root)
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],
+        ["--no-timer"],
+        ["--nightly-time", "02:30", "--nightly-timezone", "Europe/Berlin"],
+        ["--prefix", "/srv/batch-monitor", "--no-timer", "--nightly-time", "03:15"],
+    ],
+)
+def test_it_changes_nothing_when_run_twice(system_root, options, snapshot_installer):
+    install(system_root, *options, installer=snapshot_installer)
     first = tree(system_root)
 
-    second_run = install(system_root)
-
+    second_run = install(system_root, *options, installer=snapshot_installer)
     assert tree(system_root) == first
-    assert "kept /etc/batch-completion-monitor/batch-completion-monitor.env" in second_run.stdout
+    third_run = install(system_root, *options, installer=snapshot_installer)
+    assert tree(system_root) == first
+    for run in (second_run, third_run):
+        assert "kept /etc/batch-completion-monitor/batch-completion-monitor.env" in run.stdout
+
+
+def test_it_changes_nothing_when_run_again_with_the_venv_step(venv_root, snapshot_installer):
+    first = tree(venv_root)
+
+    # The venv step used to stop the second run half-way (exit 1, no message).
+    for _ in range(2):
+        result = install(venv_root, "--python", "/usr/bin/python3", venv=True, installer=snapshot_installer)
+        assert "venv ready" in result.stdout
+        assert tree(venv_root) == first
+
+
+def test_it_builds_the_venv_from_the_system_python_with_the_runtime_dependencies_only(venv_root, tmp_path):
+    # Built with PATH starting at the test venv's bin (a pyenv interpreter on some machines).
+    venv_python = venv_root / PREFIX / ".venv" / "bin" / "python"
+    assert os.path.realpath(venv_python) == os.path.realpath("/usr/bin/python3")
+    assert (venv_root / PREFIX / ".venv" / "pyvenv.cfg").read_text().count(str(venv_root)) == 0
+    listed = subprocess.run(
+        [str(venv_python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True, timeout=60, check=True
+    )
+    packages = {package["name"].lower().replace("_", "-") for package in json.loads(listed.stdout)}
+    assert {"prometheus-client", "pytz"} <= packages
+    assert not packages & {"pytest", "playwright", "ruff", "hypothesis", "aiosmtpd", "bandit", "pyyaml"}
+    # Byte-compiled for the installed paths (tracebacks), not the --root tree's.
+    (compiled,) = (venv_root / PREFIX / "utils" / "__pycache__").glob("batch_tracker.*.pyc")
+    assert marshal.loads(compiled.read_bytes()[16:]).co_filename == f"/{PREFIX}/utils/batch_tracker.py"
+    if IS_ROOT:  # the service user runs it, from the paths the units name
+        imported = run_in_installed_tree(
+            venv_root,
+            tmp_path / "overlay",
+            "setpriv --reuid=batchmon --regid=batchmon --init-groups "
+            "/opt/batch-completion-monitor/.venv/bin/python -c 'import prometheus_client, pytz, utils'",
+        )
+        assert imported.returncode != 0 and "No module named 'utils'" in imported.stderr, imported.stderr
+        imported = run_in_installed_tree(
+            venv_root,
+            tmp_path / "overlay",
+            "cd /opt/batch-completion-monitor && setpriv --reuid=batchmon --regid=batchmon --init-groups "
+            ".venv/bin/python -c 'import os, prometheus_client, pytz, utils.monitor; print(os.getuid())'",
+        )
+        assert imported.returncode == 0, imported.stderr
+        assert imported.stdout.strip() == str(user_ids(venv_root)[0])
+
+
+@needs_root
+def test_it_refuses_an_interpreter_the_service_user_cannot_run_and_changes_nothing(system_root, tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    (private / "python3").symlink_to("/usr/bin/python3")
+    before = tree(system_root)
+
+    result = run_installer("--root", str(system_root), "--python", str(private / "python3"))
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert f"'{private / 'python3'}'" in result.stderr and "cannot be run by the service user" in result.stderr
+    assert tree(system_root) == before
+
+
+def test_it_refuses_an_interpreter_in_a_home_directory(system_root):
+    # pyenv, asdf: the first python3 on root's PATH is often one of these.
+    found = [
+        path
+        for path in (shutil.which("python3"), os.path.realpath(sys.executable))
+        if path and os.path.realpath(path).startswith(("/root/", "/home/"))
+    ]
+    if not found:
+        pytest.skip("no interpreter in a home directory on this machine")
+    interpreter = found[0]
+    before = tree(system_root)
+
+    result = run_installer("--root", str(system_root), "--python", interpreter)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "home directory" in result.stderr, result.stderr
+    assert tree(system_root) == before
+
+
+@pytest.mark.parametrize(
+    ("python", "named"),
+    [("relative/python3", "is not an absolute path"), ("/nonexistent/python3", "does not exist")],
+)
+def test_it_rejects_a_bad_python_option_and_changes_nothing(system_root, python, named):
+    before = tree(system_root)
+
+    result = run_installer("--root", str(system_root), "--python", python)
+
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and f"'{python}'" in result.stderr and named in result.stderr
+    assert tree(system_root) == before
 
 
 def test_it_never_overwrites_an_existing_environment_file(system_root):
@@ -185,8 +393,7 @@ def test_it_uninstalls_what_it_added_and_keeps_the_environment_file(system_root)
     install(system_root)
     env_file = system_root / ENV_FILE
     env_file.write_text(env_file.read_text() + "ALERT_EMAIL_TO=oncall@example.com\n")
-    state = system_root / "var/lib/batch-completion-monitor"
-    state.mkdir()
+    state = system_root / STATE_DIR
     (state / "batch_tracker.json").write_text("{}")
 
     result = run_installer("--root", str(system_root), "--uninstall")
@@ -198,8 +405,9 @@ def test_it_uninstalls_what_it_added_and_keeps_the_environment_file(system_root)
         "etc/batch-completion-monitor",
         ENV_FILE,
         STAGES_FILE,
-        "var/lib/batch-completion-monitor",
-        "var/lib/batch-completion-monitor/batch_tracker.json",
+        STATE_DIR,
+        f"{STATE_DIR}/batch_tracker.json",
+        LOGS_DIR,
         *(f"etc/{name}" for name in ("passwd", "group", "shadow", "gshadow", ".pwd.lock")),
     }
     assert set(after) - set(before) == kept
@@ -207,15 +415,18 @@ def test_it_uninstalls_what_it_added_and_keeps_the_environment_file(system_root)
     assert env_file.read_text().endswith("ALERT_EMAIL_TO=oncall@example.com\n")
     assert "kept: /etc/batch-completion-monitor/batch-completion-monitor.env" in result.stdout
     assert "kept: /var/lib/batch-completion-monitor" in result.stdout
+    assert not (system_root / CLI_WRAPPER).exists() and not (system_root / NIGHTLY_WRAPPER).exists()
 
 
-def test_it_refuses_to_run_without_root_and_changes_nothing():
+def test_it_refuses_to_run_without_root_and_changes_nothing(reachable_dir):
     watched = [Path("/opt/batch-completion-monitor"), Path("/etc/batch-completion-monitor"), Path("/etc/sysusers.d")]
     watched += [Path("/etc/systemd/system") / unit for unit in UNITS]
     before = [(path, path.exists()) for path in watched]
     unit_dir_before = sorted(os.listdir("/etc/systemd/system")) if os.path.isdir("/etc/systemd/system") else []
 
-    result = run_installer(user="nobody") if os.getuid() == 0 else run_installer()
+    # nobody runs a copy it can reach: the checkout may sit in a directory only root can enter.
+    copy = copy_for_other_users(reachable_dir, "bin") / "bin" / INSTALLER.name
+    result = run_installer(installer=copy, user="nobody") if IS_ROOT else run_installer()
 
     assert result.returncode == 2
     assert result.stdout == ""
@@ -303,12 +514,7 @@ def test_it_leaves_the_timer_disabled_with_no_timer(system_root):
 
 
 def test_it_verifies_the_units_before_changing_anything(system_root, tmp_path):
-    source = tmp_path / "checkout"
-    for item in PROJECT_ITEMS:
-        if (ROOT / item).is_dir():
-            shutil.copytree(ROOT / item, source / item, ignore=shutil.ignore_patterns("__pycache__"))
-        elif (ROOT / item).exists():
-            shutil.copy2(ROOT / item, source / item)
+    source = copy_project(tmp_path / "checkout")
     broken = source / "etc" / "batch-completion-monitor.service"
     broken.write_text(broken.read_text().replace("WatchdogSec=30s", "WatchdogSec=soon"))
     before = tree(system_root)
@@ -321,9 +527,64 @@ def test_it_verifies_the_units_before_changing_anything(system_root, tmp_path):
     assert tree(system_root) == before
 
 
-def test_it_prints_its_usage_with_help():
-    result = run_installer("--help", user="nobody") if os.getuid() == 0 else run_installer("--help")
+def test_it_prints_its_usage_with_help(reachable_dir):
+    copy = copy_for_other_users(reachable_dir, "bin") / "bin" / INSTALLER.name
+    result = run_installer("--help", installer=copy, user="nobody") if IS_ROOT else run_installer("--help")
 
     assert result.returncode == 0
-    for option in ("--prefix DIR", "--root DIR", "--no-venv", "--nightly-time HH:MM", "--uninstall", "Exit codes"):
+    for option in ("--prefix DIR", "--root DIR", "--python PATH", "--no-venv", "--nightly-time HH:MM", "--uninstall"):
         assert option in result.stdout
+
+
+# ----------------------------------------------------------------------------- on the installed machine
+
+
+def guide_code_lines(language: str, start: str) -> list[str]:
+    """Lines of the guide's ```language blocks that start with ``start``, verbatim."""
+    blocks = re.findall(rf"^```{language}\n(.*?)^```", GUIDE.read_text(), flags=re.MULTILINE | re.DOTALL)
+    return [line for block in blocks for line in block.splitlines() if line.startswith(start)]
+
+
+@needs_root
+def test_it_installs_a_batch_tracker_command_with_the_services_settings(venv_root, tmp_path):
+    env_file = venv_root / ENV_FILE
+    marker = tmp_path / "sourced"
+    env_file.write_text(
+        env_file.read_text()
+        + "BATCH_COMPLETION_DEADLINE_HOUR=7\n"
+        + 'BATCH_COMPLETION_DEADLINE_MINUTE = "30"\n'
+        + "BATCH_COMPLETION_TIMEZONE=Europe/Berlin\n"
+        + f"SITE_NOTE=$(touch {marker})\n"  # a value, never a command: the file is not shell
+    )
+    # The guide's command, verbatim (the test runs as root; sudo may not be installed).
+    (command,) = guide_code_lines("bash", "sudo batch-tracker status --json")
+    command = command.split("#")[0].strip().removeprefix("sudo ")
+
+    result = run_in_installed_tree(venv_root, tmp_path / "overlay", f"PATH=/usr/local/bin:$PATH {command}")
+
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["next_deadline"]["timezone"] == "Europe/Berlin"
+    assert status["next_deadline"]["local"][11:16] == "07:30"
+    assert status["tracker"]["path"] == "/var/lib/batch-completion-monitor/batch_tracker.json"
+    assert not marker.exists()
+
+
+@needs_root
+def test_it_runs_the_guides_cron_line_as_written_against_the_installed_tree(venv_root, tmp_path):
+    (line,) = guide_code_lines("cron", "0 ")
+    fields = line.split(None, 6)
+    assert fields[5] == "root", line  # the command reads the root-only environment file, then drops to batchmon
+    (venv_root / STAGES_FILE).write_text("fetch true\nscore echo scored $BATCH_STAGE\n")
+
+    result = run_in_installed_tree(venv_root, tmp_path / "overlay", fields[6])
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = json.loads((venv_root / STATE_DIR / "batch_tracker.json").read_text())
+    assert state["current"]["state"] == "completed", state
+    assert state["current"]["expected_stages"] == ["fetch", "score"]
+    uid, _ = user_ids(venv_root)
+    assert (venv_root / STATE_DIR / "batch_tracker.json").stat().st_uid == uid
+    (log,) = (venv_root / LOGS_DIR).glob("nightly_*.log")
+    assert "scored score" in log.read_text()
+    assert log.stat().st_uid == uid

@@ -168,6 +168,15 @@ def test_it_runs_as_an_unprivileged_user_that_can_write_only_its_state_directory
     assert value(MONITOR, "Service", "NoNewPrivileges") == "yes"
 
 
+def test_it_limits_the_monitors_open_files_above_what_its_http_connection_cap_needs():
+    from utils.http_server import MAX_CONNECTIONS
+
+    limit = int(value(MONITOR, "Service", "LimitNOFILE"))  # one number: soft and hard limit alike
+
+    # The monitor serves min(MAX_CONNECTIONS, limit // 4) connections: the unit's limit must not lower it.
+    assert 4 * MAX_CONNECTIONS <= limit <= 65536
+
+
 def test_it_starts_the_monitor_after_the_network_is_online():
     assert "network-online.target" in value(MONITOR, "Unit", "After").split()
     assert "network-online.target" in value(MONITOR, "Unit", "Wants").split()
@@ -218,7 +227,9 @@ def test_it_lists_every_variable_commented_with_its_default_in_the_env_example()
     for name, default in documented_variables():
         assert name in assignments, f"{name} missing from the env example"
         if not default.startswith("("):  # "(unset)", "(empty)": any example value
-            assert assignments[name] == default.split()[0], f"{name}: example says {assignments[name]!r}"
+            # "587 starttls / ..." -> 587; "bin/run_nightly.sh --resume (in the project root)" -> the command
+            expected = re.sub(r" \(.*\)$", "", default)
+            assert assignments[name] in (expected, expected.split()[0]), f"{name}: example says {assignments[name]!r}"
     # Nothing is set by default: the units' own defaults (state directory paths) must win.
     assert not re.findall(r"^[A-Za-z_]+=", example, flags=re.MULTILINE)
 
@@ -236,8 +247,10 @@ def test_it_documents_every_variable_in_the_user_guide():
 # (a launcher rather than preexec_fn: forking a process with threads and running Python in the
 # child is unsafe).
 SANDBOX_LAUNCHER = """
-import ctypes, os, sys
+import ctypes, os, resource, sys
 os.umask(0o077)  # UMask=0077
+limit = int(sys.argv.pop(1))
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))  # LimitNOFILE=
 libc = ctypes.CDLL(None, use_errno=True)
 if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: NoNewPrivileges=yes
     raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
@@ -290,7 +303,7 @@ def test_it_runs_the_units_exec_start_serving_metrics_and_answering_the_watchdog
     }
     working_directory = value(MONITOR, "Service", "WorkingDirectory").replace(STATE_DIR, str(state_dir))
     process = subprocess.Popen(
-        [sys.executable, "-c", SANDBOX_LAUNCHER, *command],
+        [sys.executable, "-c", SANDBOX_LAUNCHER, value(MONITOR, "Service", "LimitNOFILE"), *command],
         env=environment,
         cwd=working_directory,
         stdin=subprocess.DEVNULL,
@@ -322,6 +335,9 @@ def test_it_runs_the_units_exec_start_serving_metrics_and_answering_the_watchdog
 
         status, content_type, body = wait_until(scrape, timeout=10, message="/metrics")
         assert status == 200
+        with open(f"/proc/{process.pid}/limits") as limits:
+            open_files = next(line for line in limits if line.startswith("Max open files")).split()
+        assert open_files[3:5] == [value(MONITOR, "Service", "LimitNOFILE")] * 2
         assert content_type.startswith("text/plain")
         assert "# TYPE anthrasite_batch_" in body
 
