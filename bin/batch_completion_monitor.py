@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _outbox_rows(outbox, now: float) -> list[dict]:
-    from utils.batch_health import format_duration
+    from utils.deadline import format_duration
 
     rows = []
     for message in [*outbox.pending(), *sorted(outbox.failed(), key=lambda m: (m.created_at, m.id))]:

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from tests.conftest import wait_until
-from utils import batch_health, batch_tracker
+from utils import batch_tracker, incidents
 from utils.batch_tracker import BatchTracker, TrackerConfig
 from utils.deadline import DailyDeadline
 from utils.mail_compose import (
@@ -56,7 +56,7 @@ def ctx(tracker_file):
 
 
 def record_of(incident, opened_at: float) -> dict:
-    return {**incident._asdict(), "opened_at": opened_at, "alerted_at": None}
+    return {**incident.to_dict(), "opened_at": opened_at, "alerted_at": None}
 
 
 def late_batch(tracker, clock) -> None:
@@ -70,9 +70,9 @@ def late_batch(tracker, clock) -> None:
 
 def compose(ctx, tracker, now, kind, notification_type=ALERT, **extra):
     snapshot = tracker.snapshot()
-    incident = next(i for i in batch_health.open_incidents(snapshot, now, DEADLINE) if i.kind == kind)
+    incident = next(i for i in incidents.open_incidents(snapshot, now, DEADLINE) if i.kind == kind)
     record = record_of(incident, now)
-    message_id = message_id_for(batch_health.identity(incident), now, notification_type, 0, "example.com")
+    message_id = message_id_for(incidents.identity(incident), now, notification_type, 0, "example.com")
     message = compose_message(
         ctx,
         notification_type=notification_type,
@@ -130,7 +130,7 @@ def test_it_composes_a_failed_alert_with_the_reason_on_one_line(ctx, tracker, cl
 def test_it_composes_missing_and_unreadable_alerts(ctx, tracker, tracker_file, clock):
     now = ny("2026-11-24 05:00")
     snapshot = tracker.snapshot()
-    missing = batch_health.open_incidents(snapshot, now, DEADLINE, watch_since=ny("2026-11-23 12:00"))
+    missing = incidents.open_incidents(snapshot, now, DEADLINE, watch_since=ny("2026-11-23 12:00"))
     assert [i.kind for i in missing] == ["missing"]
     message = compose_message(
         ctx,
@@ -146,7 +146,7 @@ def test_it_composes_missing_and_unreadable_alerts(ctx, tracker, tracker_file, c
     tracker_file.parent.mkdir(parents=True, exist_ok=True)
     tracker_file.write_text("{not json")
     snapshot = tracker.snapshot()
-    unreadable = batch_health.open_incidents(snapshot, now, DEADLINE)
+    unreadable = incidents.open_incidents(snapshot, now, DEADLINE)
     message = compose_message(
         ctx,
         notification_type=ALERT,
@@ -423,12 +423,12 @@ def test_it_says_completed_in_the_recovery_of_a_resumed_batch(ctx, tracker, cloc
     late_batch(tracker, clock)
     clock.set(ny("2026-11-23 02:30"))
     tracker.fail("enrich", "exit code 4")
-    failed = next(i for i in batch_health.open_incidents(tracker.snapshot(), clock(), DEADLINE) if i.kind == "failed")
+    failed = next(i for i in incidents.open_incidents(tracker.snapshot(), clock(), DEADLINE) if i.kind == "failed")
     incident = record_of(failed, clock())
     clock.set(ny("2026-11-23 03:00"))
     tracker.resume()
     # The monitor refreshes the open record's summary at every check: now it says "resumed".
-    resumed = next(i for i in batch_health.open_incidents(tracker.snapshot(), clock(), DEADLINE) if i.kind == "failed")
+    resumed = next(i for i in incidents.open_incidents(tracker.snapshot(), clock(), DEADLINE) if i.kind == "failed")
     assert "not yet completed" in resumed.summary
     incident["summary"] = resumed.summary
     clock.set(ny("2026-11-23 04:00"))

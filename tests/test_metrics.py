@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from utils import metrics
-from utils.batch_health import batch_deadline
 from utils.batch_tracker import BatchTracker, TrackerConfig, sibling_file
 from utils.metrics import COMPLETION_TIME_BUCKETS, MAX_STAGE_SERIES, register_batch_metrics
+from utils.projection import batch_deadline
 from utils.state_store import read_json_object, write_json_atomically
 
 HOUR = 3600.0

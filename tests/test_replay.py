@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from utils import prediction
-from utils.batch_health import batch_deadline, identity
+from utils import incidents
 from utils.batch_tracker import BatchTracker, TrackerConfig
+from utils.incidents import identity
+from utils.projection import batch_deadline
 
 FIXTURE = Path(__file__).parent / "fixtures" / "replay_history.json"
 TICK = 300  # the monitor's default check interval
@@ -57,7 +58,7 @@ def replayed(tmp_path_factory):
 
         def on_tick(now, seen=seen, open_now=open_now):
             snapshot = tracker.snapshot()
-            warnings = prediction.early_warnings(snapshot, now, deadline, MARGIN, frozenset(open_now))
+            warnings = incidents.early_warnings(snapshot, now, deadline, MARGIN, frozenset(open_now))
             open_now.clear()
             for warning in warnings:
                 open_now.add(identity(warning))

@@ -785,20 +785,20 @@ def check_batch_completion(now=None, *, path=None, clock=None, config=None) -> t
     tracker file is unreadable, or a deadline passed with no batch started in its
     window ("missing").
     """
-    from utils import batch_health
+    from utils import incidents
 
     tracker = _tracker(path, clock, config)
     moment = tracker.clock() if now is None else now
-    return batch_health.check(tracker.snapshot(), moment, tracker.config.deadline())
+    return incidents.check(tracker.snapshot(), moment, tracker.config.deadline())
 
 
 def get_batch_status(now=None, *, path=None, clock=None, config=None) -> dict:
     """Detailed status of the current batch and a summary of recent history (JSON-ready)."""
-    from utils import batch_health
+    from utils import status_report
 
     tracker = _tracker(path, clock, config)
     moment = tracker.clock() if now is None else now
-    status = batch_health.describe(tracker.snapshot(), moment, tracker.config.deadline())
+    status = status_report.describe(tracker.snapshot(), moment, tracker.config.deadline())
     status["tracker"]["path"] = tracker.path
     return status
 

@@ -135,3 +135,24 @@ def format_utc(instant: float | None) -> str | None:
     if instant is None:
         return None
     return _dt.datetime.fromtimestamp(instant, _dt.UTC).isoformat(timespec="seconds")
+
+
+def format_duration(seconds: float) -> str:
+    """A short human duration: ``45 s``, ``47 min``, ``2 h 03 min``, ``1 d 4 h``."""
+    seconds = abs(seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def format_local(instant: float | None, deadline: DailyDeadline) -> str | None:
+    if instant is None:
+        return None
+    return deadline.to_local(instant).strftime("%Y-%m-%d %H:%M %Z")

@@ -30,9 +30,9 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import formatdate, getaddresses, parseaddr
 
-from utils import batch_health
-from utils.batch_health import batch_deadline, format_duration, format_local
-from utils.deadline import DailyDeadline, format_utc
+from utils import projection
+from utils.deadline import DailyDeadline, format_duration, format_local, format_utc
+from utils.projection import batch_deadline
 
 LOGGER = logging.getLogger(__name__)
 
@@ -392,7 +392,7 @@ def next_steps(ctx: MailContext, incident: dict, batch: dict | None) -> list[tup
     failed batch (the runner refuses otherwise), and a late or missing one needs a look first."""
     kind, cli = incident["kind"], ctx.cli_command
     log = batch_log_file(ctx, batch)
-    stage = (batch_health.active_stage(batch) if batch else None) or ""
+    stage = (projection.active_stage(batch) if batch else None) or ""
     status = (f"{cli} status", "the batch's stages, deadline and projection")
     history = (f"{cli} history", "recent batches, their durations and outcomes")
     tail = (f"tail -n 50 {log}", f"the latest lines of the batch's log{f' (stage {stage})' if stage else ''}")
@@ -473,10 +473,10 @@ def _batch_lines(ctx: MailContext, batch: dict, now: float, kind: str = "") -> l
     if end is not None:
         lines.append(f"Ended:         {_both(end, deadline)}")
     lines.append(f"Elapsed:       {format_duration(elapsed)}")
-    lines.append(f"Overall:       {batch_health.overall_percentage(batch):.1f}%")
+    lines.append(f"Overall:       {projection.overall_percentage(batch):.1f}%")
     if batch["state"] == "running":
         # A failed batch has no stuck stage: its Failure line names the stage that failed.
-        stuck = batch_health.active_stage(batch)
+        stuck = projection.active_stage(batch)
         if stuck:
             detail = batch["stages"].get(stuck)
             last = (
@@ -496,7 +496,7 @@ def _batch_lines(ctx: MailContext, batch: dict, now: float, kind: str = "") -> l
         last_failure = batch["failures"][-1]
         reason = body_safe(last_failure.get("reason") or "no reason given")
         lines.append(f"Last failure:  stage {last_failure.get('stage') or '-'}: {reason} (then resumed)")
-    names = batch_health.ordered_stage_names(batch)
+    names = projection.ordered_stage_names(batch)
     lines.append("Stages:" if names else "Stages:        none recorded")
     width = max([len(n) for n in names] + [5])
     for name in names:

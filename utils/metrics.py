@@ -94,18 +94,10 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from utils.batch_health import (
-    FAILED,
-    LATE,
-    MISSING,
-    UNREADABLE,
-    batch_deadline,
-    on_time,
-    ordered_stage_names,
-    overall_percentage,
-)
 from utils.batch_tracker import TrackerSnapshot, is_valid_name
-from utils.prediction import AT_RISK, STALLED_STAGE, TOO_SHORT, project
+from utils.incidents import AT_RISK, LATE, MISSING, STALLED_STAGE, TOO_SHORT, UNREADABLE
+from utils.model import FAILED
+from utils.projection import batch_deadline, on_time, ordered_stage_names, overall_percentage, project
 from utils.state_store import CorruptStateError, JsonStateStore, StorageError, read_json_object
 
 LOGGER = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ clock, mail transport and notifier passed in. :meth:`Monitor.step` runs one chec
 :meth:`Monitor.run` is a thin loop around it that sleeps until the next relevant
 instant and stops on :meth:`Monitor.request_stop` (wired to SIGTERM/SIGINT).
 
-Incidents come from :func:`utils.batch_health.open_incidents` (late, failed,
-missing, tracker_unreadable) and :func:`utils.prediction.early_warnings` (at_risk,
+Incidents come from :func:`utils.incidents.open_incidents` (late, failed,
+missing, tracker_unreadable) and :func:`utils.incidents.early_warnings` (at_risk,
 too_short, stalled_stage); their identity is ``"<kind>:<key>"``. Two one-shot reports
 come from the monitor itself (:meth:`Monitor._one_shot_incidents`): a batch that started
 and completed late between two checks, and a corrupt tracker file a hook moved aside.
@@ -47,13 +47,15 @@ import threading
 import time
 from collections.abc import Callable
 
-from utils import batch_health, prediction
-from utils.batch_health import LATE, MISSING, UNREADABLE, Incident, batch_deadline, format_duration, format_local
+from utils import incidents, status_report
 from utils.batch_tracker import BatchTracker, get_batch_status
-from utils.deadline import format_utc
+from utils.deadline import format_duration, format_local, format_utc
+from utils.incidents import LATE, MISSING, UNREADABLE
 from utils.mail_compose import ALERT, RECOVERY, REMINDER, MailContext, compose_message, message_id_for, resolution
+from utils.model import Incident
 from utils.monitor_config import MonitorConfig
 from utils.outbox import DeliveryReport, Outbox
+from utils.projection import batch_deadline
 from utils.sdnotify import SystemdNotifier
 from utils.state_store import CorruptStateError, JsonStateStore, StorageError
 from utils.transports import FileTransport, SmtpTransport
@@ -95,7 +97,7 @@ class StepResult:
     (dicts with kind, key, summary, since, batch_id, opened_at, alerted_at).
     ``opened`` / ``cleared`` / ``retired``: identities that opened, cleared (a recovery
     was queued) or were dropped without a recovery (a missing deadline that aged out).
-    ``reason``: the tracker's own verdict (:func:`utils.batch_health.check`).
+    ``reason``: the tracker's own verdict (:func:`utils.incidents.check`).
     """
 
     now: float
@@ -400,7 +402,7 @@ class Monitor:
 
     def _reason(self, snapshot, now: float, state: dict) -> str:
         """The tracker's verdict, reworded when it names a problem the monitor does not count as open."""
-        ok, reason = batch_health.check(snapshot, now, self.deadline)
+        ok, reason = incidents.check(snapshot, now, self.deadline)
         if ok or state["open_incidents"]:
             return reason
         watching = format_local(state["watch_since"], self.deadline)
@@ -538,18 +540,18 @@ class Monitor:
             del state["reported"][:-MAX_REPORTED]
 
     def _detect(self, snapshot, now: float, state: dict) -> list[Incident]:
-        found = batch_health.open_incidents(snapshot, now, self.deadline, watch_since=state["watch_since"])
+        found = incidents.open_incidents(snapshot, now, self.deadline, watch_since=state["watch_since"])
         found += self._one_shot_incidents(snapshot, now, state)
         if self.early_warning:
-            warnings = prediction.early_warnings(
+            warnings = incidents.early_warnings(
                 snapshot, now, self.deadline, self.config.at_risk_margin_seconds, frozenset(state["open_incidents"])
             )
             # Precedence: late supersedes at risk, also while a clock stepped back hides the lateness.
             late = {r.get("batch_id") for r in state["open_incidents"].values() if r["kind"] == LATE}
-            found += [w for w in warnings if not (w.kind == prediction.AT_RISK and w.batch_id in late)]
+            found += [w for w in warnings if not (w.kind == incidents.AT_RISK and w.batch_id in late)]
         unique: dict[str, Incident] = {}
         for incident in found:
-            unique.setdefault(batch_health.identity(incident), incident)
+            unique.setdefault(incidents.identity(incident), incident)
         return list(unique.values())
 
     @staticmethod
@@ -605,7 +607,7 @@ class Monitor:
         opened, cleared, retired = [], [], []
         seen = set()
         for incident in detected:
-            ident = batch_health.identity(incident)
+            ident = incidents.identity(incident)
             seen.add(ident)
             record = records.get(ident)
             adopted = self._adopt_missing(records, incident) if record is None and incident.kind == LATE else None
@@ -615,7 +617,7 @@ class Monitor:
                 # "missing" recovery; the late recovery will say how late the batch finished.
                 missing_ident, missing = adopted
                 del records[missing_ident]
-                record = dict(incident._asdict())
+                record = incident.to_dict()
                 record.update({k: missing.get(k) for k in ("opened_at", "alerted_at", "last_notified_at")})
                 record.update(reminders_sent=missing.get("reminders_sent", 0), continues=missing_ident)
                 records[ident] = record
@@ -626,7 +628,7 @@ class Monitor:
                 continue
             if record is None:
                 self._remember(state, ident)
-                record = dict(incident._asdict())
+                record = incident.to_dict()
                 record.update(opened_at=now, alerted_at=None, last_notified_at=None, reminders_sent=0)
                 records[ident] = record
                 opened.append(ident)
@@ -908,7 +910,7 @@ class Monitor:
         report = get_batch_status(now, path=self.tracker.path, clock=self.clock, config=self.config.tracker)
         # The status page charts the last 30 nights (utils.status_page.CHART_NIGHTS); history.recent has 7.
         report["history"]["nights"] = [
-            batch_health.summarize_batch(b, self.deadline, now)
+            status_report.summarize_batch(b, self.deadline, now)
             for b in self.tracker.snapshot().batches_newest_first()[:30]
         ]
         try:

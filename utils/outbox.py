@@ -47,7 +47,7 @@ from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses, parseaddr
 
-from utils.batch_health import format_duration
+from utils.deadline import format_duration
 from utils.mail_compose import ALERT, MAIL_POLICY, outbox_id
 from utils.state_store import StorageError, read_json_object, write_bytes_atomically, write_json_atomically
 from utils.transports import KEEP_DELIVERED, DeliveryError, PermanentDeliveryError, ensure_private_dir

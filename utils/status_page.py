@@ -4,7 +4,7 @@ Contract of :func:`render_status_page`:
 
 - Input: a dict shaped like :func:`utils.batch_tracker.get_batch_status` (plus the
   monitor's ``monitor`` section and, optionally, ``history.nights``: the last batches
-  as :func:`utils.batch_health.summarize_batch` dicts, newest first). Unknown shapes
+  as :func:`utils.status_report.summarize_batch` dicts, newest first). Unknown shapes
   degrade to dashes, never errors.
 - One instant per page: every relative time ("in 2 h", "47 min ago", the age of the
   oldest queued alert, a running batch on the chart) is computed from ``status["now"]``,
@@ -29,8 +29,7 @@ import re
 
 import pytz
 
-from utils.batch_health import format_duration
-from utils.deadline import format_utc
+from utils.deadline import format_duration, format_utc
 
 MAX_ALERTS_ON_PAGE = 10
 CHART_NIGHTS = 30

@@ -15,8 +15,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 
-from utils import batch_health
-from utils.deadline import format_utc
+from utils import incidents, status_report
+from utils.deadline import format_duration, format_utc
 
 BAR_WIDTH = 24
 _COLOURS = {"green": "\033[32m", "yellow": "\033[33m", "red": "\033[31m", "dim": "\033[2m", "reset": "\033[0m"}
@@ -27,7 +27,7 @@ def run(command, args, tracker, out, take_options, expect_positionals) -> int:
     if command == "check":
         expect_positionals(take_options(args, {})[0], [], command)
         deadline = tracker.config.deadline()
-        ok, reason = batch_health.check(tracker.snapshot(), tracker.clock(), deadline)
+        ok, reason = incidents.check(tracker.snapshot(), tracker.clock(), deadline)
         out.write(("OK: " if ok else "PROBLEM: ") + terminal_safe(reason) + "\n")
         return 0 if ok else 1
     if command == "status":
@@ -46,7 +46,7 @@ def run(command, args, tracker, out, take_options, expect_positionals) -> int:
     snapshot = tracker.snapshot()
     deadline = tracker.config.deadline()
     now = tracker.clock()
-    batches = [batch_health.summarize_batch(b, deadline, now) for b in snapshot.batches_newest_first()[:limit]]
+    batches = [status_report.summarize_batch(b, deadline, now) for b in snapshot.batches_newest_first()[:limit]]
     if options.get("--json"):
         out.write(json.dumps(batches, indent=2, sort_keys=True) + "\n")
     else:
@@ -148,10 +148,10 @@ def render_status(status: dict, colour: bool = False) -> str:
             f"batch {safe(status['id'])}  state {safe(status['state'])}  "
             f"{status['completion_percentage']:.0f}% complete"
         )
-        elapsed = batch_health.format_duration(status["elapsed_seconds"])
+        elapsed = format_duration(status["elapsed_seconds"])
         lines.append(f"started {local_time(status['started_at'], zone)}  elapsed {elapsed}")
         left = deadline["seconds_left"]  # from the report's one "now", like elapsed
-        when = f"in {batch_health.format_duration(left)}" if left >= 0 else f"{batch_health.format_duration(left)} ago"
+        when = f"in {format_duration(left)}" if left >= 0 else f"{format_duration(left)} ago"
         lines.append(f"deadline {local_time(deadline['utc'], zone)}, {when}")
         projection = status.get("projection") or {}
         if projection.get("projected_completion_utc"):
@@ -181,9 +181,7 @@ def render_status(status: dict, colour: bool = False) -> str:
 def _history_lines(batches: list[dict], colour: bool, zone: str) -> list[str]:
     lines = []
     for batch in batches:
-        duration = (
-            batch_health.format_duration(batch["duration_seconds"]) if batch["duration_seconds"] is not None else "-"
-        )
+        duration = format_duration(batch["duration_seconds"]) if batch["duration_seconds"] is not None else "-"
         started = local_time(batch["started_at"], zone)
         lines.append(
             f"  {terminal_safe(batch['id']):<28} {terminal_safe(batch['state']):<10} {started:<22} {duration:>12}  "

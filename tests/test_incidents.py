@@ -7,9 +7,11 @@ import datetime as dt
 import pytest
 import pytz
 
-from utils import batch_health
-from utils.batch_health import FAILED, LATE, MISSING, UNREADABLE
+from utils import deadline, projection
+from utils import incidents as incidents_module
 from utils.batch_tracker import BatchTracker, check_batch_completion, get_batch_status, load_snapshot
+from utils.incidents import LATE, MISSING, UNREADABLE
+from utils.model import FAILED
 
 NEW_YORK = pytz.timezone("America/New_York")
 
@@ -37,7 +39,7 @@ def incidents(tracker_config):
     deadline = tracker_config.deadline()
 
     def run(now, watch_since=None):
-        return batch_health.open_incidents(load_snapshot(config=tracker_config), now, deadline, watch_since)
+        return incidents_module.open_incidents(load_snapshot(config=tracker_config), now, deadline, watch_since)
 
     return run
 
@@ -311,13 +313,13 @@ def test_it_times_a_stage_reported_only_at_100_from_the_end_of_the_one_before(tr
     ],
 )
 def test_it_formats_durations_for_people(seconds, text):
-    assert batch_health.format_duration(seconds) == text
+    assert deadline.format_duration(seconds) == text
 
 
 def test_it_averages_completion_over_the_expected_stages_or_those_seen():
     declared = {"state": "running", "expected_stages": ["a", "b"], "stages": {"a": {"percentage": 50.0}}}
-    assert batch_health.overall_percentage(declared) == 25.0
+    assert projection.overall_percentage(declared) == 25.0
     undeclared = {"state": "running", "expected_stages": [], "stages": {"a": {"percentage": 50.0}}}
-    assert batch_health.overall_percentage(undeclared) == 50.0
-    assert batch_health.overall_percentage({"state": "running", "expected_stages": [], "stages": {}}) == 0.0
-    assert batch_health.overall_percentage({"state": "completed", "expected_stages": ["a"], "stages": {}}) == 100.0
+    assert projection.overall_percentage(undeclared) == 50.0
+    assert projection.overall_percentage({"state": "running", "expected_stages": [], "stages": {}}) == 0.0
+    assert projection.overall_percentage({"state": "completed", "expected_stages": ["a"], "stages": {}}) == 100.0

@@ -6,9 +6,10 @@ import datetime as dt
 
 import pytest
 
-from utils import prediction
-from utils.batch_health import identity
+from utils import incidents
+from utils import projection as projection_module
 from utils.batch_tracker import BatchTracker
+from utils.incidents import identity
 
 STAGES = ("scrape", "enrich", "dedupe", "score", "mockup", "email")
 USUAL = {"scrape": 1800, "enrich": 2400, "dedupe": 600, "score": 1200, "mockup": 1500, "email": 900}  # 2 h 20 min
@@ -44,7 +45,7 @@ def build_history(tracker, clock, nights=7):
 def test_it_measures_stage_durations_from_the_previous_stage_end(tracker, clock):
     run_batch(tracker, clock, FIRST_NIGHT)
     batch = tracker.snapshot().current
-    assert prediction.stage_durations(batch) == pytest.approx(USUAL)
+    assert projection_module.stage_durations(batch) == pytest.approx(USUAL)
 
 
 def test_it_projects_from_usual_durations_when_stages_report_only_at_the_end(tracker, clock):
@@ -52,7 +53,7 @@ def test_it_projects_from_usual_durations_when_stages_report_only_at_the_end(tra
     run_batch(tracker, clock, tonight, upto="dedupe")  # scrape and enrich done, dedupe running
     clock.advance(100)
     snapshot = tracker.snapshot()
-    projection = prediction.project(snapshot.current, snapshot.history, clock())
+    projection = projection_module.project(snapshot.current, snapshot.history, clock())
     remaining = (USUAL["dedupe"] - 100) + USUAL["score"] + USUAL["mockup"] + USUAL["email"]
     assert projection.remaining_seconds == pytest.approx(remaining)
     assert projection.completion_at == pytest.approx(clock() + remaining)
@@ -64,7 +65,7 @@ def test_it_projects_a_stage_in_progress_from_its_own_rate(tracker, clock):
     clock.advance(3000)
     tracker.stage("scrape", 25)  # 25 % after 50 min: 150 min to go on this stage
     snapshot = tracker.snapshot()
-    projection = prediction.project(snapshot.current, snapshot.history, clock())
+    projection = projection_module.project(snapshot.current, snapshot.history, clock())
     rest = sum(USUAL[s] for s in STAGES[1:])
     assert projection.remaining_seconds == pytest.approx(9000 + rest)
     assert projection.slow_stage == "scrape"
@@ -74,8 +75,8 @@ def test_it_projects_a_stage_in_progress_from_its_own_rate(tracker, clock):
 def test_it_cannot_project_without_history(tracker, clock):
     run_batch(tracker, clock, FIRST_NIGHT, upto="enrich")
     snapshot = tracker.snapshot()
-    assert prediction.project(snapshot.current, snapshot.history, clock()) is None
-    assert prediction.early_warnings(snapshot, clock(), tracker.config.deadline(), 1800) == []
+    assert projection_module.project(snapshot.current, snapshot.history, clock()) is None
+    assert incidents.early_warnings(snapshot, clock(), tracker.config.deadline(), 1800) == []
 
 
 def test_it_warns_at_risk_only_past_the_margin_and_clears_back_within_the_deadline(tracker, clock):
@@ -86,22 +87,22 @@ def test_it_warns_at_risk_only_past_the_margin_and_clears_back_within_the_deadli
     clock.advance(60 * 60)
     tracker.stage("scrape", 30)  # 60 min for 30 %: scrape needs 140 min more: finish ~ 11:10 UTC
     snapshot = tracker.snapshot()
-    assert prediction.early_warnings(snapshot, clock(), deadline, margin_seconds=2 * 3600) == []
-    warnings = prediction.early_warnings(snapshot, clock(), deadline, margin_seconds=1800)
+    assert incidents.early_warnings(snapshot, clock(), deadline, margin_seconds=2 * 3600) == []
+    warnings = incidents.early_warnings(snapshot, clock(), deadline, margin_seconds=1800)
     assert [w.kind for w in warnings] == ["at_risk"]
     assert "slow stage scrape" in warnings[0].summary and "usually 30 min" in warnings[0].summary
 
     clock.advance(10 * 60)
     tracker.stage("scrape", 50)  # catching up: finish ~ 10:10 UTC, 10 min over, inside the margin
     snapshot = tracker.snapshot()
-    assert prediction.early_warnings(snapshot, clock(), deadline, 1800) == []
-    still_open = prediction.early_warnings(snapshot, clock(), deadline, 1800, already_open={identity(warnings[0])})
+    assert incidents.early_warnings(snapshot, clock(), deadline, 1800) == []
+    still_open = incidents.early_warnings(snapshot, clock(), deadline, 1800, already_open={identity(warnings[0])})
     assert [w.kind for w in still_open] == ["at_risk"], "hysteresis: open until back within the deadline"
 
     clock.advance(10 * 60)
     tracker.stage("scrape", 95)
     snapshot = tracker.snapshot()
-    assert prediction.early_warnings(snapshot, clock(), deadline, 1800, already_open={identity(warnings[0])}) == []
+    assert incidents.early_warnings(snapshot, clock(), deadline, 1800, already_open={identity(warnings[0])}) == []
 
 
 def test_it_reports_a_stalled_stage_until_it_moves(tracker, clock):
@@ -109,23 +110,23 @@ def test_it_reports_a_stalled_stage_until_it_moves(tracker, clock):
     tonight = build_history(tracker, clock)
     run_batch(tracker, clock, tonight, upto="dedupe")
     clock.advance(USUAL["dedupe"] * 1.4)
-    assert prediction.early_warnings(tracker.snapshot(), clock(), deadline, 10 * 3600) == []
+    assert incidents.early_warnings(tracker.snapshot(), clock(), deadline, 10 * 3600) == []
     clock.advance(USUAL["dedupe"] * 0.2)
-    stalled = prediction.early_warnings(tracker.snapshot(), clock(), deadline, 10 * 3600)
+    stalled = incidents.early_warnings(tracker.snapshot(), clock(), deadline, 10 * 3600)
     assert [(w.kind, w.key) for w in stalled] == [("stalled_stage", f"{tracker.snapshot().current['id']}:dedupe")]
     tracker.stage("dedupe", 10)
-    assert prediction.early_warnings(tracker.snapshot(), clock(), deadline, 10 * 3600) == []
+    assert incidents.early_warnings(tracker.snapshot(), clock(), deadline, 10 * 3600) == []
 
 
 def test_it_flags_a_batch_that_finished_far_too_fast_until_a_normal_one_completes(tracker, clock):
     deadline = tracker.config.deadline()
     tonight = build_history(tracker, clock)
     empty_night = run_batch(tracker, clock, tonight, durations=dict.fromkeys(STAGES, 30))
-    warnings = prediction.early_warnings(tracker.snapshot(), clock(), deadline, 1800)
+    warnings = incidents.early_warnings(tracker.snapshot(), clock(), deadline, 1800)
     assert [(w.kind, w.key) for w in warnings] == [("too_short", empty_night)]
     assert "probably did nothing" in warnings[0].summary
     run_batch(tracker, clock, tonight + DAY)
-    assert prediction.early_warnings(tracker.snapshot(), clock(), deadline, 1800) == []
+    assert incidents.early_warnings(tracker.snapshot(), clock(), deadline, 1800) == []
 
 
 def test_it_adds_the_projection_to_the_status_report(tracker, clock):

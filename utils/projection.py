@@ -1,4 +1,4 @@
-"""Early warning: project a running batch's finish and spot abnormal durations.
+"""Projection of a running batch's finish, and the batch queries it rests on.
 
 Pure functions of batch records (as stored by :mod:`utils.batch_tracker`), an
 instant and a :class:`utils.deadline.DailyDeadline`; no I/O.
@@ -24,27 +24,91 @@ from __future__ import annotations
 import collections
 import statistics
 
-from utils.batch_health import (
-    Incident,
-    batch_deadline,
-    format_duration,
-    format_local,
-    identity,
-    ordered_stage_names,
-    stage_durations,
-    stage_windows,
-)
+from utils.deadline import DailyDeadline, format_utc
 
-AT_RISK, TOO_SHORT, STALLED_STAGE = "at_risk", "too_short", "stalled_stage"
 RECENT_BATCHES = 14
 MIN_SAMPLES = 3
-TOO_SHORT_FRACTION = 0.30
-STALL_FACTOR = 1.5
 
 Projection = collections.namedtuple(
     "Projection", ["completion_at", "remaining_seconds", "slow_stage", "slow_stage_elapsed", "slow_stage_usual"]
 )
 Projection.__doc__ = "A projected finish; ``slow_stage`` is the stage furthest behind its usual pace."
+
+
+def batch_deadline(batch: dict, deadline: DailyDeadline) -> float:
+    """A batch's deadline: the one stored when it started (``deadline_at``), so changed
+    settings never re-judge it; for a record written before deadlines were stored, the
+    first deadline of ``deadline`` strictly after it started."""
+    stored = batch.get("deadline_at")
+    if isinstance(stored, (int, float)) and not isinstance(stored, bool):
+        return float(stored)
+    return deadline.first_after(batch["started_at"])
+
+
+def overall_percentage(batch: dict) -> float:
+    """Mean percentage over the batch's expected stages (stages seen, if none were declared)."""
+    if batch["state"] == "completed":
+        return 100.0
+    stages = batch["stages"]
+    names = batch.get("expected_stages") or list(stages)
+    if not names:
+        return 0.0
+    return sum(stages.get(name, {}).get("percentage", 0.0) for name in names) / len(names)
+
+
+def ordered_stage_names(batch: dict) -> list[str]:
+    expected = list(batch.get("expected_stages") or [])
+    return expected + [name for name in batch["stages"] if name not in expected]
+
+
+def active_stage(batch: dict) -> str | None:
+    """The stage that is (or should be) running now: the one to look at when a batch is stuck."""
+    if batch.get("failure") and batch["failure"].get("stage"):
+        return batch["failure"]["stage"]
+    stages = batch["stages"]
+    in_progress = [(d["updated_at"], n) for n, d in stages.items() if d["percentage"] < 100]
+    if in_progress:
+        return max(in_progress)[1]
+    for name in batch.get("expected_stages") or []:
+        if name not in stages:
+            return name
+    return None
+
+
+def stage_windows(batch: dict) -> dict[str, tuple[float, float | None]]:
+    """``{stage: (start, completed_at or None)}`` for the stages that have started, in order.
+
+    A stage starts at the earlier of its first record and the moment the stages before
+    it had all finished (the batch start for the first one): the nightly runner reports
+    some stages only once, at 100%, and their first record is then their end.
+    """
+    windows: dict[str, tuple[float, float | None]] = {}
+    boundary = batch["started_at"]
+    for name in ordered_stage_names(batch):
+        detail = batch["stages"].get(name)
+        if detail is None:
+            continue
+        start = min(detail.get("first_seen_at", boundary), boundary)
+        done = detail.get("completed_at")
+        windows[name] = (start, done)
+        if done is not None:
+            boundary = max(boundary, done)
+    return windows
+
+
+def stage_durations(batch: dict) -> dict[str, float]:
+    """Durations of the stages that reached 100% in ``batch``."""
+    return {name: done - start for name, (start, done) in stage_windows(batch).items() if done is not None}
+
+
+def on_time(batch: dict, deadline: DailyDeadline, now: float) -> bool | None:
+    """True/False once decided; None while a running batch can still make it."""
+    due = batch_deadline(batch, deadline)
+    if batch["state"] == "completed":
+        return batch["ended_at"] <= due
+    if batch["state"] in ("failed", "abandoned") or now >= due:
+        return False
+    return None
 
 
 def recent_completed(history: list[dict], limit: int = RECENT_BATCHES) -> list[dict]:
@@ -128,7 +192,6 @@ def describe_projection(batch: dict, history: list[dict], now: float, deadline) 
     due = batch_deadline(batch, deadline)
     if projection is None:
         return {"projected_completion_utc": None, "reason": "not enough completed batches to project from"}
-    from utils.deadline import format_utc
 
     return {
         "projected_completion_utc": format_utc(projection.completion_at),
@@ -139,107 +202,3 @@ def describe_projection(batch: dict, history: list[dict], now: float, deadline) 
         "slow_stage_elapsed_seconds": projection.slow_stage_elapsed,
         "slow_stage_usual_seconds": projection.slow_stage_usual,
     }
-
-
-def early_warnings(
-    snapshot,
-    now: float,
-    deadline,
-    margin_seconds: float,
-    already_open: frozenset[str] | set[str] = frozenset(),
-) -> list[Incident]:
-    """Open at-risk, too-short and stalled-stage incidents at ``now``.
-
-    At risk opens when the projection passes the deadline by more than
-    ``margin_seconds`` and, once open (its identity in ``already_open``), stays open
-    until the projection is back within the deadline or the batch ends: the
-    hysteresis keeps a projection hovering near the threshold from flapping.
-    """
-    if not snapshot.readable:
-        return []
-    incidents: list[Incident] = []
-    current = snapshot.current
-    history = [b for b in snapshot.history if current is None or b["id"] != current["id"]]
-    if current is not None and current["state"] == "running":
-        incidents.extend(_at_risk(current, history, now, deadline, margin_seconds, already_open))
-        incidents.extend(_stalled(current, history, now))
-    incidents.extend(_too_short(snapshot))
-    return incidents
-
-
-def _at_risk(batch, history, now, deadline, margin_seconds, already_open) -> list[Incident]:
-    projection = project(batch, history, now)
-    if projection is None:
-        return []
-    due = batch_deadline(batch, deadline)
-    if now >= due:
-        return []  # past the deadline the "late" incident speaks; a warning is no longer early
-    overshoot = projection.completion_at - due
-    candidate = Incident(AT_RISK, batch["id"], "", due, batch["id"])
-    threshold = 0.0 if identity(candidate) in already_open else margin_seconds
-    if overshoot <= threshold:
-        return []
-    slow = ""
-    if projection.slow_stage:
-        slow = (
-            f"; slow stage {projection.slow_stage}: {format_duration(projection.slow_stage_elapsed)} so far, "
-            f"usually {format_duration(projection.slow_stage_usual)}"
-        )
-    summary = (
-        f"batch {batch['id']} is projected to finish at {format_local(projection.completion_at, deadline)}, "
-        f"{format_duration(overshoot)} after its deadline {format_local(due, deadline)}{slow}"
-    )
-    return [candidate._replace(summary=summary)]
-
-
-def _stalled(batch, history, now) -> list[Incident]:
-    samples = usual_stage_durations(history)
-    for name in ordered_stage_names(batch):
-        detail = batch["stages"].get(name)
-        if detail and detail["percentage"] >= 100:
-            continue
-        values = samples.get(name, [])
-        if len(values) < MIN_SAMPLES:
-            return []
-        since_start = _elapsed_since_start(batch, name, now)
-        last_move = detail["updated_at"] if detail else now - since_start
-        idle = now - last_move
-        limit = percentile(values, 0.95) * STALL_FACTOR
-        if idle > limit and idle > 60:
-            return [
-                Incident(
-                    STALLED_STAGE,
-                    f"{batch['id']}:{name}",
-                    f"stage {name} of batch {batch['id']} has not moved for {format_duration(idle)} "
-                    f"(at {detail['percentage'] if detail else 0:.0f}%; it usually takes at most "
-                    f"{format_duration(percentile(values, 0.95))})",
-                    last_move,
-                    batch["id"],
-                )
-            ]
-        return []  # only the running stage can be stalled
-    return []
-
-
-def _too_short(snapshot) -> list[Incident]:
-    batches = snapshot.batches_newest_first()
-    latest = next((b for b in batches if b["state"] == "completed"), None)
-    if latest is None or latest.get("duration_seconds") is None:
-        return []
-    reference = [b for b in snapshot.history if b["id"] != latest["id"]]
-    durations = [b["duration_seconds"] for b in recent_completed(reference)]
-    if len(durations) < MIN_SAMPLES:
-        return []
-    median = statistics.median(durations)
-    if latest["duration_seconds"] >= TOO_SHORT_FRACTION * median:
-        return []
-    return [
-        Incident(
-            TOO_SHORT,
-            latest["id"],
-            f"batch {latest['id']} completed in {format_duration(latest['duration_seconds'])}, "
-            f"under {TOO_SHORT_FRACTION:.0%} of the usual {format_duration(median)}: it probably did nothing",
-            latest["ended_at"],
-            latest["id"],
-        )
-    ]

@@ -1,0 +1,422 @@
+"""The domain model: what the tracker's files hold, as frozen values.
+
+Stdlib only, no I/O. ``from_dict`` reads the JSON the tracker writes (and has written
+since the first release: missing optional keys take their defaults) and raises
+:class:`RecordError` naming the batch and field when a record is malformed; ``to_dict``
+writes it back unchanged, keys this release does not know included (``extra``), so an
+older and a newer release can share one file. Everything downstream reads attributes
+that were checked once here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+RUNNING, COMPLETED, FAILED, ABANDONED = "running", "completed", "failed", "abandoned"
+BATCH_STATES = (RUNNING, COMPLETED, FAILED, ABANDONED)
+NAME_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+MAX_NAME_LENGTH = 64
+
+
+class RecordError(ValueError):
+    """A stored record does not have the shape this code writes."""
+
+
+def is_valid_name(name: object) -> bool:
+    """Stage names and batch ids: 1-64 characters of ``A-Z a-z 0-9 _ . -``."""
+    return isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and set(name) <= NAME_CHARACTERS
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(record: Mapping, key: str, where: str, *, default: float | None = None, required: bool = False):
+    value = record.get(key, default)
+    if value is None and not required:
+        return None
+    if not _is_number(value):
+        raise RecordError(f"{where} has an invalid {key}")
+    return float(value)
+
+
+def _extra(record: Mapping, known: Iterable[str]) -> dict:
+    known = set(known)
+    return {key: value for key, value in record.items() if key not in known}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stage:
+    """One stage of a batch: its latest percentage and when it was first seen, updated, completed."""
+
+    name: str
+    percentage: float
+    first_seen_at: float
+    updated_at: float
+    completed_at: float | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    _KEYS = ("percentage", "first_seen_at", "updated_at", "completed_at")
+
+    @classmethod
+    def from_dict(cls, name: str, record: object, where: str) -> Stage:
+        if not is_valid_name(name) or not isinstance(record, Mapping):
+            raise RecordError(f"{where} has an invalid stage entry")
+        try:
+            return cls(
+                name=name,
+                percentage=_number(record, "percentage", where, required=True),
+                first_seen_at=_number(record, "first_seen_at", where, required=True),
+                updated_at=_number(record, "updated_at", where, required=True),
+                completed_at=_number(record, "completed_at", where),
+                extra=_extra(record, cls._KEYS),
+            )
+        except RecordError:
+            raise RecordError(f"{where} stage {name!r} is malformed") from None
+
+    def to_dict(self) -> dict:
+        return {
+            **self.extra,
+            "percentage": self.percentage,
+            "first_seen_at": self.first_seen_at,
+            "updated_at": self.updated_at,
+            "completed_at": self.completed_at,
+        }
+
+    @property
+    def done(self) -> bool:
+        return self.percentage >= 100
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Failure:
+    """A recorded failure: where, why, when, and the failed stage's last output lines."""
+
+    at: float
+    stage: str | None = None
+    reason: str = ""
+    output_tail: str | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    _KEYS = ("at", "stage", "reason", "output_tail")
+
+    @classmethod
+    def from_dict(cls, record: object, where: str) -> Failure:
+        if not isinstance(record, Mapping):
+            raise RecordError(f"{where} has an invalid failure record")
+        stage, reason, tail = record.get("stage"), record.get("reason", ""), record.get("output_tail")
+        if not (stage is None or isinstance(stage, str)) or not isinstance(reason, str):
+            raise RecordError(f"{where} has an invalid failure record")
+        if not (tail is None or isinstance(tail, str)):
+            raise RecordError(f"{where} has an invalid failure output")
+        return cls(
+            at=_number(record, "at", where, required=True),
+            stage=stage,
+            reason=reason,
+            output_tail=tail,
+            extra=_extra(record, cls._KEYS),
+        )
+
+    def to_dict(self) -> dict:
+        record = {**self.extra, "stage": self.stage, "reason": self.reason, "at": self.at}
+        if self.output_tail is not None:
+            record["output_tail"] = self.output_tail
+        return record
+
+    def describe(self) -> str:
+        """``at stage S: reason`` as much of it as is known (``""`` when neither is)."""
+        where = f" at stage {self.stage}" if self.stage else ""
+        why = f": {self.reason}" if self.reason else ""
+        return f"{where}{why}".lstrip()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Batch:
+    """One run of the nightly pipeline, as the tracker recorded it.
+
+    ``deadline_at`` is the deadline fixed when the batch started (None only in records
+    written before deadlines were stored: readers then compute it from the settings).
+    ``stages`` keep the order in which they were first reported.
+    """
+
+    id: str
+    state: str
+    started_at: float
+    updated_at: float | None = None
+    ended_at: float | None = None
+    duration_seconds: float | None = None
+    expected_stages: tuple[str, ...] = ()
+    stages: tuple[Stage, ...] = ()
+    failure: Failure | None = None
+    failures: tuple[Failure, ...] = ()
+    resumed_at: tuple[float, ...] = ()
+    cost_per_lead: float | None = None
+    gpu_cost_dollars: float = 0.0
+    host: str | None = None
+    deadline_at: float | None = None
+    deadline_timezone: str | None = None
+    deadline_time: str | None = None
+    abandoned_by: str | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    _KEYS = (
+        "id",
+        "state",
+        "started_at",
+        "updated_at",
+        "ended_at",
+        "duration_seconds",
+        "expected_stages",
+        "stages",
+        "failure",
+        "failures",
+        "resumed_at",
+        "cost_per_lead",
+        "gpu_cost_dollars",
+        "host",
+        "deadline_at",
+        "deadline_timezone",
+        "deadline_time",
+        "abandoned_by",
+    )
+
+    # ----- reading and writing the JSON record
+
+    @classmethod
+    def from_dict(cls, record: object) -> Batch:
+        """The batch in ``record``; :class:`RecordError` unless it has the shape this code writes."""
+        if not isinstance(record, Mapping):
+            raise RecordError("batch record is not an object")
+        batch_id, state = record.get("id"), record.get("state")
+        if not isinstance(batch_id, str) or state not in BATCH_STATES:
+            raise RecordError("batch record lacks a valid id or state")
+        where = f"batch {batch_id!r}"
+        if not _is_number(record.get("started_at")):
+            raise RecordError(f"{where} has no valid started_at")
+        stages = record.get("stages")
+        if not isinstance(stages, Mapping):
+            raise RecordError(f"{where} has no stages object")
+        expected = record.get("expected_stages", [])
+        if not isinstance(expected, list) or not all(isinstance(s, str) for s in expected):
+            raise RecordError(f"{where} has invalid expected_stages")
+        failures = record.get("failures", [])
+        if not isinstance(failures, list):
+            raise RecordError(f"{where} has an invalid failures list")
+        try:
+            failure_list = tuple(Failure.from_dict(f, where) for f in failures)
+        except RecordError:
+            raise RecordError(f"{where} has an invalid failures list") from None
+        failure = record.get("failure")
+        failure = None if failure is None else Failure.from_dict(failure, where)
+        if state == FAILED and not (failure or failure_list):
+            raise RecordError(f"{where} has an invalid failure record")
+        resumed_at = record.get("resumed_at", [])
+        if not isinstance(resumed_at, list) or not all(map(_is_number, resumed_at)):
+            raise RecordError(f"{where} has an invalid resumed_at list")
+        for key in ("host", "deadline_timezone", "deadline_time", "abandoned_by"):
+            if not (record.get(key) is None or isinstance(record[key], str)):
+                raise RecordError(f"{where} has an invalid {key}")
+        return cls(
+            id=batch_id,
+            state=state,
+            started_at=float(record["started_at"]),
+            updated_at=_number(record, "updated_at", where),
+            ended_at=_number(record, "ended_at", where),
+            duration_seconds=_number(record, "duration_seconds", where),
+            expected_stages=tuple(expected),
+            stages=tuple(Stage.from_dict(name, detail, where) for name, detail in stages.items()),
+            failure=failure,
+            failures=failure_list,
+            resumed_at=tuple(float(t) for t in resumed_at),
+            cost_per_lead=_number(record, "cost_per_lead", where),
+            gpu_cost_dollars=_number(record, "gpu_cost_dollars", where, default=0.0),
+            host=record.get("host"),
+            deadline_at=_number(record, "deadline_at", where),
+            deadline_timezone=record.get("deadline_timezone"),
+            deadline_time=record.get("deadline_time"),
+            abandoned_by=record.get("abandoned_by"),
+            extra=_extra(record, cls._KEYS),
+        )
+
+    def to_dict(self) -> dict:
+        """The JSON record (``from_dict(b.to_dict()) == b``); optional keys absent when unset."""
+        record = {
+            **self.extra,
+            "id": self.id,
+            "state": self.state,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "duration_seconds": self.duration_seconds,
+            "updated_at": self.updated_at,
+            "expected_stages": list(self.expected_stages),
+            "stages": {stage.name: stage.to_dict() for stage in self.stages},
+            "failure": None if self.failure is None else self.failure.to_dict(),
+            "failures": [failure.to_dict() for failure in self.failures],
+            "resumed_at": list(self.resumed_at),
+            "cost_per_lead": self.cost_per_lead,
+            "gpu_cost_dollars": self.gpu_cost_dollars,
+        }
+        for key in ("host", "deadline_at", "deadline_timezone", "deadline_time", "abandoned_by"):
+            value = getattr(self, key)
+            if value is not None:
+                record[key] = value
+        return record
+
+    def replace(self, **changes: Any) -> Batch:
+        return dataclasses.replace(self, **changes)
+
+    # ----- queries
+
+    @property
+    def is_running(self) -> bool:
+        return self.state == RUNNING
+
+    @property
+    def is_completed(self) -> bool:
+        return self.state == COMPLETED
+
+    @property
+    def is_failed(self) -> bool:
+        return self.state == FAILED
+
+    @property
+    def last_failure(self) -> Failure | None:
+        """The failure in force, else the latest recorded one (a resumed batch keeps its history)."""
+        return self.failure or (self.failures[-1] if self.failures else None)
+
+    def stage(self, name: str) -> Stage | None:
+        return next((stage for stage in self.stages if stage.name == name), None)
+
+    def stage_map(self) -> dict[str, Stage]:
+        return {stage.name: stage for stage in self.stages}
+
+    def ordered_stage_names(self) -> list[str]:
+        """The expected stages in their declared order, then any other reported stage."""
+        expected = list(self.expected_stages)
+        return expected + [stage.name for stage in self.stages if stage.name not in expected]
+
+    def overall_percentage(self) -> float:
+        """Mean percentage over the expected stages (the stages seen, if none were declared)."""
+        if self.state == COMPLETED:
+            return 100.0
+        stages = self.stage_map()
+        names = list(self.expected_stages) or list(stages)
+        if not names:
+            return 0.0
+        return sum(stages[name].percentage if name in stages else 0.0 for name in names) / len(names)
+
+    def active_stage(self) -> str | None:
+        """The stage that is (or should be) running now: the one to look at when a batch is stuck."""
+        if self.failure and self.failure.stage:
+            return self.failure.stage
+        in_progress = [(stage.updated_at, stage.name) for stage in self.stages if stage.percentage < 100]
+        if in_progress:
+            return max(in_progress)[1]
+        seen = {stage.name for stage in self.stages}
+        return next((name for name in self.expected_stages if name not in seen), None)
+
+    def stage_windows(self) -> dict[str, tuple[float, float | None]]:
+        """``{stage: (start, completed_at or None)}`` for the stages that have started, in order.
+
+        A stage starts at the earlier of its first record and the moment the stages before
+        it had all finished (the batch start for the first one): the nightly runner reports
+        some stages only once, at 100%, and their first record is then their end.
+        """
+        windows: dict[str, tuple[float, float | None]] = {}
+        boundary = self.started_at
+        stages = self.stage_map()
+        for name in self.ordered_stage_names():
+            stage = stages.get(name)
+            if stage is None:
+                continue
+            windows[name] = (min(stage.first_seen_at, boundary), stage.completed_at)
+            if stage.completed_at is not None:
+                boundary = max(boundary, stage.completed_at)
+        return windows
+
+    def stage_durations(self) -> dict[str, float]:
+        """Durations of the stages that reached 100%."""
+        return {name: done - start for name, (start, done) in self.stage_windows().items() if done is not None}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StorageEvent:
+    """Something the tracker did to its own files, e.g. moving a corrupt file aside."""
+
+    event: str
+    at: float
+    details: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, record: object) -> StorageEvent:
+        if not isinstance(record, Mapping) or not isinstance(record.get("event"), str):
+            raise RecordError("tracker file has an invalid storage_events list")
+        at = record.get("at")
+        if not _is_number(at):
+            raise RecordError("tracker file has an invalid storage_events list")
+        return cls(event=record["event"], at=float(at), details=_extra(record, ("event", "at")))
+
+    def to_dict(self) -> dict:
+        return {**self.details, "event": self.event, "at": self.at}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A detail of the event (``moved_to``, ``file``, ``error``), or ``default``."""
+        return self.details.get(key, default)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Both tracker files at one moment.
+
+    ``error`` is set (and ``current`` is None) when the tracker file cannot be read or
+    does not parse; ``history_error`` likewise for the history file.
+    """
+
+    current: Batch | None = None
+    history: tuple[Batch, ...] = ()
+    storage_events: tuple[StorageEvent, ...] = ()
+    error: str | None = None
+    history_error: str | None = None
+
+    @property
+    def readable(self) -> bool:
+        return self.error is None
+
+    def batches_newest_first(self) -> list[Batch]:
+        """The current batch (if any) followed by the history, newest first."""
+        newest = [self.current] if self.current else []
+        current_id = self.current.id if self.current else None
+        return newest + [batch for batch in reversed(self.history) if batch.id != current_id]
+
+    def find(self, batch_id: str | None) -> Batch | None:
+        """The batch with ``batch_id`` in the current slot or the history, else None."""
+        if batch_id is None:
+            return None
+        return next((batch for batch in self.batches_newest_first() if batch.id == batch_id), None)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Incident:
+    """An open problem. ``(kind, key)`` is its identity: a batch id, or a deadline instant."""
+
+    kind: str
+    key: str
+    summary: str
+    since: float
+    batch_id: str | None = None
+
+    @property
+    def identity(self) -> str:
+        return f"{self.kind}:{self.key}"
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "key": self.key,
+            "summary": self.summary,
+            "since": self.since,
+            "batch_id": self.batch_id,
+        }
