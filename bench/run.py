@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -29,13 +30,25 @@ import time
 import urllib.request
 from pathlib import Path
 
+from utils.batch_tracker import SCHEMA_VERSION, BatchTracker, TrackerConfig, sibling_file
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import SmtpSink, free_port, wait_until  # noqa: E402
 
-from utils.batch_tracker import SCHEMA_VERSION, BatchTracker, TrackerConfig, sibling_file  # noqa: E402
+def _test_helpers():
+    """The test suite's conftest module (real SMTP sink, free ports, polling), loaded from its file.
+
+    `utils` comes from the venv (bin/setup.sh installs the project); the tests directory is not a
+    package, so it is loaded by path rather than by putting it on sys.path.
+    """
+    spec = importlib.util.spec_from_file_location("bench_test_helpers", ROOT / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_helpers = _test_helpers()
+SmtpSink, free_port, wait_until = _helpers.SmtpSink, _helpers.free_port, _helpers.wait_until
 
 PYTHON = sys.executable
 STAGES = ["scrape", "enrich", "dedupe", "score", "mockup", "email"]
@@ -44,7 +57,7 @@ STAGES = ["scrape", "enrich", "dedupe", "score", "mockup", "email"]
 def env_for(tracker_file: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCH_", "SMTP_", "ALERT_", "METRICS_"))}
     env.pop("NOTIFY_SOCKET", None)
-    env.update({"BATCH_TRACKER_FILE": str(tracker_file), "PYTHONPATH": str(ROOT)})
+    env.update({"BATCH_TRACKER_FILE": str(tracker_file)})
     env.update(extra)
     return env
 

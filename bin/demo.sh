@@ -12,7 +12,7 @@
 # move them. Run bin/setup.sh first.
 set -euo pipefail
 
-usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
 case "${1:-}" in
   "") ;;
   -h | --help) usage; exit 0 ;;
@@ -22,7 +22,9 @@ esac
 project_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$project_root"
 python=.venv/bin/python
-[ -x "$python" ] || { echo "demo.sh: .venv is missing; run bin/setup.sh first" >&2; exit 2; }
+# The monitor's console script, which bin/setup.sh installs with the project.
+monitor=.venv/bin/batch-completion-monitor
+[ -x "$monitor" ] || { echo "demo.sh: .venv is missing or outdated; run bin/setup.sh first" >&2; exit 2; }
 
 export NIGHTLY_STAGES_FILE="${NIGHTLY_STAGES_FILE:-etc/nightly_stages.demo.conf}"
 export BATCH_COMPLETION_CHECK_INTERVAL_SECONDS="${BATCH_COMPLETION_CHECK_INTERVAL_SECONDS:-300}"
@@ -56,7 +58,7 @@ show_mail() { # show_mail alert|recovery: poll the outbox for up to 10 s, then p
 log_dir="${LOG_DIR:-logs}"
 echo "== starting the completion monitor (log: $log_dir/demo_monitor.log)"
 mkdir -p "$log_dir"
-"$python" bin/batch_completion_monitor.py 2>"$log_dir/demo_monitor.log" &
+"$monitor" 2>"$log_dir/demo_monitor.log" &
 monitor_pid=$!
 trap 'kill -TERM "$monitor_pid" 2>/dev/null; wait "$monitor_pid" 2>/dev/null || true' EXIT
 
@@ -77,6 +79,6 @@ echo "== the recovery:"
 show_mail recovery
 
 echo "== one monitor check (--once)"
-"$python" bin/batch_completion_monitor.py --once || true
+"$monitor" --once || true
 echo "== status"
 bin/batch_tracker status

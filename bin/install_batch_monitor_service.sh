@@ -2,10 +2,15 @@
 # Usage: sudo bin/install_batch_monitor_service.sh [OPTIONS]
 #
 # Installs, or upgrades in place, the batch completion monitor as a hardened
-# systemd service: copies the project (bin utils etc docs requirements README)
-# to the install directory, creates its venv, installs the units
-# (batch-completion-monitor.service, nightly-batch.service,
-# nightly-batch-resume.service, nightly-batch.timer), the environment file
+# systemd service: copies the project (bin utils etc docs pyproject.toml
+# requirements README) to the install directory, creates its venv with the
+# runtime dependencies only and installs the project into it (pip install -e:
+# the code runs from the install directory, the venv gets the
+# batch-completion-monitor and batch-tracker commands), installs the units
+# (batch-completion-monitor.service, the template nightly-batch@.service with its
+# instances nightly-batch@run and nightly-batch@resume, nightly-batch.timer;
+# replacing the nightly-batch.service and nightly-batch-resume.service of older
+# installs), the environment file
 # /etc/batch-completion-monitor/batch-completion-monitor.env (mode 0600, never
 # overwritten) and the service user batchmon (sysusers.d), the state and log
 # directories, the operator commands /usr/local/bin/batch-tracker (the tracker
@@ -45,9 +50,14 @@ readonly DEFAULT_PREFIX=/opt/batch-completion-monitor
 readonly SERVICE_USER=batchmon
 readonly MONITOR_UNIT=batch-completion-monitor.service
 readonly TIMER_UNIT=nightly-batch.timer
-readonly UNITS=(batch-completion-monitor.service nightly-batch.service nightly-batch-resume.service nightly-batch.timer)
+readonly NIGHTLY_TEMPLATE=nightly-batch@.service
+readonly UNITS=(batch-completion-monitor.service "$NIGHTLY_TEMPLATE" nightly-batch.timer)
+# What systemctl stops on --uninstall: the monitor, the timer and any running nightly instance.
+readonly RUNNING_UNITS=(batch-completion-monitor.service nightly-batch.timer 'nightly-batch@*.service')
+# Units of earlier versions that the template replaced (removed when they run our runner).
+readonly OLD_UNITS=(nightly-batch.service nightly-batch-resume.service)
 # What is copied to the install directory (.venv, data, logs, .git are not).
-readonly PROJECT_ITEMS=(bin utils etc docs requirements.txt README.md)
+readonly PROJECT_ITEMS=(bin utils etc docs pyproject.toml requirements.txt README.md)
 readonly MARKER=.batch-completion-monitor-install
 readonly CONF_DIR=/etc/batch-completion-monitor
 readonly ENV_FILE=$CONF_DIR/batch-completion-monitor.env
@@ -150,7 +160,26 @@ systemctl_root=()
 installed_prefix() { # installed_prefix: the install directory named by the installed monitor unit
   local unit="$root$UNIT_DIR/$MONITOR_UNIT"
   [ -f "$unit" ] || return 0
-  sed -n 's|^ExecStart=\(/.*\)/\.venv/bin/python .*|\1|p' "$unit" | head -n 1
+  # Today's unit starts PREFIX/.venv/bin/batch-completion-monitor, older ones PREFIX/.venv/bin/python.
+  sed -n 's|^ExecStart=\(/.*\)/\.venv/bin/[^/ ]*\( .*\)\{0,1\}$|\1|p' "$unit" | head -n 1
+}
+
+remove_old_units() { # remove_old_units: the units the template replaced, when they run this install's runner
+  local unit
+  for unit in "${OLD_UNITS[@]}"; do
+    [ -f "$root$UNIT_DIR/$unit" ] || continue
+    if ! grep -q "^ExecStart=$(regex_quote "$prefix")/bin/run_nightly\.sh" "$root$UNIT_DIR/$unit"; then
+      warn "$UNIT_DIR/$unit does not run $prefix/bin/run_nightly.sh: left in place"
+      continue
+    fi
+    if $systemd_running; then systemctl --quiet disable --now "$unit" 2>/dev/null || true; fi
+    find "$root$UNIT_DIR" -maxdepth 2 -path "*.wants/$unit" -type l -delete 2>/dev/null || true
+    rm -f "$root$UNIT_DIR/$unit"
+    say "removed $UNIT_DIR/$unit (replaced by $NIGHTLY_TEMPLATE)"
+    if [ -d "$root$UNIT_DIR/$unit.d" ]; then
+      warn "$UNIT_DIR/$unit.d (your drop-ins) no longer applies: move it to $UNIT_DIR/$NIGHTLY_TEMPLATE.d"
+    fi
+  done
 }
 
 do_uninstall() {
@@ -160,7 +189,7 @@ do_uninstall() {
   if $systemd_running; then
     systemctl --quiet disable "${UNITS[@]}" 2>/dev/null || true
     # Stops a running batch too: its program is about to be removed.
-    systemctl stop "${UNITS[@]}" 2>/dev/null || true
+    systemctl stop "${RUNNING_UNITS[@]}" 2>/dev/null || true
   elif command -v systemctl >/dev/null 2>&1; then
     systemctl "${systemctl_root[@]}" --quiet disable "${UNITS[@]}" 2>/dev/null || true
   fi
@@ -173,6 +202,7 @@ do_uninstall() {
   for wrapper in "$CLI_WRAPPER" "$NIGHTLY_WRAPPER"; do
     if grep -qF "$WRITTEN_BY" "$root$wrapper" 2>/dev/null; then rm -f "$root$wrapper"; fi
   done
+  remove_old_units
   rmdir "$root$UNIT_DIR/nightly-batch.timer.d" 2>/dev/null || true
   rm -f "$root$SYSUSERS_FILE"
   if [ -f "$root$prefix/$MARKER" ]; then
@@ -275,9 +305,10 @@ if [ -n "$nightly_time" ]; then
     "[Timer]" "OnCalendar=" "OnCalendar=$calendar" >"$staging/schedule.conf"
 fi
 
-# requirements.txt holds the runtime dependencies only (the test tools are in requirements-test.txt).
-if $venv && [ ! -s "$project_root/requirements.txt" ]; then
-  die 1 "no runtime requirements found ($project_root/requirements.txt)"
+# requirements.txt holds the runtime dependencies only (the test tools are in requirements-test.txt,
+# pyproject.toml's "test" extra, which the service's venv never gets).
+if $venv && { [ ! -s "$project_root/requirements.txt" ] || [ ! -s "$project_root/pyproject.toml" ]; }; then
+  die 1 "no runtime requirements found ($project_root/requirements.txt, $project_root/pyproject.toml)"
 fi
 
 # The project as it will be installed: no caches, normalized modes.
@@ -289,9 +320,13 @@ printf '%s\n' "Installed by bin/install_batch_monitor_service.sh; remove with it
 
 # systemd-analyze verify needs the programs the units start to exist: verify copies in
 # which the install directory points at the staged project, and the venv's interpreter
-# (not created yet) at the chosen python (or /bin/sh). Everything else is checked as installed.
+# (not created yet) at the chosen python (or /bin/sh), its console scripts at stand-ins
+# in the staging directory. Everything else is checked as installed.
 if command -v systemd-analyze >/dev/null 2>&1; then
   stand_in_python=${python:-/bin/sh}
+  while IFS= read -r program; do
+    install -D -m 0755 /dev/null "$staging/app/.venv/bin/$program"
+  done < <(sed -n "s|^ExecStart=[-@:+!]*$(regex_quote "$prefix")/\.venv/bin/\([^ ]*\).*|\1|p" "$staging"/units/* | sort -u)
   for unit in "${UNITS[@]}"; do
     sed -e "s|$(regex_quote "$prefix/.venv/bin/python")|$stand_in_python|g" -e "s|$(regex_quote "$prefix")|$staging/app|g" \
       "$staging/units/$unit" >"$staging/verify/$unit"
@@ -303,7 +338,8 @@ if command -v systemd-analyze >/dev/null 2>&1; then
   verify_status=0
   verify_output=$(systemd-analyze verify "${verify_units[@]}" 2>&1) || verify_status=$?
   ours=(-e "$staging")
-  for unit in "${UNITS[@]}"; do ours+=(-e "$unit"); done
+  # (A template is reported by its test instance, e.g. nightly-batch@i.service: match its prefix.)
+  for unit in "${UNITS[@]}"; do ours+=(-e "${unit%%@*}"); done
   if [ "$verify_status" -ne 0 ] || grep -qF "${ours[@]}" <<<"$verify_output"; then
     printf '%s\n' "$verify_output" | sed "s|$staging/verify/||g; s|$staging/app|$prefix|g" >&2
     die "$EXIT_INVALID" "systemd-analyze verify rejected the units (above); nothing was changed"
@@ -339,18 +375,43 @@ if $venv; then
     "$python" -m venv "$target/.venv" ||
       die 1 "could not create $prefix/.venv with $python (Debian: apt-get install python3-venv)"
   fi
-  # The runtime dependencies only (the test and lint tools stay out of the service's venv).
-  "$target/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$target/requirements.txt"
+  # The runtime dependencies only (the test and lint tools stay out of the service's venv), then
+  # the project itself, without extras: editable, so the code runs from the install directory
+  # (one copy; relative settings keep meaning the install directory) and the venv gets the
+  # console scripts the units start. Not compiled by pip (timestamped .pyc files would differ
+  # from run to run): the byte-compile step below does it reproducibly.
+  pip_install=("$target/.venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+  "${pip_install[@]}" -r "$target/requirements.txt"
+  "${pip_install[@]}" --no-deps --no-compile --editable "$target"
+  # setuptools leaves its build metadata in the source tree: not part of the install.
+  rm -rf -- "$target"/*.egg-info "$target/build"
   if [ -n "$root" ]; then
-    # Scripts pip wrote name the venv through $root; inside the image it is $prefix. (A
-    # second run finds none: grep's "no match" must not end the script under pipefail.)
+    # Scripts and the import hook pip wrote name the venv and the project through $root; inside
+    # the image it is $prefix. (A second run finds none: grep's "no match" must not end the
+    # script under pipefail. Text files only: a .pyc is no place for sed.)
     while IFS= read -r file; do
       sed -i "s|$(regex_quote "$root$prefix")|$prefix|g" "$file"
-    done < <(grep -rlF -- "$root$prefix" "$target/.venv/bin" "$target/.venv/pyvenv.cfg" 2>/dev/null || true)
+    done < <(grep -rlIF -- "$root$prefix" "$target/.venv/bin" "$target/.venv/pyvenv.cfg" "$target/.venv/lib" 2>/dev/null || true)
+    # The project's RECORD (the file list pip uninstalls by) gets the rewritten files' hashes,
+    # so it no longer depends on where the tree was built.
+    "$target/.venv/bin/python" - "$target"/.venv/lib/python*/site-packages/batch_completion_monitor-*.dist-info/RECORD <<'RECORD_FIX'
+import base64, csv, hashlib, io, pathlib, sys
+for record in map(pathlib.Path, sys.argv[1:]):
+    rows = list(csv.reader(io.StringIO(record.read_text())))
+    for row in rows:
+        path = record.parent.parent / row[0]
+        if row[1] and path.is_file():
+            data = path.read_bytes()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            row[1:3] = [f"sha256={digest}", str(len(data))]
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    record.write_text(out.getvalue())
+RECORD_FIX
   fi
   say "venv ready: $prefix/.venv ($("$target/.venv/bin/python" --version 2>&1))"
 elif [ ! -x "$target/.venv/bin/python" ]; then
-  warn "--no-venv: $prefix/.venv/bin/python does not exist; create it (with $prefix/requirements.txt) before the services start"
+  warn "--no-venv: $prefix/.venv/bin/python does not exist; create it (pip install -r $prefix/requirements.txt -e $prefix) before the services start"
 fi
 if [ -x "$target/.venv/bin/python" ] && "$target/.venv/bin/python" -c 'import sys' 2>/dev/null; then
   # Byte-compiled once here: the services cannot write the install directory, and the
@@ -359,12 +420,16 @@ if [ -x "$target/.venv/bin/python" ] && "$target/.venv/bin/python" -c 'import sy
   # file names they record are the installed ones (tracebacks), without --root's directory.
   strip_root=()
   [ -z "$root" ] || strip_root=(-s "$root" -p /)
+  # The editable install's import hook (site-packages/__editable__*.py) runs at every start.
+  import_hooks=()
+  for file in "$target"/.venv/lib/python*/site-packages/__editable__*.py; do [ ! -f "$file" ] || import_hooks+=("$file"); done
   PYTHONHASHSEED=0 "$target/.venv/bin/python" -m compileall -q --invalidation-mode checked-hash "${strip_root[@]}" \
-    "$target/bin" "$target/utils" >/dev/null
+    "$target/bin" "$target/utils" "${import_hooks[@]}" >/dev/null
 fi
 
 # Units, and the schedule drop-in when one was asked for (an existing one is kept).
 mkdir -p "$root$UNIT_DIR"
+remove_old_units
 for unit in "${UNITS[@]}"; do
   install -m 0644 "$staging/units/$unit" "$root$UNIT_DIR/$unit"
 done
@@ -387,14 +452,14 @@ else
     printf '%s\n' "" "# --------------------------------------------------------------- $WRITTEN_BY" \
       "# Commands the alert e-mails give on-call, and where the nightly logs are." \
       "BATCH_CLI_COMMAND=sudo $CLI_WRAPPER" \
-      "BATCH_RUN_COMMAND=sudo systemctl start nightly-batch" \
-      "BATCH_RESUME_COMMAND=sudo systemctl start nightly-batch-resume" \
+      "BATCH_RUN_COMMAND=sudo systemctl start nightly-batch@run" \
+      "BATCH_RESUME_COMMAND=sudo systemctl start nightly-batch@resume" \
       "LOG_DIR=$LOGS_DIR"
   } >"$staging/env"
   install -m 0600 "$staging/env" "$root$ENV_FILE"
   say "created $ENV_FILE (mode 0600): set ALERT_EMAIL_TO and SMTP_SERVER there"
 fi
-# The stage list (nightly-batch.service reads it from here, so upgrades keep it): the
+# The stage list (nightly-batch@.service reads it from here, so upgrades keep it): the
 # checkout's own etc/nightly_stages.conf when it has one, else the commented example.
 for stages_source in etc/nightly_stages.conf etc/nightly_stages.conf.example; do
   if [ ! -e "$root$STAGES_FILE" ] && [ -f "$project_root/$stages_source" ]; then

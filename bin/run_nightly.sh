@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: bin/run_nightly.sh [--resume] [--dry-run] [--help]
+# Usage: bin/run_nightly.sh [--run | --resume] [--dry-run] [--help]
 #
 # Runs the nightly pipeline's stages in order and records the batch with the
 # tracker (python -m utils.batch_tracker): "start --stages a,b,c"; per stage
@@ -8,6 +8,7 @@
 # run's log on stdin: the tracker keeps its last lines for the alert e-mail) and stop; after
 # the last stage "end".
 #
+#   --run       start a new batch (the default; nightly-batch@run.service names it)
 #   --resume    re-run the failed current batch from its failed stage, same batch id:
 #               stages already at 100% are skipped (fatal, exit 2, if there is no failed batch)
 #   --dry-run   print the plan (stages, commands, log, tracker and lock files); run and record nothing
@@ -48,13 +49,18 @@ die_usage() { # die_usage MESSAGE: one-line error on stderr, exit 2 (nothing has
   exit "$EXIT_USAGE"
 }
 
-resume=false dry_run=false
+resume=false dry_run=false mode=""
 for arg in "$@"; do
   case "$arg" in
-    --resume) resume=true ;;
+    --run | --resume)
+      # The unit template passes its instance name as one of these: both at once is a mistake.
+      [ -z "$mode" ] || [ "$mode" = "$arg" ] || die_usage "'$mode' and '$arg' exclude each other (a new batch, or the failed one resumed)"
+      mode=$arg
+      if [ "$arg" = --resume ]; then resume=true; fi
+      ;;
     --dry-run) dry_run=true ;;
     -h | --help) usage; exit 0 ;;
-    *) die_usage "unknown argument '$arg' (allowed: --resume, --dry-run, --help)" ;;
+    *) die_usage "unknown argument '$arg' (allowed: --run, --resume, --dry-run, --help)" ;;
   esac
 done
 

@@ -2,7 +2,10 @@
 # Usage: bin/setup.sh [--test]
 #
 # Prepares a fresh checkout to run: creates .venv/ with requirements.txt (the
-# runtime) and byte-compiles the code (the nightly hook's start-up time depends on it).
+# runtime), installs the project into it editable (pip install -e .: `import utils`
+# works from any directory, and .venv/bin gets the batch-tracker and
+# batch-completion-monitor commands) and byte-compiles the code (the nightly hook's
+# start-up time depends on it).
 #
 #   --test   also installs requirements-test.txt and the Debian packages the test
 #            suite drives for real, when missing: prometheus + promtool,
@@ -10,11 +13,12 @@
 #            flock, libfaketime, and a system python3 with venv (installer tests).
 #            Needs root or sudo.
 #
-# Idempotent: re-running only installs what is missing.
+# Idempotent: re-running only installs what is missing (and refreshes the editable
+# install, e.g. after pyproject.toml changed).
 # Exit codes: 0 ready, 2 bad usage, other: the failing step's code.
 set -euo pipefail
 
-usage() { sed -n '2,15s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
 
 with_test_tools=false
 case "${1:-}" in
@@ -60,7 +64,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 requirements="requirements.txt"
 if $with_test_tools; then requirements="requirements-test.txt"; fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
+# The dependency ranges, and the project itself (its import path and console scripts).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements" --editable .
 .venv/bin/python -m compileall -q utils bin >/dev/null
 mkdir -p data logs
 echo "setup.sh: ready (.venv/bin/python, $(.venv/bin/python --version))"

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT))
+from utils.batch_tracker import TrackerConfig
 
-from utils.batch_tracker import TrackerConfig  # noqa: E402
+# The checkout, for its files (bin/, etc/, docs/). `utils` itself is imported from the venv, where
+# bin/setup.sh installed the project (editable): no sys.path edits, here or anywhere.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 VENV_PYTHON = sys.executable
 
@@ -95,13 +95,15 @@ def tracker_config(tracker_file) -> TrackerConfig:
 
 @pytest.fixture
 def base_env(tmp_path, tracker_file) -> dict:
-    """A clean environment for subprocesses: the project's settings point into tmp_path only."""
+    """A clean environment for subprocesses: the project's settings point into tmp_path only.
+
+    No PYTHONPATH: the venv's interpreter (first on PATH) imports the installed project.
+    """
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("BATCH_", "SMTP_", "ALERT_", "METRICS_"))}
     keep.update(
         {
             "BATCH_TRACKER_FILE": str(tracker_file),
             "LOG_DIR": str(tmp_path / "logs"),
-            "PYTHONPATH": str(PROJECT_ROOT),
             "PATH": f"{Path(VENV_PYTHON).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
     )

@@ -1,4 +1,5 @@
-"""The project's own static checks, run as part of the suite so CI enforces them."""
+"""The project's own static checks: the lint step of CI (.ci/run runs ``pytest -m lint`` before
+the tests; setup.cfg leaves them out of the plain test run)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.lint
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

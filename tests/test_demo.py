@@ -6,6 +6,7 @@ import email
 import subprocess
 from email import policy
 
+import pytest
 from conftest import PROJECT_ROOT, free_port
 
 DEMO = PROJECT_ROOT / "bin" / "demo.sh"
@@ -15,6 +16,7 @@ def outbox_mails(outbox) -> list:
     return [email.message_from_bytes(path.read_bytes(), policy=policy.default) for path in sorted(outbox.glob("*.eml"))]
 
 
+@pytest.mark.slow
 def test_it_runs_the_main_job_end_to_end_with_the_embedded_defaults(tmp_path, base_env, tracker_file):
     outbox = tmp_path / "outbox"
     env = {**base_env, "BATCH_OUTBOX_DIR": str(outbox), "METRICS_PORT": str(free_port())}

@@ -27,8 +27,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import copy_for_other_users
+from conftest import copy_for_other_users
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALLER = ROOT / "bin" / "install_batch_monitor_service.sh"
@@ -37,13 +36,10 @@ UNIT_DIR = "etc/systemd/system"
 ENV_FILE = "etc/batch-completion-monitor/batch-completion-monitor.env"
 STAGES_FILE = "etc/batch-completion-monitor/nightly_stages.conf"
 SYSUSERS_FILE = "etc/sysusers.d/batch-completion-monitor.conf"
-UNITS = (
-    "batch-completion-monitor.service",
-    "nightly-batch.service",
-    "nightly-batch-resume.service",
-    "nightly-batch.timer",
-)
-PROJECT_ITEMS = ("bin", "utils", "etc", "docs", "requirements.txt", "README.md")
+UNITS = ("batch-completion-monitor.service", "nightly-batch@.service", "nightly-batch.timer")
+# The two units the template replaced, as an earlier version installed them.
+OLD_UNITS = ("nightly-batch.service", "nightly-batch-resume.service")
+PROJECT_ITEMS = ("bin", "utils", "etc", "docs", "pyproject.toml", "requirements.txt", "README.md")
 STATE_DIR = "var/lib/batch-completion-monitor"
 LOGS_DIR = "var/log/batch-completion-monitor"
 CLI_WRAPPER = "usr/local/bin/batch-tracker"
@@ -208,8 +204,8 @@ def test_it_installs_units_env_file_user_and_enablement_into_a_root(system_root)
     assert written.startswith(example)
     assert env_file_values(written[len(example) :]) == {
         "BATCH_CLI_COMMAND": "sudo /usr/local/bin/batch-tracker",
-        "BATCH_RUN_COMMAND": "sudo systemctl start nightly-batch",
-        "BATCH_RESUME_COMMAND": "sudo systemctl start nightly-batch-resume",
+        "BATCH_RUN_COMMAND": "sudo systemctl start nightly-batch@run",
+        "BATCH_RESUME_COMMAND": "sudo systemctl start nightly-batch@resume",
         "LOG_DIR": "/var/log/batch-completion-monitor",
     }
     assert (system_root / STAGES_FILE).is_file()
@@ -243,13 +239,14 @@ def test_it_copies_the_project_without_venv_data_logs_git_or_caches(system_root)
 def test_it_installs_units_that_systemd_analyze_verify_accepts(system_root, tmp_path):
     install(system_root)
     # ExecStart= programs must exist for verify: the installed tree stands in for /, and the
-    # venv (not built with --no-venv) is the interpreter running this test.
+    # venv (not built with --no-venv) is the one running this test, where bin/setup.sh
+    # installed the project (console scripts included).
     target = str(system_root / PREFIX)
     checked = tmp_path / "verify"
     checked.mkdir()
     for unit in UNITS:
         text = (system_root / UNIT_DIR / unit).read_text()
-        text = text.replace(f"/{PREFIX}/.venv/bin/python", sys.executable).replace(f"/{PREFIX}", target)
+        text = text.replace(f"/{PREFIX}/.venv/bin/", f"{Path(sys.executable).parent}/").replace(f"/{PREFIX}", target)
         (checked / unit).write_text(text)
 
     result = subprocess.run(
@@ -285,6 +282,7 @@ def test_it_changes_nothing_when_run_twice(system_root, options, snapshot_instal
         assert "kept /etc/batch-completion-monitor/batch-completion-monitor.env" in run.stdout
 
 
+@pytest.mark.slow  # shares the venv tree (a real venv and pip install, ~10-25 s)
 def test_it_changes_nothing_when_run_again_with_the_venv_step(venv_root, snapshot_installer):
     first = tree(venv_root)
 
@@ -295,6 +293,7 @@ def test_it_changes_nothing_when_run_again_with_the_venv_step(venv_root, snapsho
         assert tree(venv_root) == first
 
 
+@pytest.mark.slow  # shares the venv tree (a real venv and pip install, ~10-25 s)
 def test_it_builds_the_venv_from_the_system_python_with_the_runtime_dependencies_only(venv_root, tmp_path):
     # Built with PATH starting at the test venv's bin (a pyenv interpreter on some machines).
     venv_python = venv_root / PREFIX / ".venv" / "bin" / "python"
@@ -304,27 +303,30 @@ def test_it_builds_the_venv_from_the_system_python_with_the_runtime_dependencies
         [str(venv_python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True, timeout=60, check=True
     )
     packages = {package["name"].lower().replace("_", "-") for package in json.loads(listed.stdout)}
-    assert {"prometheus-client", "pytz"} <= packages
+    assert {"prometheus-client", "pytz", "batch-completion-monitor"} <= packages
     assert not packages & {"pytest", "playwright", "ruff", "hypothesis", "aiosmtpd", "bandit", "pyyaml"}
+    # The project itself, without extras: its console scripts, run by the venv's interpreter.
+    for script in ("batch-completion-monitor", "batch-tracker"):
+        first_line = (venv_root / PREFIX / ".venv" / "bin" / script).read_text().splitlines()[0]
+        assert first_line == f"#!/{PREFIX}/.venv/bin/python", (script, first_line)
+    # Nothing of the --root tree or of the build left in the venv's text files or the install directory.
+    texts = [
+        p for p in (venv_root / PREFIX / ".venv").rglob("*") if p.is_file() and p.suffix in {".py", ".pth", ".json"}
+    ]
+    assert not [p for p in texts if str(venv_root) in p.read_text(errors="replace")]
+    assert not list((venv_root / PREFIX).glob("*.egg-info")) and not (venv_root / PREFIX / "build").exists()
     # Byte-compiled for the installed paths (tracebacks), not the --root tree's.
     (compiled,) = (venv_root / PREFIX / "utils" / "__pycache__").glob("batch_tracker.*.pyc")
     assert marshal.loads(compiled.read_bytes()[16:]).co_filename == f"/{PREFIX}/utils/batch_tracker.py"
-    if IS_ROOT:  # the service user runs it, from the paths the units name
+    if IS_ROOT:  # the service user runs it, from the paths the units name, from any directory
         imported = run_in_installed_tree(
             venv_root,
             tmp_path / "overlay",
-            "setpriv --reuid=batchmon --regid=batchmon --init-groups "
-            "/opt/batch-completion-monitor/.venv/bin/python -c 'import prometheus_client, pytz, utils'",
-        )
-        assert imported.returncode != 0 and "No module named 'utils'" in imported.stderr, imported.stderr
-        imported = run_in_installed_tree(
-            venv_root,
-            tmp_path / "overlay",
-            "cd /opt/batch-completion-monitor && setpriv --reuid=batchmon --regid=batchmon --init-groups "
-            ".venv/bin/python -c 'import os, prometheus_client, pytz, utils.monitor; print(os.getuid())'",
+            "cd / && setpriv --reuid=batchmon --regid=batchmon --init-groups /opt/batch-completion-monitor/.venv/bin/"
+            "python -c 'import os, prometheus_client, pytz, utils.monitor; print(os.getuid(), utils.monitor.__file__)'",
         )
         assert imported.returncode == 0, imported.stderr
-        assert imported.stdout.strip() == str(user_ids(venv_root)[0])
+        assert imported.stdout.split() == [str(user_ids(venv_root)[0]), f"/{PREFIX}/utils/monitor.py"]
 
 
 @needs_root
@@ -492,10 +494,9 @@ def test_it_installs_into_another_prefix_and_uninstalls_from_it(system_root):
     install(system_root, "--prefix", "/srv/batch-monitor")
 
     monitor_unit = (system_root / UNIT_DIR / "batch-completion-monitor.service").read_text()
-    assert (
-        "ExecStart=/srv/batch-monitor/.venv/bin/python /srv/batch-monitor/bin/batch_completion_monitor.py"
-        in monitor_unit
-    )
+    assert "ExecStart=/srv/batch-monitor/.venv/bin/batch-completion-monitor\n" in monitor_unit
+    nightly_unit = (system_root / UNIT_DIR / "nightly-batch@.service").read_text()
+    assert "ExecStart=/srv/batch-monitor/bin/run_nightly.sh --%i\n" in nightly_unit
     assert "/opt/batch-completion-monitor" not in monitor_unit
     assert (system_root / "srv/batch-monitor/bin/run_nightly.sh").is_file()
     assert not (system_root / PREFIX).exists()
@@ -503,6 +504,43 @@ def test_it_installs_into_another_prefix_and_uninstalls_from_it(system_root):
     # --uninstall finds the install directory from the installed unit.
     assert run_installer("--root", str(system_root), "--uninstall").returncode == 0
     assert not (system_root / "srv/batch-monitor").exists()
+
+
+def old_unit(prefix: str = "/opt/batch-completion-monitor", resume: bool = False) -> str:
+    """A nightly unit as an earlier version of the installer wrote it."""
+    return (
+        "[Unit]\nDescription=Nightly batch\n\n[Service]\nType=oneshot\n"
+        f"ExecStart={prefix}/bin/run_nightly.sh{' --resume' if resume else ''}\nUser=batchmon\n"
+    )
+
+
+def test_it_replaces_the_nightly_units_of_an_earlier_install_with_the_template(system_root):
+    units = system_root / UNIT_DIR
+    (units / "nightly-batch.service").write_text(old_unit())
+    (units / "nightly-batch-resume.service").write_text(old_unit(resume=True))
+    (units / "nightly-batch.service.d").mkdir()
+    (units / "nightly-batch.service.d" / "local.conf").write_text("[Service]\nReadWritePaths=/srv/leads\n")
+
+    result = install(system_root)
+
+    for unit in OLD_UNITS:
+        assert not (units / unit).exists(), unit
+        assert f"removed /etc/systemd/system/{unit} (replaced by nightly-batch@.service)" in result.stdout
+    assert (units / "nightly-batch@.service").read_bytes() == (ROOT / "etc" / "nightly-batch@.service").read_bytes()
+    # The operator's drop-ins are theirs to move: kept, and named in a warning.
+    assert (units / "nightly-batch.service.d" / "local.conf").is_file()
+    assert "nightly-batch.service.d (your drop-ins) no longer applies" in result.stderr
+
+
+def test_it_leaves_a_nightly_unit_that_runs_another_program_in_place(system_root):
+    foreign = system_root / UNIT_DIR / "nightly-batch.service"
+    foreign.write_text(old_unit(prefix="/srv/other-pipeline"))
+
+    result = install(system_root)
+    assert run_installer("--root", str(system_root), "--uninstall").returncode == 0
+
+    assert foreign.read_text() == old_unit(prefix="/srv/other-pipeline")
+    assert "nightly-batch.service does not run /opt/batch-completion-monitor/bin/run_nightly.sh" in result.stderr
 
 
 def test_it_leaves_the_timer_disabled_with_no_timer(system_root):
@@ -546,6 +584,7 @@ def guide_code_lines(language: str, start: str) -> list[str]:
 
 
 @needs_root
+@pytest.mark.slow  # shares the venv tree (a real venv and pip install, ~10-25 s)
 def test_it_installs_a_batch_tracker_command_with_the_services_settings(venv_root, tmp_path):
     env_file = venv_root / ENV_FILE
     marker = tmp_path / "sourced"
@@ -571,6 +610,7 @@ def test_it_installs_a_batch_tracker_command_with_the_services_settings(venv_roo
 
 
 @needs_root
+@pytest.mark.slow  # shares the venv tree (a real venv and pip install, ~10-25 s)
 def test_it_runs_the_guides_cron_line_as_written_against_the_installed_tree(venv_root, tmp_path):
     (line,) = guide_code_lines("cron", "0 ")
     fields = line.split(None, 6)

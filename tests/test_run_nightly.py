@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import PROJECT_ROOT, wait_until
 
-from tests.conftest import PROJECT_ROOT, wait_until
 from utils.batch_tracker import TrackerConfig, get_batch_status
 
 RUNNER = PROJECT_ROOT / "bin" / "run_nightly.sh"
@@ -327,13 +327,31 @@ def test_it_rejects_a_missing_stages_file_and_bad_arguments_with_exit_2(tmp_path
     write_stages(tmp_path, env, "one  true\n")
     unknown = run(env, tmp_path, "--bogus")
     assert unknown.returncode == 2
-    assert "unknown argument '--bogus' (allowed: --resume, --dry-run, --help)" in unknown.stderr
+    assert "unknown argument '--bogus' (allowed: --run, --resume, --dry-run, --help)" in unknown.stderr
+    assert not tracker_file.exists()
+
+    # --run and --resume are the two instances of nightly-batch@.service: one at a time.
+    both = run(env, tmp_path, "--run", "--resume")
+    assert both.returncode == 2
+    assert (
+        both.stderr
+        == "run_nightly.sh: error: '--run' and '--resume' exclude each other (a new batch, or the failed one resumed)\n"
+    )
     assert not tracker_file.exists()
 
     usage = run(env, tmp_path, "--help")
     assert usage.returncode == 0
     assert usage.stdout.startswith("Usage: bin/run_nightly.sh")
     assert "Exit codes:" in usage.stdout
+
+
+def test_it_runs_a_new_batch_with_run_as_without_an_option(tmp_path, env, tracker_file):
+    write_stages(tmp_path, env, "one  true\n")
+
+    result = run(env, tmp_path, "--run")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert status(tracker_file)["state"] == "completed"
 
 
 def test_it_runs_the_demo_pipeline_end_to_end(tmp_path, env, tracker_file):
@@ -352,6 +370,7 @@ def test_it_runs_the_demo_pipeline_end_to_end(tmp_path, env, tracker_file):
     assert "[dedupe] removed 60 duplicates, 540 unique leads" in result.stdout
 
 
+@pytest.mark.slow
 def test_it_fails_and_resumes_the_demo_pipeline(tmp_path, env, tracker_file):
     env["NIGHTLY_STAGES_FILE"] = str(DEMO_CONF)
     result = run({**env, "DEMO_STAGE_FAIL": "score"}, tmp_path)
@@ -413,9 +432,9 @@ def test_it_parses_the_example_stages_file(tmp_path, env):
 
 def test_it_puts_the_failed_stages_own_error_in_the_failure_email(tmp_path, env, tracker_file):
     """End to end: the runner records the stage's output tail, the monitor's failure e-mail shows it."""
+    from utils.config import MonitorConfig
     from utils.mail_compose import parse_message
     from utils.monitor import Monitor
-    from utils.monitor_config import MonitorConfig
 
     write_stages(
         tmp_path,

@@ -27,22 +27,22 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import free_port, wait_until
+from conftest import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ETC = ROOT / "etc"
 INSTALL_DIR = "/opt/batch-completion-monitor"
 STATE_DIR = "/var/lib/batch-completion-monitor"
 MONITOR = ETC / "batch-completion-monitor.service"
-NIGHTLY = ETC / "nightly-batch.service"
-RESUME = ETC / "nightly-batch-resume.service"
+NIGHTLY = ETC / "nightly-batch@.service"  # instances: nightly-batch@run, nightly-batch@resume
 TIMER = ETC / "nightly-batch.timer"
-UNITS = (MONITOR, NIGHTLY, RESUME, TIMER)
+UNITS = (MONITOR, NIGHTLY, TIMER)
+RUNNER = ROOT / "bin" / "run_nightly.sh"
 MAX_EXPOSURE = 1.5
 RUNNER_VARIABLES = (("NIGHTLY_STAGES_FILE", "etc/nightly_stages.conf"), ("LOG_DIR", "logs"))
 
@@ -94,8 +94,12 @@ def unit_environment(path: Path) -> dict[str, str]:
 
 
 def rewrite_for_this_checkout(text: str) -> str:
-    """The install directory becomes this checkout; its venv interpreter, the one running the tests."""
-    text = text.replace(f"{INSTALL_DIR}/.venv/bin/python", sys.executable)
+    """The install directory becomes this checkout; its venv, the one running the tests.
+
+    bin/setup.sh installed the project into that venv, so its bin/ has the console scripts the
+    units start (batch-completion-monitor), as the installer's venv has.
+    """
+    text = text.replace(f"{INSTALL_DIR}/.venv/bin/", f"{Path(sys.executable).parent}/")
     return text.replace(INSTALL_DIR, str(ROOT))
 
 
@@ -116,13 +120,25 @@ def test_it_verifies_all_units_with_systemd_analyze(tmp_path):
 
 
 def test_it_starts_only_programs_of_the_install_directory_that_the_project_ships():
-    for unit in (MONITOR, NIGHTLY, RESUME):
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for unit in (MONITOR, NIGHTLY):
         words = value(unit, "Service", "ExecStart").split()
         paths = [word for word in words if word.startswith("/")]
         assert paths and all(path.startswith(INSTALL_DIR + "/") for path in paths), words
         for path in paths:
-            if not path.startswith(f"{INSTALL_DIR}/.venv/"):  # the venv is built by the installer
+            if path.startswith(f"{INSTALL_DIR}/.venv/bin/"):  # the venv is built by the installer
+                assert path.rsplit("/", 1)[1] in scripts, f"{path}: not a console script of pyproject.toml"
+            else:
                 assert (ROOT / path.removeprefix(INSTALL_DIR + "/")).is_file(), path
+
+
+def test_it_starts_the_monitor_with_the_venvs_console_script_without_the_checkouts_path():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+    assert value(MONITOR, "Service", "ExecStart") == f"{INSTALL_DIR}/.venv/bin/batch-completion-monitor"
+    assert scripts["batch-completion-monitor"] == "utils.service:main"
+    # No PYTHONPATH: the project is installed in the venv.
+    assert "PYTHONPATH" not in unit_environment(MONITOR) and "PYTHONPATH" not in unit_environment(NIGHTLY)
 
 
 def test_it_rates_the_monitor_at_an_exposure_of_at_most_1_5():
@@ -154,7 +170,7 @@ def test_it_restarts_on_failure_with_a_back_off_but_not_on_bad_configuration():
 
 
 def test_it_runs_as_an_unprivileged_user_that_can_write_only_its_state_directory():
-    for unit in (MONITOR, NIGHTLY, RESUME):
+    for unit in (MONITOR, NIGHTLY):
         assert value(unit, "Service", "User") == "batchmon"
         assert value(unit, "Service", "StateDirectory") == "batch-completion-monitor"
         assert value(unit, "Service", "EnvironmentFile") == (
@@ -194,28 +210,57 @@ def test_it_schedules_the_nightly_batch_in_a_time_zone_and_catches_up_missed_run
     )
     assert parsed.returncode == 0, parsed.stderr
     assert f"Normalized form: {calendar}" in parsed.stdout
-    assert value(TIMER, "Timer", "Unit") == "nightly-batch.service"
+    assert value(TIMER, "Timer", "Unit") == "nightly-batch@run.service"
     assert value(TIMER, "Install", "WantedBy") == "timers.target"
 
 
 def test_it_runs_the_nightly_batch_once_with_run_nightly():
     assert value(NIGHTLY, "Service", "Type") == "oneshot"
-    assert value(NIGHTLY, "Service", "ExecStart") == f"{INSTALL_DIR}/bin/run_nightly.sh"
-    assert value(RESUME, "Service", "ExecStart") == f"{INSTALL_DIR}/bin/run_nightly.sh --resume"
+    assert value(NIGHTLY, "Service", "ExecStart") == f"{INSTALL_DIR}/bin/run_nightly.sh --%i"
     # A oneshot's default start timeout (90 s) would kill a nightly batch.
     assert seconds(value(NIGHTLY, "Service", "TimeoutStartSec")) >= 6 * 3600
 
 
-def test_it_keeps_the_resume_unit_in_step_with_the_nightly_unit():
-    def service_without_exec_start(path: Path) -> list[tuple[str, str]]:
-        return [(k, v) for k, v in parse_unit(path)["Service"] if k != "ExecStart"]
+def test_it_runs_and_resumes_the_nightly_batch_from_one_template_unit():
+    # One [Service] section for both: no second unit file that could drift from it.
+    assert sorted(path.name for path in ETC.glob("nightly-batch*.service")) == ["nightly-batch@.service"]
+    assert parse_unit(NIGHTLY).get("Install") is None  # started by the timer (run) or by hand (resume)
+    guide = (ROOT / "docs" / "batch-completion-monitoring.md").read_text()
+    for instance in ("run", "resume"):
+        assert f"systemctl start nightly-batch@{instance}" in guide
 
-    assert service_without_exec_start(RESUME) == service_without_exec_start(NIGHTLY)
-    assert parse_unit(RESUME).get("Install") is None  # started by hand only
+
+@pytest.mark.parametrize(("instance", "status"), [("run", 0), ("resume", 0), ("bogus", 2)])
+def test_it_gives_run_nightly_the_instance_as_its_mode(tmp_path, instance, status):
+    # ExecStart= with %i expanded as systemd does, run for real (--dry-run: nothing recorded).
+    command = shlex.split(rewrite_for_this_checkout(value(NIGHTLY, "Service", "ExecStart")).replace("%i", instance))
+    stages = tmp_path / "stages.conf"
+    stages.write_text("fetch true\n")
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "NIGHTLY_STAGES_FILE": str(stages),
+        "LOG_DIR": str(tmp_path / "logs"),
+        "BATCH_TRACKER_FILE": str(tmp_path / "batch_tracker.json"),
+        "BATCH_TRACKER_PYTHON": sys.executable,
+    }
+
+    result = subprocess.run(
+        [*command, "--dry-run"], env=environment, capture_output=True, text=True, timeout=30, check=False
+    )
+
+    assert command[0] == str(RUNNER)
+    assert result.returncode == status, result.stdout + result.stderr
+    if status == 0:
+        assert ("resume:" in result.stdout) == (instance == "resume"), result.stdout
+    else:
+        assert result.stderr.strip() == (
+            "run_nightly.sh: error: unknown argument '--bogus' (allowed: --run, --resume, --dry-run, --help)"
+        )
+    assert not (tmp_path / "batch_tracker.json").exists()
 
 
 def documented_variables() -> list[tuple[str, str]]:
-    from utils.monitor_config import VARIABLES
+    from utils.config import VARIABLES
 
     return [(name, default) for name, default, _ in VARIABLES] + list(RUNNER_VARIABLES)
 
@@ -282,6 +327,7 @@ def _drain(sock: socket.socket, into: list[str]) -> list[str]:
             return into
 
 
+@pytest.mark.slow
 def test_it_runs_the_units_exec_start_serving_metrics_and_answering_the_watchdog(tmp_path, notify_socket):
     notify_path, notify_sock = notify_socket
     state_dir = tmp_path / "state"
