@@ -114,9 +114,9 @@ def batch_state_and_progress(world, state, percentage):
 
 @then(parsers.parse("stage {stage} reached 100 percent at {when_text}"))
 def stage_reached_100(world, stage, when_text):
-    detail = load_snapshot(config=world["config"]).current["stages"][stage]
-    assert detail["percentage"] == 100
-    assert detail["completed_at"] == local_instant(world, when_text)
+    detail = load_snapshot(config=world["config"]).current.stage(stage)
+    assert detail.percentage == 100
+    assert detail.completed_at == local_instant(world, when_text)
 
 
 @then(parsers.parse("the batch took {minutes:d} minutes"))

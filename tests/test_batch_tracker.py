@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -11,9 +12,8 @@ import sys
 import pytest
 from conftest import run_tracker_cli
 
-from utils import batch_tracker
+from utils import batch_tracker, errors, model, tracker_cli
 from utils.batch_tracker import (
-    PROJECT_ROOT,
     BatchStateError,
     ConfigError,
     InvalidInputError,
@@ -27,6 +27,7 @@ from utils.batch_tracker import (
     record_batch_stage_completion,
     record_batch_start,
 )
+from utils.config import PROJECT_ROOT
 
 
 @pytest.fixture
@@ -87,10 +88,10 @@ def test_it_returns_an_id_on_start_and_records_a_running_batch(api, clock):
     batch_id = api.start()
     assert batch_tracker.is_valid_name(batch_id)
     current = api.snapshot().current
-    assert current["id"] == batch_id
-    assert current["state"] == "running"
-    assert current["started_at"] == clock.now
-    assert current["expected_stages"] == ["scrape", "enrich", "score"]  # from the config
+    assert current.id == batch_id
+    assert current.state == "running"
+    assert current.started_at == clock.now
+    assert current.expected_stages == ("scrape", "enrich", "score")  # from the config
     assert api.status()["state"] == "running"
 
 
@@ -103,7 +104,7 @@ def test_it_gives_every_batch_a_new_id(api, clock):
 
 def test_it_uses_the_stage_list_given_at_start_over_the_configured_one(api):
     api.start(["a", "b"])
-    assert api.snapshot().current["expected_stages"] == ["a", "b"]
+    assert api.snapshot().current.expected_stages == ("a", "b")
 
 
 def test_it_keeps_percentage_first_seen_last_update_and_completion_time_per_stage(api, clock):
@@ -116,14 +117,19 @@ def test_it_keeps_percentage_first_seen_last_update_and_completion_time_per_stag
     api.stage("scrape", 100)
     last = clock.advance(60)
     api.stage("scrape", 100)  # a repeated 100 keeps the time it first got there
-    detail = api.snapshot().current["stages"]["scrape"]
-    assert detail == {"percentage": 100.0, "first_seen_at": first_seen, "updated_at": last, "completed_at": completed}
+    detail = api.snapshot().current.stage("scrape")
+    assert detail.to_dict() == {
+        "percentage": 100.0,
+        "first_seen_at": first_seen,
+        "updated_at": last,
+        "completed_at": completed,
+    }
 
 
 def test_it_has_no_completion_time_for_a_stage_below_100(api, clock):
     api.start()
     api.stage("scrape", 99.9)
-    assert api.snapshot().current["stages"]["scrape"]["completed_at"] is None
+    assert api.snapshot().current.stage("scrape").completed_at is None
 
 
 def test_it_computes_the_overall_percentage_over_the_expected_stages(api):
@@ -140,7 +146,7 @@ def test_it_sets_the_end_time_and_duration_on_end(api, clock):
     started = clock.now
     ended = clock.advance(3 * 3600 + 5)
     batch = api.end()
-    assert (batch["state"], batch["ended_at"], batch["duration_seconds"]) == ("completed", ended, 3 * 3600 + 5)
+    assert (batch.state, batch.ended_at, batch.duration_seconds) == ("completed", ended, 3 * 3600 + 5)
     status = api.status()
     assert status["state"] == "completed"
     assert status["duration_seconds"] == ended - started
@@ -187,11 +193,11 @@ def test_it_marks_a_still_running_batch_abandoned_when_a_new_one_starts(api, clo
     replaced_at = clock.advance(600)
     second = api.start()
     snapshot = api.snapshot()
-    assert snapshot.current["id"] == second and snapshot.current["state"] == "running"
+    assert snapshot.current.id == second and snapshot.current.state == "running"
     [old] = snapshot.history
-    assert (old["id"], old["state"], old["ended_at"], old["abandoned_by"]) == (first, "abandoned", replaced_at, second)
-    assert old["stages"]["scrape"]["percentage"] == 40  # kept, not overwritten
-    assert [b["id"] for b in snapshot.batches_newest_first()] == [second, first]
+    assert (old.id, old.state, old.ended_at, old.abandoned_by) == (first, "abandoned", replaced_at, second)
+    assert old.stage("scrape").percentage == 40  # kept, not overwritten
+    assert [b.id for b in snapshot.batches_newest_first()] == [second, first]
 
 
 def test_it_archives_a_finished_batch_unchanged_when_the_next_starts(api, clock):
@@ -200,23 +206,23 @@ def test_it_archives_a_finished_batch_unchanged_when_the_next_starts(api, clock)
     clock.advance(86400)
     api.start()
     [old] = api.snapshot().history
-    assert (old["id"], old["state"]) == (first, "completed")
+    assert (old.id, old.state) == (first, "completed")
 
 
 def test_it_records_a_failure_with_stage_and_reason(api, clock):
     api.start()
     failed_at = clock.advance(100)
     batch = api.fail("enrich", "exit code 3")
-    assert batch["state"] == "failed"
-    assert batch["failure"] == {"stage": "enrich", "reason": "exit code 3", "at": failed_at}
-    assert batch["failures"] == [batch["failure"]]
-    assert batch["ended_at"] == failed_at
+    assert batch.state == "failed"
+    assert batch.failure.to_dict() == {"stage": "enrich", "reason": "exit code 3", "at": failed_at}
+    assert batch.failures == (batch.failure,)
+    assert batch.ended_at == failed_at
     assert api.status()["failure"]["stage"] == "enrich"
 
 
 def test_it_records_a_failure_without_a_stage(api):
     api.start()
-    assert api.fail()["failure"]["stage"] is None
+    assert api.fail().failure.stage is None
 
 
 def test_it_resumes_a_failed_batch_with_the_same_id(api, clock):
@@ -225,14 +231,14 @@ def test_it_resumes_a_failed_batch_with_the_same_id(api, clock):
     api.fail("enrich", "exit code 3")
     resumed_at = clock.advance(300)
     batch = api.resume()
-    assert (batch["id"], batch["state"], batch["failure"], batch["ended_at"]) == (batch_id, "running", None, None)
-    assert batch["resumed_at"] == [resumed_at]
-    assert len(batch["failures"]) == 1  # the failure stays on record
-    assert batch["stages"]["scrape"]["percentage"] == 100  # completed stages survive
+    assert (batch.id, batch.state, batch.failure, batch.ended_at) == (batch_id, "running", None, None)
+    assert batch.resumed_at == (resumed_at,)
+    assert len(batch.failures) == 1  # the failure stays on record
+    assert batch.stage("scrape").percentage == 100  # completed stages survive
     api.stage("enrich", 100)
     clock.advance(60)
-    assert api.end()["id"] == batch_id
-    assert api.snapshot().history == []  # resuming is not a new batch
+    assert api.end().id == batch_id
+    assert api.snapshot().history == ()  # resuming is not a new batch
 
 
 def test_it_refuses_to_resume_a_batch_that_did_not_fail(api):
@@ -263,8 +269,8 @@ def test_it_sets_cost_per_lead_and_adds_up_gpu_dollars(api):
     api.cost(gpu=1.25)
     api.cost(per_lead=0.10, gpu=2.5)
     batch = api.snapshot().current
-    assert batch["cost_per_lead"] == 0.10  # set, the latest wins
-    assert batch["gpu_cost_dollars"] == 3.75  # added up
+    assert batch.cost_per_lead == 0.10  # set, the latest wins
+    assert batch.gpu_cost_dollars == 3.75  # added up
     status = api.status()
     assert (status["cost_per_lead"], status["gpu_cost_dollars"]) == (0.10, 3.75)
 
@@ -272,7 +278,7 @@ def test_it_sets_cost_per_lead_and_adds_up_gpu_dollars(api):
 def test_it_records_a_cost_after_the_batch_ended(api):
     api.start()
     api.end()
-    assert api.cost(gpu=1)["gpu_cost_dollars"] == 1.0
+    assert api.cost(gpu=1).gpu_cost_dollars == 1.0
 
 
 @pytest.mark.parametrize(
@@ -319,7 +325,7 @@ def test_it_refuses_an_invalid_percentage_and_leaves_the_file_byte_identical(api
 )
 def test_it_accepts_the_limits_of_what_is_allowed(api, name, percentage, stored):
     api.start()
-    assert api.stage(name, percentage)["percentage"] == stored
+    assert api.stage(name, percentage).percentage == stored
 
 
 def test_it_refuses_an_invalid_stage_list_or_batch_id_at_start(api):
@@ -335,7 +341,7 @@ def test_it_refuses_an_invalid_stage_list_or_batch_id_at_start(api):
 def test_it_truncates_a_very_long_failure_reason(api):
     api.start()
     reason = "x" * (batch_tracker.MAX_REASON_LENGTH + 10)
-    assert api.fail("s", reason)["failure"]["reason"] == reason[: batch_tracker.MAX_REASON_LENGTH]
+    assert api.fail("s", reason).failure.reason == reason[: batch_tracker.MAX_REASON_LENGTH]
 
 
 def test_it_lets_the_path_argument_override_the_configured_file(tmp_path, tracker_config, clock):
@@ -345,84 +351,59 @@ def test_it_lets_the_path_argument_override_the_configured_file(tmp_path, tracke
     assert not os.path.exists(tracker_config.tracker_file)
 
 
-# --------------------------------------------------------------------------- config
+def test_it_hands_out_model_values_from_every_write_and_read(api, clock):
+    batch_id = api.start(["scrape"])
+    stage = api.stage("scrape", 100)
+    assert isinstance(stage, model.Stage) and (stage.name, stage.completed_at) == ("scrape", clock.now)
+    batch = api.end()
+    assert isinstance(batch, model.Batch) and (batch.id, batch.is_completed) == (batch_id, True)
+    snapshot = api.snapshot()
+    assert isinstance(snapshot, model.Snapshot) and snapshot.current == batch
+    clock.advance(86400)
+    api.start()
+    assert api.snapshot().history == (batch,)  # archived unchanged, read back as the same value
 
 
-def test_it_reads_the_defaults_from_an_empty_environment():
-    config = TrackerConfig.from_env({})
-    assert config.tracker_file == os.path.join(PROJECT_ROOT, "data", "batch_tracker.json")
-    assert (config.deadline_hour, config.deadline_minute, config.timezone) == (5, 0, "America/New_York")
-    assert (config.history_limit, config.expected_stages, config.batch_name) == (90, (), "nightly")
-    assert config.pushgateway_url is None
-
-
-def test_it_reads_every_variable(tmp_path):
-    config = TrackerConfig.from_env(
-        {
-            "BATCH_TRACKER_FILE": str(tmp_path / "t.json"),
-            "BATCH_COMPLETION_DEADLINE_HOUR": "6",
-            "BATCH_COMPLETION_DEADLINE_MINUTE": "30",
-            "BATCH_COMPLETION_TIMEZONE": "Europe/Berlin",
-            "BATCH_HISTORY_LIMIT": "10",
-            "BATCH_EXPECTED_STAGES": "scrape, enrich ,score",
-            "BATCH_NAME": "weekly",
-            "BATCH_PUSHGATEWAY_URL": "http://127.0.0.1:9091",
-        }
+def test_it_keeps_the_cli_and_the_push_out_of_the_library(base_env, tracker_file):
+    probe = (
+        "import sys; from utils import batch_tracker; from utils.config import TrackerConfig; "
+        f"config = TrackerConfig(tracker_file={str(tracker_file)!r}, pushgateway_url='http://127.0.0.1:9'); "
+        "batch_tracker.record_batch_start(config=config); batch_tracker.record_batch_end(config=config); "
+        "print(sorted(m for m in ('utils.tracker_cli', 'utils.pushgateway', 'utils.tracker_views', "
+        "'prometheus_client', 'argparse') if m in sys.modules))"
     )
-    assert config.tracker_file == str(tmp_path / "t.json")
-    assert (config.deadline_hour, config.deadline_minute, config.timezone) == (6, 30, "Europe/Berlin")
-    assert config.history_limit == 10
-    assert config.expected_stages == ("scrape", "enrich", "score")
-    assert (config.batch_name, config.pushgateway_url) == ("weekly", "http://127.0.0.1:9091")
-    assert config.deadline().zone.zone == "Europe/Berlin"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=base_env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.stdout.strip() == "[]", result.stderr
+    assert json.loads(tracker_file.read_text())["current"]["state"] == "completed"
 
 
-def test_it_resolves_a_relative_tracker_file_against_the_project_root_not_the_cwd(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    config = TrackerConfig.from_env({"BATCH_TRACKER_FILE": "state/tracker.json"})
-    assert config.tracker_file == os.path.join(PROJECT_ROOT, "state", "tracker.json")
-    assert not config.tracker_file.startswith(str(tmp_path))
+def test_it_runs_the_cli_module_itself(base_env):
+    started = subprocess.run(
+        [sys.executable, "-m", "utils.tracker_cli", "start"], env=base_env, capture_output=True, text=True, timeout=30
+    )
+    assert started.returncode == 0 and batch_tracker.is_valid_name(started.stdout.strip()), started.stderr
+    status = cli(base_env, "status", "--json", check=True)  # python -m utils.batch_tracker hands over to it
+    assert json.loads(status.stdout)["id"] == started.stdout.strip()
 
 
-@pytest.mark.parametrize(
-    ("variable", "value"),
-    [
-        ("BATCH_COMPLETION_DEADLINE_HOUR", "24"),
-        ("BATCH_COMPLETION_DEADLINE_HOUR", "-1"),
-        ("BATCH_COMPLETION_DEADLINE_HOUR", "abc"),
-        ("BATCH_COMPLETION_DEADLINE_HOUR", "5.5"),
-        ("BATCH_COMPLETION_DEADLINE_MINUTE", "60"),
-        ("BATCH_COMPLETION_DEADLINE_MINUTE", "abc"),
-        ("BATCH_HISTORY_LIMIT", "0"),
-        ("BATCH_HISTORY_LIMIT", "many"),
-        ("BATCH_EXPECTED_STAGES", "scrape,bad name"),
-        ("BATCH_EXPECTED_STAGES", "scrape,\u00e9"),
-        ("BATCH_PUSHGATEWAY_URL", "ftp://gateway:9091"),
-        ("BATCH_PUSHGATEWAY_URL", "gateway:9091"),
-        ("BATCH_PUSHGATEWAY_URL", "http://"),
-        ("BATCH_NAME", "night ly"),
-    ],
-)
-def test_it_refuses_a_bad_setting_with_a_message_naming_the_variable(variable, value):
-    with pytest.raises(ConfigError) as raised:
-        TrackerConfig.from_env({variable: value})
-    message = str(raised.value)
-    assert variable in message
-    assert "\n" not in message
-
-
-def test_it_refuses_an_unknown_time_zone_naming_the_variable():
-    config = TrackerConfig.from_env({"BATCH_COMPLETION_TIMEZONE": "Mars/Olympus"})
-    with pytest.raises(ConfigError, match="BATCH_COMPLETION_TIMEZONE='Mars/Olympus'"):
-        config.deadline()
-
-
-def test_it_keeps_the_config_immutable(tracker_config):
-    with pytest.raises(AttributeError):
-        tracker_config.history_limit = 5
-    changed = tracker_config.replace(history_limit=5)
-    assert (changed.history_limit, tracker_config.history_limit) == (5, 90)
-    assert changed != tracker_config and tracker_config == tracker_config.replace()
+def test_it_maps_every_domain_error_to_its_exit_code_at_one_boundary(tmp_path, capsys):
+    for error in (batch_tracker.StorageError, ConfigError, InvalidInputError, BatchStateError, errors.UsageError):
+        assert issubclass(error, errors.TrackerError)
+    env = {"BATCH_TRACKER_FILE": str(tmp_path / "t.json")}
+    blocked = {"BATCH_TRACKER_FILE": str(tmp_path / "blocker" / "x" / "t.json")}
+    (tmp_path / "blocker").write_text("")  # a file where the blocked path needs a directory
+    cases = [
+        (["stage", "scrape", "50"], env, 2, "batch_tracker: error: cannot record stage scrape"),
+        (["start"], dict(env, BATCH_NAME="a b"), 2, "batch_tracker: error: BATCH_NAME="),
+        (["bogus"], env, 2, "batch_tracker: error: unknown command 'bogus'"),
+        (["start"], blocked, 3, "batch_tracker: storage error: cannot lock"),
+    ]
+    for argv, environ, code, line in cases:
+        assert tracker_cli.main(argv, environ, io.StringIO()) == code, argv
+        [written] = capsys.readouterr().err.splitlines()
+        assert written.startswith(line), written
 
 
 def test_it_names_sibling_files_after_the_tracker_file():
@@ -567,7 +548,7 @@ def test_it_prints_usage_for_help_and_exits_2_without_a_command(base_env):
 def test_it_does_not_import_prometheus_or_pytz_for_a_stage_hook(base_env):
     cli(base_env, "start")
     probe = (
-        "import sys; from utils.batch_tracker import main; code = main(['stage', 'scrape', '50']);"
+        "import sys; from utils.tracker_cli import main; code = main(['stage', 'scrape', '50']);"
         "heavy = [m for m in ('prometheus_client', 'pytz', 'logging', 'argparse') if m in sys.modules];"
         "print(code, heavy)"
     )
@@ -610,8 +591,8 @@ def test_it_refuses_gpu_dollars_whose_sum_is_not_finite_and_keeps_the_batch(api)
         api.cost(gpu=1e308)
     assert api.raw() == before
     api.stage("scrape", 50)  # the next hook still finds its batch
-    assert api.snapshot().current["id"] == batch_id
-    assert api.snapshot().storage_events == []
+    assert api.snapshot().current.id == batch_id
+    assert api.snapshot().storage_events == ()
 
 
 def test_it_exits_2_from_the_cli_for_gpu_dollars_whose_sum_is_not_finite(base_env, tracker_file):
@@ -672,7 +653,7 @@ def test_it_still_reads_plain_numbers(api):
     config = TrackerConfig.from_env({"BATCH_COMPLETION_DEADLINE_HOUR": "07", "BATCH_HISTORY_LIMIT": "30"})
     assert (config.deadline_hour, config.history_limit) == (7, 30)
     api.start()
-    assert [api.stage("s", raw)["percentage"] for raw in ("0", "42.5", ".5", "1e1", "100")] == [0, 42.5, 0.5, 10, 100]
+    assert [api.stage("s", raw).percentage for raw in ("0", "42.5", ".5", "1e1", "100")] == [0, 42.5, 0.5, 10, 100]
 
 
 def test_it_exits_2_and_changes_nothing_when_start_names_the_running_batchs_id(base_env, tracker_file):
@@ -718,7 +699,7 @@ HOSTILE_REASON = "exit 3\nMAINPID=1\r\x1b[2J\x1b]0;owned\x07 \u202egnp.exe\u2028
 
 def test_it_stores_a_failure_reason_as_one_printable_line(api):
     api.start()
-    reason = api.fail("scrape", HOSTILE_REASON)["failure"]["reason"]
+    reason = api.fail("scrape", HOSTILE_REASON).failure.reason
     assert reason == batch_tracker.clean_text(HOSTILE_REASON)
     assert reason.isprintable()
     assert reason == "exit 3 MAINPID=1 \\x1b[2J\\x1b]0;owned\\x07 \\u202egnp.exe done ."

@@ -1,4 +1,7 @@
-"""The scrape-time batch collector: values, exactly-once histogram, monotonic GPU counter, bounds, speed."""
+"""The scrape-time batch collector: values, exactly-once histogram, monotonic GPU counter, bounds, speed.
+
+The persisted families come from the tracker's counters (utils.counters); scrapes only read.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from utils import metrics
 from utils.batch_tracker import BatchTracker, TrackerConfig, sibling_file
+from utils.counters import bucket_index
 from utils.metrics import COMPLETION_TIME_BUCKETS, MAX_STAGE_SERIES, register_batch_metrics
 from utils.projection import batch_deadline
 from utils.state_store import read_json_object, write_json_atomically
@@ -28,14 +32,11 @@ class Scraper:
     def __init__(self, tracker: BatchTracker, clock):
         self.tracker = tracker
         self.monitor_state_path = sibling_file(tracker.path, "monitor")
+        # The older release's metrics state file: read once by the tracker's migration, never written.
         self.metrics_state_path = sibling_file(tracker.path, "metrics")
         self.registry = CollectorRegistry()
         self.collector = register_batch_metrics(
-            self.registry,
-            tracker=tracker,
-            monitor_state_path=self.monitor_state_path,
-            metrics_state_path=self.metrics_state_path,
-            clock=clock,
+            self.registry, tracker=tracker, monitor_state_path=self.monitor_state_path, clock=clock
         )
 
     def value(self, name: str, **labels: str) -> float | None:
@@ -55,6 +56,32 @@ def tracker(tracker_config, clock) -> BatchTracker:
 @pytest.fixture
 def scraper(tracker, clock) -> Scraper:
     return Scraper(tracker, clock)
+
+
+def forget_counters(tracker: BatchTracker) -> None:
+    """Rewrite the tracker file without its counters, as an older release wrote it."""
+    document = read_json_object(tracker.path)
+    del document["counters"]
+    write_json_atomically(tracker.path, document)
+
+
+def legacy_metrics_state(**changes) -> dict:
+    """An older release's metrics state document (``<tracker>.metrics.json``), empty unless changed."""
+    return {
+        "schema_version": 1,
+        "completion_time": {
+            "bounds": list(COMPLETION_TIME_BUCKETS),
+            "counts": [0] * (len(COMPLETION_TIME_BUCKETS) + 1),
+            "sum": 0.0,
+            "count": 0,
+        },
+        "observed": {},
+        "completed": {"on_time": 0, "late": 0},
+        "gpu": {"total": 0.0, "counted": {}},
+        "last_success_at": None,
+        "watermark": None,
+        **changes,
+    }
 
 
 def run_batch(tracker: BatchTracker, clock, seconds: float, *, gpu: float = 0.0, stages=("scrape", "enrich", "score")):
@@ -215,7 +242,8 @@ def test_it_counts_each_batch_once_when_two_processes_scrape_at_the_same_time(tr
     for thread in threads:
         thread.join(10)
     assert results == [(1.0, 2.0)] * len(scrapers)
-    assert read_json_object(scrapers[0].metrics_state_path)["completion_time"]["count"] == 1
+    assert tracker.snapshot().counters.duration_count == 1
+    assert not os.path.exists(scrapers[0].metrics_state_path)  # no metrics state file any more
 
 
 def test_it_keeps_gpu_spend_monotonic_across_batches(tracker, scraper, clock):
@@ -242,81 +270,89 @@ def test_it_counts_spend_reported_between_scrapes_only_once_across_restarts(trac
     assert Scraper(tracker, clock).value("anthrasite_batch_gpu_cost_dollars_total") == 2.0
 
 
-def test_it_writes_the_metrics_state_only_when_something_new_is_counted(tracker, scraper, clock):
+def test_it_writes_no_file_when_scraped(tracker, scraper, clock):
     tracker.start()
     scraper.value("anthrasite_batch_state", state="running")
     assert not os.path.exists(scraper.metrics_state_path)  # nothing to count yet
     tracker.end()
-    scraper.value("anthrasite_batch_state", state="completed")
-    written = os.stat(scraper.metrics_state_path)
+    directory = os.path.dirname(tracker.path)
+    before = {name: os.stat(os.path.join(directory, name)) for name in os.listdir(directory)}
     for _ in range(5):
-        scraper.value("anthrasite_batch_state", state="completed")
-    unchanged = os.stat(scraper.metrics_state_path)
-    assert (unchanged.st_ino, unchanged.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+        assert scraper.value("anthrasite_batch_state", state="completed") == 1.0
+        assert scraper.value("anthrasite_batch_completion_time_seconds_count") == 1.0
+    after = {name: os.stat(os.path.join(directory, name)) for name in os.listdir(directory)}
+    assert after.keys() == before.keys()  # no metrics state file, nothing else created
+    assert not os.path.exists(scraper.metrics_state_path)
+    for name, written in before.items():
+        unchanged = after[name]
+        assert (unchanged.st_ino, unchanged.st_mtime_ns) == (written.st_ino, written.st_mtime_ns), name
 
 
-def test_it_bounds_the_remembered_batch_ids(tracker_file, clock):
+def test_it_keeps_counting_batches_the_history_no_longer_holds_in_bounded_counters(tracker_file, clock):
     config = TrackerConfig(tracker_file=str(tracker_file), expected_stages=("scrape",), history_limit=3)
     tracker = BatchTracker(config, clock=clock)
     scraper = Scraper(tracker, clock)
+    ids = []
     for night in range(8):
         run_batch(tracker, clock, HOUR + night, gpu=1.0, stages=("scrape",))
+        ids.append(tracker.snapshot().current.id)
         assert scraper.value("anthrasite_batch_completion_time_seconds_count") == night + 1
-    state = read_json_object(scraper.metrics_state_path)
-    kept = {b["id"] for b in tracker.snapshot().batches_newest_first()}
+    kept = {b.id for b in tracker.snapshot().batches_newest_first()}
     assert len(kept) == 4  # 3 in history + the current one
-    assert set(state["observed"]) == kept
-    assert set(state["gpu"]["counted"]) == kept
-    assert state["watermark"] is not None
+    stored = json.dumps(read_json_object(tracker.path)["counters"])
+    assert not any(batch_id in stored for batch_id in ids)  # totals only: no per-batch memory to bound
     assert scraper.value("anthrasite_batch_gpu_cost_dollars_total") == 8.0
     assert scraper.value("anthrasite_batch_completion_time_seconds_count") == 8.0
 
 
-def test_it_never_recounts_a_batch_older_than_the_watermark(tracker, scraper, clock):
+def test_it_never_recounts_a_batch_older_than_an_imported_watermark(tracker, scraper, clock):
     run_batch(tracker, clock, HOUR)
-    scraper.value("anthrasite_batch_completion_time_seconds_count")
     old = tracker.snapshot().current
-    state = read_json_object(scraper.metrics_state_path)
-    state["observed"] = {}  # as if its id had been pruned ...
-    state["watermark"] = old["started_at"]  # ... which raises the watermark to its start
+    forget_counters(tracker)  # a tracker file from the older release, next to its metrics state:
+    state = legacy_metrics_state(watermark=old.started_at)  # the id was pruned, the watermark raised
+    state["completion_time"]["counts"][bucket_index(HOUR)] = 1
+    state["completion_time"].update(sum=HOUR, count=1)
     write_json_atomically(scraper.metrics_state_path, state)
+    assert scraper.value("anthrasite_batch_completion_time_seconds_count") == 1.0
+    tracker.start()  # the migration is written once, under the lock: still counted once
     assert scraper.value("anthrasite_batch_completion_time_seconds_count") == 1.0
 
 
-def test_it_moves_a_corrupt_metrics_state_aside_and_rebuilds_from_history(tracker, scraper, clock):
+def test_it_ignores_a_corrupt_metrics_state_and_rebuilds_from_history(tracker, scraper, clock):
     run_batch(tracker, clock, HOUR)
     run_batch(tracker, clock, HOUR)
-    os.makedirs(os.path.dirname(scraper.metrics_state_path), exist_ok=True)
+    forget_counters(tracker)
     with open(scraper.metrics_state_path, "w") as handle:
         handle.write("{not json")
     assert scraper.value("anthrasite_batch_completion_time_seconds_count") == 2.0
-    directory = os.path.dirname(scraper.metrics_state_path)
-    assert any(".metrics.json.corrupt-" in name for name in os.listdir(directory))
+    tracker.start()
+    assert scraper.value("anthrasite_batch_completion_time_seconds_count") == 2.0
+    with open(scraper.metrics_state_path) as handle:
+        assert handle.read() == "{not json"  # read, never repaired or rewritten
 
 
-def test_it_leaves_out_persisted_families_when_their_state_cannot_be_read(tracker, clock, tmp_path):
+def test_it_leaves_out_persisted_families_when_the_tracker_file_cannot_be_read(tracker, scraper, clock):
     run_batch(tracker, clock, HOUR)
-    not_a_directory = tmp_path / "plain-file"
-    not_a_directory.write_text("")
-    broken = Scraper(tracker, clock)
-    broken.collector.metrics_state = metrics.MetricsStateFile(
-        not_a_directory / "metrics.json", deadline=tracker.config.deadline()
-    )
-    # Nothing persisted can be read: no histogram or counter rather than zeros (a false reset) ...
-    assert broken.value("anthrasite_batch_completion_time_seconds_count") is None
-    assert broken.value("anthrasite_batch_gpu_cost_dollars_total") is None
+    assert scraper.value("anthrasite_batch_completion_time_seconds_count") == 1.0
+    with open(tracker.path, "w") as handle:
+        handle.write("{broken")
+    # The counters cannot be read: no histogram or counter rather than zeros (a false reset) ...
+    assert scraper.value("anthrasite_batch_completion_time_seconds_count") is None
+    assert scraper.value("anthrasite_batch_gpu_cost_dollars_total") is None
+    assert scraper.value("anthrasite_batch_completed_total", on_time="true") is None
     # ... and everything else still served.
-    assert broken.value("anthrasite_batch_completion_percentage") == 100.0
+    assert scraper.value("anthrasite_batch_tracker_readable") == 0.0
+    assert scraper.value("anthrasite_batch_completion_percentage") == 0.0
 
 
-def test_it_serves_the_last_known_counts_when_the_state_becomes_unwritable(tracker, scraper, clock, tmp_path):
-    run_batch(tracker, clock, HOUR)
+def test_it_rebuilds_the_counts_from_history_after_a_corrupt_tracker_file_is_moved_aside(tracker, scraper, clock):
+    run_batch(tracker, clock, HOUR, gpu=1.0)
+    tracker.start()  # the completed batch moves to history
+    with open(tracker.path, "w") as handle:
+        handle.write("{broken")
+    tracker.start()  # the hook moves the corrupt file aside and starts fresh
     assert scraper.value("anthrasite_batch_completion_time_seconds_count") == 1.0
-    not_a_directory = tmp_path / "plain-file"
-    not_a_directory.write_text("")
-    scraper.collector.metrics_state.store = metrics.JsonStateStore(not_a_directory / "metrics.json")
-    run_batch(tracker, clock, HOUR)
-    assert scraper.value("anthrasite_batch_completion_time_seconds_count") == 1.0
+    assert scraper.value("anthrasite_batch_gpu_cost_dollars_total") == 1.0
 
 
 def test_it_reports_an_unreadable_tracker_file_without_failing_the_scrape(tracker, scraper):
@@ -419,8 +455,9 @@ def test_it_counts_completed_batches_on_time_and_late_once_each(tracker, clock):
 def test_it_rebuilds_an_older_releases_metrics_state_from_history_and_keeps_the_gpu_spend(tracker, clock):
     run_batch(tracker, clock, 100, gpu=3.5)
     run_batch(tracker, clock, 417)
+    forget_counters(tracker)
     path = sibling_file(tracker.path, "metrics")
-    older = metrics.fresh_metrics_state()
+    older = legacy_metrics_state()
     older.pop("completed")
     older["completion_time"] = {
         "bounds": [300.0, 600.0],
@@ -428,7 +465,7 @@ def test_it_rebuilds_an_older_releases_metrics_state_from_history_and_keeps_the_
         "sum": 1500.0,
         "count": 5,
     }
-    older["gpu"] = {"total": 10.0, "counted": {b["id"]: [b["started_at"], 3.5] for b in tracker.snapshot().history}}
+    older["gpu"] = {"total": 10.0, "counted": {b.id: [b.started_at, 3.5] for b in tracker.snapshot().history}}
     write_json_atomically(path, older)
     scraper = Scraper(tracker, clock)
     assert scraper.value("anthrasite_batch_completion_time_seconds_count") == 2.0
@@ -469,25 +506,17 @@ def test_it_registers_without_reading_any_file(tracker_config, clock, tmp_path):
     missing = tmp_path / "nowhere"
     registry = CollectorRegistry()
     tracker = BatchTracker(tracker_config.replace(tracker_file=str(missing / "t.json")), clock=clock)
-    register_batch_metrics(
-        registry,
-        tracker=tracker,
-        monitor_state_path=str(missing / "m.json"),
-        metrics_state_path=str(missing / "x.json"),
-        clock=clock,
-    )
+    register_batch_metrics(registry, tracker=tracker, monitor_state_path=str(missing / "m.json"), clock=clock)
     assert not missing.exists()
     with pytest.raises(ValueError, match="Duplicated timeseries"):
-        register_batch_metrics(
-            registry, tracker=tracker, monitor_state_path=None, metrics_state_path=str(missing / "x.json")
-        )
+        register_batch_metrics(registry, tracker=tracker, monitor_state_path=None)
 
 
 def test_it_scrapes_50_stages_and_90_nights_of_history_in_under_5_ms(tracker_file, clock):
     stages = [f"stage_{n:02d}" for n in range(50)]
     tracker = BatchTracker(TrackerConfig(tracker_file=str(tracker_file)), clock=clock)
     run_batch(tracker, clock, 2 * HOUR, gpu=1.0, stages=stages[:6])
-    template = tracker.snapshot().current
+    template = tracker.snapshot().current.to_dict()
     nights = []
     for night in range(90):  # 90 recorded nights, written directly (90 real runs would take seconds)
         shift = (night - 90) * 24 * HOUR
@@ -501,10 +530,11 @@ def test_it_scrapes_50_stages_and_90_nights_of_history_in_under_5_ms(tracker_fil
         nights.append(batch)
     write_json_atomically(tracker.history_store.path, {"schema_version": 1, "batches": nights})
     tracker.start(stages)
+    forget_counters(tracker)  # as an older release left it: the next write counts the 90 nights in history
     for stage in stages[:30]:
         tracker.stage(stage, 100)
     scraper = Scraper(tracker, clock)
-    generate_latest(scraper.registry)  # the first scrape counts the 90 nights in history (one write)
+    generate_latest(scraper.registry)
     timings = []
     for _ in range(60):
         began = time.perf_counter()

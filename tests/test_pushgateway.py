@@ -160,7 +160,7 @@ def test_it_never_fails_the_batch_when_the_gateway_is_down(base_env, tracker_fil
     stage = cli(env, "stage", "scrape", "100")
     assert stage.returncode == 0 and "warning" in stage.stderr
     batch = BatchTracker(TrackerConfig(tracker_file=str(tracker_file))).snapshot().current
-    assert batch["stages"]["scrape"]["percentage"] == 100.0  # the hook's real work was done
+    assert batch.stage("scrape").percentage == 100.0  # the hook's real work was done
 
 
 def test_it_raises_a_one_line_push_error_for_a_dead_gateway(tracker_config, clock):
@@ -194,10 +194,27 @@ def test_it_builds_the_same_batch_families_as_the_monitor(tracker_config, clock)
     assert registry.get_sample_value("anthrasite_batch_alert_delivery_failures_total") is None
 
 
+def test_it_builds_the_push_from_the_trackers_counters_and_writes_nothing(tracker_config, clock):
+    tracker = BatchTracker(tracker_config, clock=clock)
+    tracker.start()
+    tracker.cost(gpu_cost_dollars=2.5)
+    clock.advance(600)
+    tracker.end()
+    tracker.start()  # a new batch at $0: the counter stays
+    directory = os.path.dirname(tracker.path)
+    before = {name: os.stat(os.path.join(directory, name)).st_mtime_ns for name in os.listdir(directory)}
+    registry = build_registry(tracker_config, tracker.snapshot(), clock())
+    assert registry.get_sample_value("anthrasite_batch_gpu_cost_dollars_total") == 2.5
+    assert registry.get_sample_value("anthrasite_batch_completion_time_seconds_count") == 1.0
+    assert registry.get_sample_value("anthrasite_batch_completed_total", {"on_time": "true"}) == 1.0
+    after = {name: os.stat(os.path.join(directory, name)).st_mtime_ns for name in os.listdir(directory)}
+    assert after == before  # no metrics state file, nothing rewritten
+
+
 def test_it_keeps_prometheus_client_off_the_hook_path_without_a_url(base_env):
     code = (
-        "import sys; from utils import batch_tracker; "
-        "rc = batch_tracker.main(['start']); "
+        "import sys; from utils import tracker_cli; "
+        "rc = tracker_cli.main(['start']); "
         "print(rc, 'prometheus_client' in sys.modules, 'utils.pushgateway' in sys.modules)"
     )
     result = subprocess.run(

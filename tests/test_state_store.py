@@ -299,7 +299,7 @@ def test_it_moves_a_corrupt_history_file_aside_and_starts_a_new_history(tracker,
     tracker.start()
     assert len(corrupt_copies(history)) == 1
     assert any("history file" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
-    assert [b["id"] for b in tracker.snapshot().history] == [first]
+    assert [b.id for b in tracker.snapshot().history] == [first]
 
 
 # --------------------------------------------------------------------------- tracker: shape and bounds
@@ -322,8 +322,8 @@ def test_it_bounds_the_history_to_the_configured_limit(tracker_config, clock):
         tracker.end()
         clock.advance(86400)
     snapshot = tracker.snapshot()
-    assert snapshot.current["id"] == ids[-1]
-    assert [b["id"] for b in snapshot.history] == ids[-4:-1]  # the three newest finished batches
+    assert snapshot.current.id == ids[-1]
+    assert [b.id for b in snapshot.history] == ids[-4:-1]  # the three newest finished batches
 
 
 def test_it_keeps_the_tracker_file_the_same_size_however_long_the_history(tracker, clock):
@@ -360,7 +360,7 @@ def test_it_raises_storage_error_and_keeps_the_file_when_a_stage_write_fails(tra
     monkeypatch.undo()
     assert tracker_file.read_bytes() == before
     assert temp_files(tracker_file.parent) == []
-    assert tracker.snapshot().current["stages"]["scrape"]["percentage"] == 10
+    assert tracker.snapshot().current.stage("scrape").percentage == 10
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -388,9 +388,9 @@ def test_it_loses_no_update_when_processes_write_different_stages_at_once(tracke
     for process in processes:
         process.join(max(0.0, deadline - time.monotonic()))
         assert process.exitcode == 0
-    stages = tracker.snapshot().current["stages"]
+    stages = tracker.snapshot().current.stage_map()
     expected = {f"w{w}-{i}": float(i + 1) for w in range(WRITERS) for i in range(UPDATES)}
-    assert {name: detail["percentage"] for name, detail in stages.items()} == expected
+    assert {name: detail.percentage for name, detail in stages.items()} == expected
     assert temp_files(os.path.dirname(tracker.path)) == []
 
 

@@ -1,11 +1,11 @@
 """Prometheus metrics of the nightly batch, computed at scrape time.
 
 :func:`register_batch_metrics` registers a :class:`BatchMetricsCollector` on a
-prometheus_client registry. Every scrape reads the tracker (``tracker.snapshot()``),
-the monitor's alert-state file (read-only; missing or corrupt means "no monitor
-data") and the metrics state file this module maintains, so the values are never
-older than the scrape. :func:`batch_metric_families` is the pure part, shared with
-the Pushgateway path (:mod:`utils.pushgateway`).
+prometheus_client registry. Every scrape reads the tracker (``tracker.snapshot()``) and
+the monitor's alert-state file (missing or corrupt means "no monitor data"), so the
+values are never older than the scrape. Both are only read: nothing here writes a file.
+:func:`batch_metric_families` is the pure part, shared with the Pushgateway path
+(:mod:`utils.pushgateway`).
 
 Exported metrics (all names start ``anthrasite_batch_``; a "current batch" is the
 one in the tracker file: running, or the last one finished until the next starts):
@@ -61,26 +61,12 @@ one in the tracker file: running, or the last one finished until the next starts
 ``anthrasite_batch_gpu_cost_dollars_total`` and ``anthrasite_batch_completed_total``. The outbox
 gauges come from the ``outbox`` summary in the monitor's state file (absent without one).
 
-Persistence (``metrics_state_path``, JSON, written with :mod:`utils.state_store`'s
-lock-and-replace protocol, only when something new must be counted):
-
-- the histogram's per-bucket counts, sum and count, the on-time/late completion
-  counts, and the ids of the completed batches already observed. A completed batch is observed when a scrape first sees
-  it (current batch or history), under the lock after re-reading the file, so two
-  processes or a restarted monitor never count it twice;
-- the GPU counter: a running total plus, per batch id, the spend already added.
-  The tracker's per-batch ``gpu_cost_dollars`` only grows while that batch is
-  current, so each scrape adds the growth since the last one; a later batch
-  starting at $0 never lowers the total (unlike exporting the current batch's spend,
-  which would reset nightly), and spend reported before a restart is never added
-  again;
-- bounded: ids are kept while their batch is still in the tracker's files (at most
-  ``MAX_TRACKED_BATCHES``); older ids are dropped and the ``watermark`` (the latest
-  start among dropped batches) makes every batch started at or before it ineligible,
-  so a dropped id can never be counted again.
-
-A metrics state file that does not parse is moved aside and rebuilt from the
-tracker's history (a counter reset, which Prometheus' ``rate``/``increase`` handle).
+"Persisted" values come from the tracker's cumulative counters (:mod:`utils.counters`,
+``Snapshot.counters``), which the tracker updates in the same locked write that ends a
+batch or records a cost: a completed batch is counted once however many processes
+scrape or push, the GPU counter never drops when a new batch starts at $0, and a
+restarted monitor carries on from the file. While the tracker file cannot be read
+those families are left out rather than exported as zeros (a false counter reset).
 """
 
 from __future__ import annotations
@@ -94,29 +80,22 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from utils.batch_tracker import TrackerSnapshot, is_valid_name
+from utils.counters import DURATION_BUCKETS, Counters
 from utils.incidents import AT_RISK, LATE, MISSING, STALLED_STAGE, TOO_SHORT, UNREADABLE
-from utils.model import FAILED
-from utils.projection import batch_deadline, on_time, ordered_stage_names, overall_percentage, project
-from utils.state_store import CorruptStateError, JsonStateStore, StorageError, read_json_object
+from utils.model import FAILED, Batch, Snapshot, is_valid_name
+from utils.projection import batch_deadline, on_time, project
+from utils.state_store import StorageError, read_json_object
 
 LOGGER = logging.getLogger(__name__)
 
 PREFIX = "anthrasite_batch_"
-SCHEMA_VERSION = 1
-#: Histogram buckets (seconds) for a nightly batch: 30 s to 12 h, roughly geometric (each bound
-#: 1.3-1.5x the previous), so ``histogram_quantile`` reads a 100 s or a 7 h run within a few percent.
-COMPLETION_TIME_BUCKETS: tuple[float, ...] = (
-    30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0, 420.0, 600.0, 900.0, 1200.0, 1800.0,
-    2400.0, 3600.0, 5400.0, 7200.0, 10800.0, 14400.0, 21600.0, 28800.0, 43200.0,
-)  # fmt: skip
+#: Histogram buckets (seconds): see :data:`utils.counters.DURATION_BUCKETS`.
+COMPLETION_TIME_BUCKETS = DURATION_BUCKETS
 BATCH_STATE_VALUES = ("none", "running", "completed", "failed", "abandoned")
-#: Incident kinds of :mod:`utils.batch_health` and :mod:`utils.prediction`.
+#: Incident kinds of :mod:`utils.incidents`.
 KNOWN_INCIDENT_KINDS = (LATE, FAILED, MISSING, UNREADABLE, AT_RISK, TOO_SHORT, STALLED_STAGE)
 MAX_STAGE_SERIES = 100
 MAX_LABEL_KINDS = 32
-MAX_TRACKED_BATCHES = 2000
-_GPU_EPSILON = 1e-9
 
 # Label values (stage names, incident kinds, batch ids) must be tracker names: 1-64 of A-Z a-z 0-9 _ . -
 _is_label_value = is_valid_name
@@ -133,161 +112,6 @@ def _number(value: object) -> float | None:
     return None
 
 
-# --------------------------------------------------------------------------- persisted state
-
-
-def fresh_metrics_state() -> dict:
-    """An empty metrics state document."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "completion_time": {
-            "bounds": list(COMPLETION_TIME_BUCKETS),
-            "counts": [0] * (len(COMPLETION_TIME_BUCKETS) + 1),
-            "sum": 0.0,
-            "count": 0,
-        },
-        "observed": {},
-        "completed": {"on_time": 0, "late": 0},
-        "gpu": {"total": 0.0, "counted": {}},
-        "last_success_at": None,
-        "watermark": None,
-    }
-
-
-def _valid_state(document: object) -> dict:
-    """Return ``document`` if it is a metrics state this code can use, else raise CorruptStateError."""
-    if not isinstance(document, dict) or document.get("schema_version") != SCHEMA_VERSION:
-        raise CorruptStateError("metrics state has no supported schema_version")
-    histogram = document.get("completion_time")
-    gpu = document.get("gpu")
-    completed = document.get("completed")
-    try:
-        counts = histogram["counts"]
-        ok = (
-            isinstance(counts, list)
-            and len(counts) == len(histogram["bounds"]) + 1
-            and all(isinstance(c, int) and c >= 0 for c in counts)
-            and _number(histogram["sum"]) is not None
-            and histogram["count"] == sum(counts)
-            and isinstance(document["observed"], dict)
-            and _number(gpu["total"]) is not None
-            and isinstance(gpu["counted"], dict)
-        )
-    except (KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise CorruptStateError("metrics state is malformed")
-    same_buckets = [float(b) for b in histogram["bounds"]] == list(COMPLETION_TIME_BUCKETS)
-    has_outcomes = isinstance(completed, dict) and all(
-        isinstance(completed.get(k), int) and completed[k] >= 0 for k in ("on_time", "late")
-    )
-    if not (same_buckets and has_outcomes):
-        # The buckets changed (or the on-time counts are new) in this release: old counts cannot be
-        # re-bucketed. Rebuild from the history the tracker still has (a counter reset), keep GPU spend.
-        LOGGER.warning("completion-time buckets changed; rebuilding the histogram from the tracker history")
-        rebuilt = fresh_metrics_state()
-        rebuilt["gpu"] = gpu
-        rebuilt["last_success_at"] = document.get("last_success_at")
-        return rebuilt
-    return document
-
-
-def _eligible(batch: dict, watermark: float | None) -> bool:
-    return watermark is None or batch["started_at"] > watermark
-
-
-def _completion_seconds(batch: dict) -> float | None:
-    duration = _number(batch.get("duration_seconds"))
-    if duration is None and _number(batch.get("ended_at")) is not None:
-        duration = batch["ended_at"] - batch["started_at"]
-    return duration if duration is not None and duration >= 0 else None
-
-
-def pending_changes(state: dict, snapshot) -> bool:
-    """True when ``snapshot`` holds a completed batch not yet observed, or GPU spend not yet counted."""
-    watermark = state.get("watermark")
-    observed = state["observed"]
-    counted = state["gpu"]["counted"]
-    for batch in snapshot.batches_newest_first():
-        if not _eligible(batch, watermark):
-            continue
-        if batch["state"] == "completed" and batch["id"] not in observed:
-            return True
-        if _spend(batch) > _already_counted(counted, batch["id"]) + _GPU_EPSILON:
-            return True
-    return False
-
-
-def _spend(batch: dict) -> float:
-    return _number(batch.get("gpu_cost_dollars")) or 0.0
-
-
-def _already_counted(counted: dict, batch_id: str) -> float:
-    entry = counted.get(batch_id)
-    return (_number(entry[1]) or 0.0) if isinstance(entry, list) and len(entry) == 2 else 0.0
-
-
-def apply_snapshot(state: dict, snapshot, deadline) -> dict:
-    """Count what is new in ``snapshot`` into ``state`` (mutated and returned); see the module docstring.
-
-    ``deadline`` (a :class:`utils.deadline.DailyDeadline`) judges whether a newly observed
-    completed batch was on time.
-    """
-    watermark = state.get("watermark")
-    histogram = state["completion_time"]
-    outcomes = state["completed"]
-    observed: dict = state["observed"]
-    gpu = state["gpu"]
-    counted: dict = gpu["counted"]
-    present: dict[str, float] = {}
-    for batch in snapshot.batches_newest_first():
-        present[batch["id"]] = batch["started_at"]
-        if not _eligible(batch, watermark):
-            continue
-        if batch["state"] == "completed" and batch["id"] not in observed:
-            seconds = _completion_seconds(batch)
-            if seconds is not None:
-                index = next(
-                    (i for i, bound in enumerate(COMPLETION_TIME_BUCKETS) if seconds <= bound),
-                    len(COMPLETION_TIME_BUCKETS),
-                )
-                histogram["counts"][index] += 1
-                histogram["sum"] += seconds
-                histogram["count"] += 1
-            observed[batch["id"]] = batch["started_at"]
-            ended = _number(batch.get("ended_at"))
-            if ended is not None:
-                outcomes["on_time" if on_time(batch, deadline, ended) else "late"] += 1
-            if ended is not None and (state.get("last_success_at") is None or ended > state["last_success_at"]):
-                state["last_success_at"] = ended
-        spend, already = _spend(batch), _already_counted(counted, batch["id"])
-        if spend > already + _GPU_EPSILON:
-            gpu["total"] += spend - already
-            counted[batch["id"]] = [batch["started_at"], spend]
-    _prune(state, present, complete=snapshot.readable and snapshot.history_error is None)
-    return state
-
-
-def _prune(state: dict, present: dict[str, float], complete: bool) -> None:
-    """Drop ids whose batch left the tracker's files (only when both files were read), cap the rest."""
-    observed: dict = state["observed"]
-    counted: dict = state["gpu"]["counted"]
-    dropped_starts: list[float] = []
-    if complete:
-        for batch_id in [i for i in observed if i not in present]:
-            dropped_starts.append(_number(observed.pop(batch_id)) or 0.0)
-        for batch_id in [i for i in counted if i not in present]:
-            entry = counted.pop(batch_id)
-            dropped_starts.append((_number(entry[0]) or 0.0) if isinstance(entry, list) and entry else 0.0)
-    for mapping, start_of in ((observed, lambda v: v), (counted, lambda v: v[0] if isinstance(v, list) else 0.0)):
-        if len(mapping) > MAX_TRACKED_BATCHES:
-            oldest = sorted(mapping, key=lambda i: _number(start_of(mapping[i])) or 0.0)
-            for batch_id in oldest[: len(mapping) - MAX_TRACKED_BATCHES]:
-                dropped_starts.append(_number(start_of(mapping.pop(batch_id))) or 0.0)
-    if dropped_starts:
-        state["watermark"] = max([*dropped_starts, state.get("watermark") or 0.0])
-
-
 # --------------------------------------------------------------------------- metric families
 
 
@@ -298,27 +122,62 @@ def _gauge(name: str, documentation: str, value: float | None = None, labels: li
     return family
 
 
-def _last_decided(snapshot, deadline, now: float) -> tuple[dict, bool] | None:
-    for batch in snapshot.batches_newest_first():
-        verdict = on_time(batch, deadline, now)
-        if verdict is not None:
-            return batch, verdict
-    return None
+def _bound_label(bound: float) -> str:
+    if bound == math.inf:
+        return "+Inf"
+    return str(int(bound)) + ".0" if bound == int(bound) else repr(bound)
 
 
-def _newest_with_cost(snapshot) -> float | None:
-    for batch in snapshot.batches_newest_first():
-        cost = _number(batch.get("cost_per_lead"))
-        if cost is not None:
-            return cost
-    return None
+def _counter_families(counters: Counters) -> list[Metric]:
+    """The persisted families: the duration histogram, completions on time or late, GPU spend."""
+    outcomes = CounterMetricFamily(
+        PREFIX + "completed",
+        "Completed batches, each counted once, by whether they completed by their deadline.",
+        labels=["on_time"],
+    )
+    outcomes.add_metric(["true"], counters.completed_on_time)
+    outcomes.add_metric(["false"], counters.completed_late)
+    return [
+        HistogramMetricFamily(
+            PREFIX + "completion_time_seconds",
+            "Duration of completed batches (start to end), each batch observed once.",
+            buckets=[(_bound_label(bound), count) for bound, count in counters.cumulative_buckets()],
+            sum_value=counters.duration_sum,
+        ),
+        outcomes,
+        CounterMetricFamily(
+            PREFIX + "gpu_cost_dollars",
+            "GPU spend in dollars over all batches (monotonic across batches and restarts).",
+            value=counters.gpu_dollars,
+        ),
+    ]
+
+
+def _completion_success(snapshot: Snapshot, deadline, now: float) -> float | None:
+    """1/0 for the newest decided batch: the current one once decided, else the newest in history."""
+    verdict = on_time(snapshot.current, deadline, now) if snapshot.current else None
+    if verdict is None and snapshot.counters is not None:
+        verdict = snapshot.counters.last_finished_on_time
+    return None if verdict is None else (1.0 if verdict else 0.0)
+
+
+def _stage_family(current: Batch | None) -> Metric:
+    family = GaugeMetricFamily(
+        PREFIX + "stage_completion_percentage",
+        "Completion of each stage of the current batch in percent.",
+        labels=["stage"],
+    )
+    if current:
+        for name in [n for n in current.ordered_stage_names() if _is_label_value(n)][:MAX_STAGE_SERIES]:
+            stage = current.stage(name)
+            family.add_metric([name], stage.percentage if stage else 0.0)
+    return family
 
 
 def batch_metric_families(
-    snapshot,
+    snapshot: Snapshot,
     now: float,
     deadline,
-    metrics_state: dict | None,
     monitor_state: dict | None = None,
     *,
     include_monitor: bool = True,
@@ -327,17 +186,17 @@ def batch_metric_families(
 ) -> list[Metric]:
     """The metric families for ``snapshot`` at ``now`` (pure: no I/O).
 
-    ``metrics_state`` (after :func:`apply_snapshot`) supplies the histogram, the GPU
-    counter and the last success; when None those families are left out rather than
-    exported as zeros (a false counter reset). ``include_monitor=False`` leaves out
-    the monitor's families (the Pushgateway path has no monitor). ``batch_name`` and
+    The histogram, the completion and GPU counters and the last success come from
+    ``snapshot.counters``; when it is None (tracker unreadable) those families are left out
+    rather than exported as zeros (a false counter reset). ``include_monitor=False`` leaves
+    out the monitor's families (the Pushgateway path has no monitor). ``batch_name`` and
     ``host`` (``BATCH_NAME`` and this host's name) label ``source_info``, the one series
     the monitor and a Pushgateway export alike for the same tracker: rules and panels
     join on it to count a batch once whichever way its series arrive.
     """
-    families: list[Metric] = []
     current = snapshot.current
-    state = current["state"] if current else "none"
+    counters = snapshot.counters
+    state = current.state if current else "none"
 
     source = GaugeMetricFamily(
         PREFIX + "source_info",
@@ -345,115 +204,59 @@ def batch_metric_families(
         labels=["source", "batch", "host"],
     )
     source.add_metric(["monitor" if include_monitor else "push", batch_name, host], 1.0)
-    families.append(source)
-
+    families: list[Metric] = [source]
     families.append(
         _gauge(
             "completion_percentage",
             "Completion of the current batch in percent (mean over its expected stages; 100 once completed).",
-            overall_percentage(current) if current else 0.0,
+            current.overall_percentage() if current else 0.0,
         )
     )
-    stages = GaugeMetricFamily(
-        PREFIX + "stage_completion_percentage",
-        "Completion of each stage of the current batch in percent.",
-        labels=["stage"],
-    )
-    if current:
-        names = [n for n in ordered_stage_names(current) if _is_label_value(n)][:MAX_STAGE_SERIES]
-        for name in names:
-            detail = current["stages"].get(name)
-            stages.add_metric([name], (_number(detail.get("percentage")) or 0.0) if detail else 0.0)
-    families.append(stages)
-
-    if metrics_state is not None:
-        histogram = metrics_state["completion_time"]
-        cumulative, buckets = 0, []
-        for bound, count in zip([*COMPLETION_TIME_BUCKETS, math.inf], histogram["counts"], strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == math.inf else _bound_label(bound), cumulative))
-        families.append(
-            HistogramMetricFamily(
-                PREFIX + "completion_time_seconds",
-                "Duration of completed batches (start to end), each batch observed once.",
-                buckets=buckets,
-                sum_value=histogram["sum"],
-            )
-        )
-        outcomes = CounterMetricFamily(
-            PREFIX + "completed",
-            "Completed batches, each counted once, by whether they completed by their deadline.",
-            labels=["on_time"],
-        )
-        outcomes.add_metric(["true"], metrics_state["completed"]["on_time"])
-        outcomes.add_metric(["false"], metrics_state["completed"]["late"])
-        families.append(outcomes)
-        families.append(
-            CounterMetricFamily(
-                PREFIX + "gpu_cost_dollars",
-                "GPU spend in dollars over all batches (monotonic across batches and restarts).",
-                value=metrics_state["gpu"]["total"],
-            )
-        )
-
-    decided = _last_decided(snapshot, deadline, now)
-    families.append(
-        _gauge(
+    families.append(_stage_family(current))
+    if counters is not None:
+        families.extend(_counter_families(counters))
+    next_deadline = deadline.first_after(now)
+    watch_since = _number((monitor_state or {}).get("watch_since"))
+    for name, documentation, value in (
+        (
             "completion_success",
             "1 when the newest decided batch completed by its deadline, else 0.",
-            None if decided is None else (1.0 if decided[1] else 0.0),
-        )
-    )
-    families.append(_gauge("cost_per_lead", "Newest recorded cost per lead in dollars.", _newest_with_cost(snapshot)))
-    families.append(
-        _gauge(
-            "start_timestamp_seconds",
-            "Start of the current batch (UTC epoch seconds).",
-            current["started_at"] if current else None,
-        )
-    )
-    families.append(
-        _gauge(
+            _completion_success(snapshot, deadline, now),
+        ),
+        (
+            "cost_per_lead",
+            "Newest recorded cost per lead in dollars.",
+            counters.last_cost_per_lead if counters is not None else None,
+        ),
+        ("start_timestamp_seconds", "Start of the current batch (UTC epoch seconds).", current and current.started_at),
+        (
             "end_timestamp_seconds",
             "End of the current batch (UTC epoch seconds); absent while it runs.",
-            _number(current.get("ended_at")) if current else None,
-        )
-    )
-    next_deadline = deadline.first_after(now)
-    families.append(
-        _gauge(
+            current and current.ended_at,
+        ),
+        (
             "deadline_timestamp_seconds",
             "Deadline of the current batch (UTC epoch seconds); the next deadline when there is no batch.",
             batch_deadline(current, deadline) if current else next_deadline,
-        )
-    )
-    families.append(
-        _gauge("next_deadline_timestamp_seconds", "The first deadline after now (UTC epoch seconds).", next_deadline)
-    )
-    families.append(
-        _gauge(
+        ),
+        ("next_deadline_timestamp_seconds", "The first deadline after now (UTC epoch seconds).", next_deadline),
+        (
             "next_start_due_timestamp_seconds",
             "The deadline after the one the current batch covers: if no batch starts by then, it is missing.",
-            next_start_due(snapshot, deadline, now, _number((monitor_state or {}).get("watch_since"))),
-        )
-    )
-    last_success = _newest_completed_end(snapshot)
-    if metrics_state is not None and _number(metrics_state.get("last_success_at")) is not None:
-        last_success = max(last_success or 0.0, metrics_state["last_success_at"])
-    families.append(
-        _gauge(
+            next_start_due(snapshot, deadline, now, watch_since),
+        ),
+        (
             "last_success_timestamp_seconds",
             "End of the newest completed batch (UTC epoch seconds).",
-            last_success,
-        )
-    )
-    families.append(
-        _gauge(
+            counters.last_success_at if counters is not None else None,
+        ),
+        (
             "projected_completion_timestamp_seconds",
             "Projected finish of the running batch from stage rates and usual durations (UTC epoch seconds).",
             _projected_completion(snapshot, now),
-        )
-    )
+        ),
+    ):
+        families.append(_gauge(name, documentation, value))
     state_family = GaugeMetricFamily(
         PREFIX + "state", "1 for the current batch's state, 0 for the others.", labels=["state"]
     )
@@ -461,23 +264,17 @@ def batch_metric_families(
         state_family.add_metric([value], 1.0 if value == state else 0.0)
     families.append(state_family)
     info = GaugeMetricFamily(PREFIX + "info", "The current batch (always 1).", labels=["batch_id", "host"])
-    if current and _is_label_value(current["id"]):
-        host = current.get("host")
-        info.add_metric([current["id"], host if isinstance(host, str) else ""], 1.0)
+    if current and _is_label_value(current.id):
+        info.add_metric([current.id, current.host or ""], 1.0)
     families.append(info)
-    families.append(
-        _gauge(
-            "tracker_readable",
-            "1 when the tracker file could be read and parsed, else 0.",
-            1.0 if snapshot.readable else 0.0,
-        )
-    )
+    readable = 1.0 if snapshot.readable else 0.0
+    families.append(_gauge("tracker_readable", "1 when the tracker file could be read and parsed, else 0.", readable))
     if include_monitor:
         families.extend(_monitor_families(monitor_state or {}, now))
     return families
 
 
-def next_start_due(snapshot, deadline, now: float, watch_since: float | None = None) -> float:
+def next_start_due(snapshot: Snapshot, deadline, now: float, watch_since: float | None = None) -> float:
     """The deadline by which the next batch must start, else that deadline is "missing".
 
     A deadline D covers the starts in (previous deadline, D]; the newest batch covers
@@ -486,33 +283,25 @@ def next_start_due(snapshot, deadline, now: float, watch_since: float | None = N
     (the monitor's first start) if known, else the next deadline. Depends on the
     batches, not on ``now``, so a value pushed hours ago is still right.
     """
-    starts = [b["started_at"] for b in snapshot.batches_newest_first()]
-    if not starts:
+    if snapshot.current is not None:
+        start = snapshot.current.started_at  # the newest batch: starts only move forward
+    else:
+        start = snapshot.counters.last_started_at if snapshot.counters is not None else None
+    if start is None:
         return deadline.first_after(watch_since if watch_since is not None else now)
-    start = max(starts)
     covered = start if deadline.last_at_or_before(start) == start else deadline.first_after(start)
     return deadline.first_after(covered)
 
 
-def _bound_label(bound: float) -> str:
-    return str(int(bound)) + ".0" if bound == int(bound) else repr(bound)
-
-
-def _newest_completed_end(snapshot) -> float | None:
-    ends = [_number(b.get("ended_at")) for b in snapshot.batches_newest_first() if b["state"] == "completed"]
-    ends = [e for e in ends if e is not None]
-    return max(ends) if ends else None
-
-
-def _projected_completion(snapshot, now: float) -> float | None:
+def _projected_completion(snapshot: Snapshot, now: float) -> float | None:
     current = snapshot.current
-    if not current or current["state"] != "running":
+    if not current or not current.is_running:
         return None
-    history = [b for b in snapshot.history if b["id"] != current["id"]]
+    history = [batch for batch in snapshot.history if batch.id != current.id]
     try:
         projection = project(current, history, now)
     except (KeyError, TypeError, ValueError, ZeroDivisionError):  # a projection must never break a scrape
-        LOGGER.debug("no projection for batch %s", current["id"], exc_info=True)
+        LOGGER.debug("no projection for batch %s", current.id, exc_info=True)
         return None
     return None if projection is None else projection.completion_at
 
@@ -583,68 +372,7 @@ def _outbox_families(summary: object, now: float) -> list[Metric]:
     ]
 
 
-# --------------------------------------------------------------------------- I/O
-
-
-class MetricsStateFile:
-    """The persisted histogram and GPU counter; see the module docstring.
-
-    :meth:`sync` brings the file up to date with a snapshot and returns the state to
-    export. It writes only when something new must be counted, under the store's
-    lock after re-reading the file, so concurrent processes count each batch once.
-    """
-
-    def __init__(self, path: str | os.PathLike, *, deadline):
-        self.store = JsonStateStore(path)
-        self.deadline = deadline
-        self._last_good: dict | None = None
-        self._last_problem: str | None = None
-
-    @property
-    def path(self) -> str:
-        return self.store.path
-
-    def _read(self) -> dict:
-        document = self.store.read()
-        return fresh_metrics_state() if document is None else _valid_state(document)
-
-    def sync(self, snapshot) -> dict | None:
-        """The state to export after counting ``snapshot``; None if nothing usable can be read."""
-        try:
-            try:
-                state = self._read()
-            except CorruptStateError:
-                state = None  # repaired under the lock below
-            if state is not None and not pending_changes(state, snapshot):
-                self._remember(state)
-                return state
-            with self.store.locked():
-                try:
-                    state = self._read()
-                except CorruptStateError as exc:
-                    moved_to = self.store.move_aside()
-                    LOGGER.error("metrics state %s is corrupt (%s); moved aside to %s", self.path, exc, moved_to)
-                    state = fresh_metrics_state()
-                if pending_changes(state, snapshot):
-                    apply_snapshot(state, snapshot, self.deadline)
-                    state["updated_at"] = time.time()
-                    self.store.write(state)
-            self._remember(state)
-            return state
-        except StorageError as exc:
-            self._warn_once(str(exc))
-            return self._last_good
-
-    def _remember(self, state: dict) -> None:
-        self._last_good = state
-        if self._last_problem is not None:
-            LOGGER.info("metrics state %s is writable again", self.path)
-            self._last_problem = None
-
-    def _warn_once(self, problem: str) -> None:
-        if problem != self._last_problem:
-            LOGGER.warning("metrics state not updated (%s); exporting the last known values", problem)
-            self._last_problem = problem
+# --------------------------------------------------------------------------- reading the files
 
 
 def _file_key(path: str) -> bytes | str:
@@ -672,23 +400,27 @@ def read_monitor_state(path: str | os.PathLike | None) -> dict | None:
         return None
 
 
+def daily_deadline(config):
+    """The config's daily deadline (built once there); an attribute or, in older configs, a method."""
+    deadline = config.deadline
+    return deadline() if callable(deadline) else deadline
+
+
 class BatchMetricsCollector:
-    """A prometheus_client collector: every ``collect()`` reads the files afresh."""
+    """A prometheus_client collector: every ``collect()`` reads the files afresh and writes nothing."""
 
     def __init__(
         self,
         tracker,
         *,
         monitor_state_path: str | os.PathLike | None,
-        metrics_state_path: str | os.PathLike,
         clock: Callable[[], float] = time.time,
         include_monitor: bool = True,
         host: str | None = None,
     ):
         self.tracker = tracker
-        self.deadline = tracker.config.deadline()  # validates the time zone once, at start-up
+        self.deadline = daily_deadline(tracker.config)  # validates the time zone once, at start-up
         self.monitor_state_path = None if monitor_state_path is None else os.fspath(monitor_state_path)
-        self.metrics_state = MetricsStateFile(metrics_state_path, deadline=self.deadline)
         # The same identity the Pushgateway path groups by (job=BATCH_NAME, instance=host name).
         self.source_labels = {
             "batch_name": tracker.config.batch_name,
@@ -700,18 +432,11 @@ class BatchMetricsCollector:
 
     def describe(self) -> Iterator[Metric]:
         # Names only: registration must not read files.
-        snapshot = TrackerSnapshot(None, [], [])
         yield from batch_metric_families(
-            snapshot,
-            0.0,
-            self.deadline,
-            fresh_metrics_state(),
-            {},
-            include_monitor=self.include_monitor,
-            **self.source_labels,
+            Snapshot(counters=Counters()), 0.0, self.deadline, {}, include_monitor=self.include_monitor
         )
 
-    def snapshot(self):
+    def snapshot(self) -> Snapshot:
         """``tracker.snapshot()``, parsed again only when the tracker or history file changed.
 
         The key (both files' bytes) is taken before the snapshot reads them: a write
@@ -729,14 +454,11 @@ class BatchMetricsCollector:
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self.snapshot()
-        now = self.clock()
-        state = self.metrics_state.sync(snapshot)
         monitor_state = read_monitor_state(self.monitor_state_path) if self.include_monitor else None
         yield from batch_metric_families(
             snapshot,
-            now,
+            self.clock(),
             self.deadline,
-            state,
             monitor_state,
             include_monitor=self.include_monitor,
             **self.source_labels,
@@ -748,12 +470,7 @@ def exported_sample_names(include_monitor: bool = True) -> set[str]:
     from utils.deadline import DailyDeadline
 
     families = batch_metric_families(
-        TrackerSnapshot(None, [], []),
-        0.0,
-        DailyDeadline(5, 0, "UTC"),
-        fresh_metrics_state(),
-        {},
-        include_monitor=include_monitor,
+        Snapshot(counters=Counters()), 0.0, DailyDeadline(5, 0, "UTC"), {}, include_monitor=include_monitor
     )
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     return {family.name + suffix for family in families for suffix in suffixes.get(family.type, ("",))}
@@ -764,18 +481,14 @@ def register_batch_metrics(
     *,
     tracker,
     monitor_state_path: str | os.PathLike | None,
-    metrics_state_path: str | os.PathLike,
     clock: Callable[[], float] = time.time,
 ) -> BatchMetricsCollector:
     """Register a :class:`BatchMetricsCollector` on ``registry`` and return it.
 
     ``tracker`` is a :class:`utils.batch_tracker.BatchTracker`; ``monitor_state_path``
-    the monitor's alert-state file (read-only); ``metrics_state_path`` the file this
-    module keeps its persisted counts in (``sibling_file(tracker_file, "metrics")``).
-    Raises :class:`utils.batch_tracker.ConfigError` for an invalid time zone.
+    the monitor's alert-state file (read-only). Raises the config's ``ConfigError`` for
+    an invalid time zone.
     """
-    collector = BatchMetricsCollector(
-        tracker, monitor_state_path=monitor_state_path, metrics_state_path=metrics_state_path, clock=clock
-    )
+    collector = BatchMetricsCollector(tracker, monitor_state_path=monitor_state_path, clock=clock)
     registry.register(collector)
     return collector

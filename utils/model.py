@@ -13,7 +13,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from utils.counters import Counters
 
 RUNNING, COMPLETED, FAILED, ABANDONED = "running", "completed", "failed", "abandoned"
 BATCH_STATES = (RUNNING, COMPLETED, FAILED, ABANDONED)
@@ -362,10 +365,6 @@ class StorageEvent:
     def to_dict(self) -> dict:
         return {**self.details, "event": self.event, "at": self.at}
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """A detail of the event (``moved_to``, ``file``, ``error``), or ``default``."""
-        return self.details.get(key, default)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -380,6 +379,9 @@ class Snapshot:
     storage_events: tuple[StorageEvent, ...] = ()
     error: str | None = None
     history_error: str | None = None
+    #: The tracker's cumulative counters (:mod:`utils.counters`); None when the tracker file
+    #: cannot be read, so readers leave the totals out rather than report a false reset.
+    counters: Counters | None = None
 
     @property
     def readable(self) -> bool:

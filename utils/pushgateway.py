@@ -11,9 +11,10 @@ and dashboard count a batch once when both report it.
 
 - The push replaces the whole group (HTTP PUT), so a stage that disappears from a
   new batch does not linger in the gateway.
-- The completion-time histogram and the GPU counter come from the same persisted
-  metrics state file as the monitor's (``<tracker>.metrics.json``), so each batch is
-  counted once however many hooks push, and the counter never drops at a new batch.
+- The completion-time histogram and the GPU counter are the tracker's own counters
+  (``Snapshot.counters``, updated by the hook's write itself), so each batch is counted
+  once however many hooks push, and the counter never drops at a new batch. Pushing
+  writes no file.
 - Timestamps that depend on "now" (``next_deadline_timestamp_seconds``) are as of
   the push; rules that need the current time use ``time()``.
 - A failed push raises :class:`PushError` (one line: URL and reason); the CLI
@@ -29,8 +30,7 @@ import logging
 
 from prometheus_client import CollectorRegistry, push_to_gateway
 
-from utils.batch_tracker import sibling_file
-from utils.metrics import MetricsStateFile, batch_metric_families, host_name
+from utils.metrics import batch_metric_families, daily_deadline, host_name
 
 LOGGER = logging.getLogger(__name__)
 PUSH_TIMEOUT_SECONDS = 3.0
@@ -56,18 +56,11 @@ def instance_name() -> str:
 
 
 def build_registry(config, snapshot, now: float) -> CollectorRegistry:
-    """A fresh registry holding the batch families for ``snapshot`` at ``now``.
-
-    Updates the persisted metrics state (histogram, GPU counter) when the snapshot
-    holds something not yet counted.
-    """
-    deadline = config.deadline()
-    state = MetricsStateFile(sibling_file(config.tracker_file, "metrics"), deadline=deadline).sync(snapshot)
+    """A fresh registry holding the batch families for ``snapshot`` at ``now`` (reads and writes nothing)."""
     families = batch_metric_families(
         snapshot,
         now,
-        deadline,
-        state,
+        daily_deadline(config),
         None,
         include_monitor=False,
         batch_name=config.batch_name,

@@ -24,14 +24,19 @@ import json
 import os
 import time
 
+from utils.errors import EXIT_STORAGE, TrackerError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - typing costs import time on the hook's path
     from collections.abc import Callable
     from typing import Any
 
 
-class StorageError(Exception):
+class StorageError(TrackerError):
     """The state file could not be read or written (I/O, permissions, disk full)."""
+
+    exit_code = EXIT_STORAGE
+    label = "storage error"
 
 
 class CorruptStateError(StorageError):
@@ -212,6 +217,14 @@ def _process_exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def sibling_file(path: str | os.PathLike, name: str) -> str:
+    """The file beside ``path`` that holds ``name`` state, e.g.
+    ``data/batch_tracker.json`` + ``monitor`` -> ``data/batch_tracker.monitor.json``."""
+    path = os.fspath(path)
+    base = path[:-5] if path.endswith(".json") else path
+    return f"{base}.{name}.json"
 
 
 class JsonStateStore:

@@ -17,9 +17,10 @@ from disk_faults import fill, remount, small_tmpfs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from utils import batch_tracker
-from utils.batch_tracker import BatchTracker, TrackerConfig, get_batch_status, main
+from utils import batch_tracker, tracker_files
+from utils.batch_tracker import BatchTracker, TrackerConfig, get_batch_status
 from utils.state_store import read_json_object
+from utils.tracker_cli import main
 
 KILLS = 300
 
@@ -51,7 +52,7 @@ def test_it_never_tears_the_file_when_writers_are_killed_mid_write(tracker_confi
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         after = read_json_object(tracker.path)  # raises if torn
-        batch_tracker._check_document(after, "tracker")
+        tracker_files._parse_tracker(after)
         assert after["current"]["id"] == before["current"]["id"]
         seen_values.add(after["current"]["stages"]["scrape"]["percentage"])
     assert len(seen_values) > 10, "the writers should have made progress between kills"
@@ -79,9 +80,9 @@ def test_it_keeps_every_update_from_8_processes_x_200(tracker_config):
     for process in processes:
         process.join(timeout=120)
         assert process.exitcode == 0
-    stages = tracker.snapshot().current["stages"]
+    stages = tracker.snapshot().current.stage_map()
     assert len(stages) == 1600
-    assert all(stages[f"w{w}_{i}"]["percentage"] == (i % 100) + 0.5 for w in range(8) for i in range(200))
+    assert all(stages[f"w{w}_{i}"].percentage == (i % 100) + 0.5 for w in range(8) for i in range(200))
 
 
 def _cli(env, *args):
@@ -177,7 +178,7 @@ def test_it_never_crashes_or_corrupts_on_arbitrary_stage_input(tmp_path, name, p
     if code == 2:
         assert tracker_file.read_bytes() == before
         assert len(err.getvalue().strip().splitlines()) == 1
-    batch_tracker._check_document(read_json_object(str(tracker_file)), "tracker")
+    tracker_files._parse_tracker(read_json_object(str(tracker_file)))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -188,14 +189,14 @@ def test_it_stores_any_failure_reason_safely(tmp_path, reason, stage):
     try:
         tracker.fail(stage, reason)
     except batch_tracker.InvalidInputError:
-        assert tracker.snapshot().current["state"] == "running"
+        assert tracker.snapshot().current.state == "running"
         return
-    failure = tracker.snapshot().current["failure"]
-    assert failure["reason"] == batch_tracker.clean_text(reason)
+    failure = tracker.snapshot().current.failure
+    assert failure.reason == batch_tracker.clean_text(reason)
     # One printable line, whatever came in: nothing can add a notify assignment or drive a terminal.
-    assert failure["reason"].isprintable() and len(failure["reason"]) <= batch_tracker.MAX_REASON_LENGTH
+    assert failure.reason.isprintable() and len(failure.reason) <= batch_tracker.MAX_REASON_LENGTH
     if reason.isprintable():
-        assert failure["reason"] == reason.strip()[: batch_tracker.MAX_REASON_LENGTH]
+        assert failure.reason == reason.strip()[: batch_tracker.MAX_REASON_LENGTH]
 
 
 json_values = st.recursive(
@@ -227,6 +228,6 @@ def test_it_survives_hostile_tracker_files(tmp_path, content):
     tracker = BatchTracker(config)
     tracker.start(["scrape"])  # repairs (moves aside) when it must, never crashes
     tracker.stage("scrape", 10)
-    assert tracker.snapshot().current["stages"]["scrape"]["percentage"] == 10
+    assert tracker.snapshot().current.stage("scrape").percentage == 10
     if not status["tracker"]["readable"]:
         assert any(n.startswith(tracker_file.name + ".corrupt-") for n in os.listdir(tmp_path))

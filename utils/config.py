@@ -1,27 +1,40 @@
-"""The completion monitor's settings: every environment variable, validated once.
+"""Settings of the tracker, its CLI and the monitor: every environment variable, validated once.
 
-:meth:`MonitorConfig.from_env` reads the environment (and ``SMTP_PASSWORD_FILE``)
-exactly once at start-up and returns a frozen :class:`MonitorConfig`; a bad value
-raises :class:`ConfigError` with a one-line message that names the variable and
-what is allowed (the entry point maps it to exit status 2). Nothing else in the
-monitor reads the environment.
+:meth:`TrackerConfig.from_env` (hooks, CLI, library) and :meth:`MonitorConfig.from_env`
+(the monitor: it holds a TrackerConfig as ``.tracker``) read the environment (and
+``SMTP_PASSWORD_FILE``) exactly once and return frozen values; a bad value raises
+:class:`ConfigError` with a one-line message that names the variable and what is
+allowed (the entry points map it to exit status 2). Nothing else reads the environment.
+
+Relative paths are taken from the project root, not the working directory (the one
+place that knows where the checkout is). The daily deadline is built once per config,
+on first use (:meth:`TrackerConfig.deadline`): pytz is imported then, not at start-up.
 
 The SMTP password is held in a :class:`Secret`, whose ``repr``/``str`` never show
 the value, so neither the config's repr nor a log line can leak it.
+
+This module is imported by every hook call: heavy modules (email, ipaddress, pytz)
+are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
-from email import errors
-from email import policy as email_policy
-from email.headerregistry import Address
-from email.utils import parseaddr
 
-from utils import batch_tracker
-from utils.batch_tracker import PROJECT_ROOT, TrackerConfig, sibling_file
+from utils.errors import TrackerError
+from utils.model import is_valid_name
+from utils.state_store import sibling_file
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from utils.deadline import DailyDeadline
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_TRACKER_FILE = os.path.join("data", "batch_tracker.json")
+DEFAULT_CLI_COMMAND = os.path.join(PROJECT_ROOT, "bin", "batch_tracker")
+DEFAULT_RUN_COMMAND = os.path.join(PROJECT_ROOT, "bin", "run_nightly.sh")
+NAME_RULE = "use 1-64 of A-Z a-z 0-9 _ . -"
 
 SECURITY_MODES = ("starttls", "ssl", "plain")
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "plain": 25}
@@ -64,7 +77,7 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-class ConfigError(batch_tracker.ConfigError):
+class ConfigError(TrackerError, ValueError):
     """An environment variable has a value that is not allowed; the message names it."""
 
 
@@ -91,11 +104,87 @@ class Secret:
         return hash(("Secret", self._value))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
+class TrackerConfig:
+    """Tracker settings, parsed once and immutable.
+
+    ``tracker_file`` is absolute (relative values given to :meth:`from_env` are taken from
+    the project root; relative values given here, from the working directory).
+    ``expected_stages`` is a tuple of stage names used for the overall percentage when a
+    batch does not declare its own.
+    """
+
+    tracker_file: str
+    deadline_hour: int = 5
+    deadline_minute: int = 0
+    timezone: str = "America/New_York"
+    history_limit: int = 90
+    expected_stages: tuple[str, ...] = ()
+    pushgateway_url: str | None = None
+    batch_name: str = "nightly"
+    # The deadline, built on first use and kept (a cache, not a setting).
+    _deadline: DailyDeadline | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tracker_file", os.path.abspath(os.fspath(self.tracker_file)))
+        object.__setattr__(self, "expected_stages", tuple(self.expected_stages))
+
+    def replace(self, **changes: object) -> TrackerConfig:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None) -> TrackerConfig:
+        """Build the config from environment variables; raise :class:`ConfigError` naming a bad one."""
+        env = os.environ if environ is None else environ
+        tracker_file = _raw(env, "BATCH_TRACKER_FILE") or DEFAULT_TRACKER_FILE
+        tracker_path = os.path.join(PROJECT_ROOT, os.path.expanduser(tracker_file))
+        if "\0" in tracker_file or tracker_file.endswith(os.sep) or os.path.isdir(tracker_path):
+            raise ConfigError(
+                f"BATCH_TRACKER_FILE={_shown(tracker_file, 300)} names a directory (allowed: a file path, "
+                "e.g. data/batch_tracker.json)"
+            )
+        expected = tuple(name.strip() for name in _raw(env, "BATCH_EXPECTED_STAGES").split(",") if name.strip())
+        for name in expected:
+            if not is_valid_name(name):
+                raise ConfigError(f"BATCH_EXPECTED_STAGES: stage name {name!r} is not allowed ({NAME_RULE})")
+        batch_name = _raw(env, "BATCH_NAME") or "nightly"
+        if not is_valid_name(batch_name):
+            raise ConfigError(f"BATCH_NAME={batch_name!r} is not allowed ({NAME_RULE})")
+        return cls(
+            tracker_file=tracker_path,
+            deadline_hour=_int(env, "BATCH_COMPLETION_DEADLINE_HOUR", 5, 0, 23),
+            deadline_minute=_int(env, "BATCH_COMPLETION_DEADLINE_MINUTE", 0, 0, 59),
+            timezone=_raw(env, "BATCH_COMPLETION_TIMEZONE") or "America/New_York",
+            history_limit=_int(env, "BATCH_HISTORY_LIMIT", 90, 1, 100_000),
+            expected_stages=expected,
+            pushgateway_url=_http_url(env, "BATCH_PUSHGATEWAY_URL"),
+            batch_name=batch_name,
+        )
+
+    def deadline(self) -> DailyDeadline:
+        """The daily deadline, built once; validates the time zone (pytz is imported here, not at start-up)."""
+        if self._deadline is None:
+            import pytz
+
+            from utils.deadline import DailyDeadline
+
+            try:
+                deadline = DailyDeadline(self.deadline_hour, self.deadline_minute, self.timezone)
+            except pytz.UnknownTimeZoneError:
+                raise ConfigError(
+                    f"BATCH_COMPLETION_TIMEZONE={self.timezone!r} is not an IANA time zone "
+                    "(e.g. America/New_York, Europe/Berlin, UTC)"
+                ) from None
+            object.__setattr__(self, "_deadline", deadline)
+        return self._deadline
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class MonitorConfig:
     """Everything the monitor needs, parsed and validated; paths are absolute.
 
-    ``tracker`` is the :class:`~utils.batch_tracker.TrackerConfig` built from the same
+    ``tracker`` is the :class:`TrackerConfig` built from the same
     environment. ``smtp_server`` None means "write alerts as .eml files into the outbox".
     """
 
@@ -115,9 +204,9 @@ class MonitorConfig:
     metrics_addr: str = "127.0.0.1"
     metrics_port: int = 9469
     log_level: str = "INFO"
-    cli_command: str = os.path.join(PROJECT_ROOT, "bin", "batch_tracker")
-    run_command: str = os.path.join(PROJECT_ROOT, "bin", "run_nightly.sh")
-    resume_command: str = os.path.join(PROJECT_ROOT, "bin", "run_nightly.sh") + " --resume"
+    cli_command: str = DEFAULT_CLI_COMMAND
+    run_command: str = DEFAULT_RUN_COMMAND
+    resume_command: str = DEFAULT_RUN_COMMAND + " --resume"
     log_dir: str = os.path.join(PROJECT_ROOT, "logs")
     status_page_url: str | None = None
     output_tail_lines: int = 20
@@ -133,11 +222,9 @@ class MonitorConfig:
         return sibling_file(self.tracker.tracker_file, "monitor")
 
     @property
-    def metrics_state_file(self) -> str:
-        return sibling_file(self.tracker.tracker_file, "metrics")
-
-    @property
     def sender_domain(self) -> str:
+        from email.utils import parseaddr
+
         return parseaddr(self.email_from)[1].rsplit("@", 1)[1]
 
     def describe_smtp(self) -> str:
@@ -152,7 +239,7 @@ class MonitorConfig:
         """Validate every variable once; raise :class:`ConfigError` naming the first bad one."""
         env = os.environ if environ is None else environ
         tracker = TrackerConfig.from_env(env)
-        tracker.deadline()  # validates BATCH_COMPLETION_TIMEZONE now, not at the first deadline
+        tracker.deadline()  # validates BATCH_COMPLETION_TIMEZONE now (and keeps it), not at the first deadline
         security = _choice(env, "SMTP_SECURITY", "starttls", SECURITY_MODES, lower=True)
         username = _optional_text(env, "SMTP_USERNAME")
         password = _password(env)
@@ -175,9 +262,9 @@ class MonitorConfig:
             metrics_addr=_metrics_addr(env),
             metrics_port=_int(env, "METRICS_PORT", 9469, 0, 65_535),
             log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
-            cli_command=_optional_text(env, "BATCH_CLI_COMMAND") or cls.cli_command,
-            run_command=_optional_text(env, "BATCH_RUN_COMMAND") or cls.run_command,
-            resume_command=_optional_text(env, "BATCH_RESUME_COMMAND") or cls.resume_command,
+            cli_command=_optional_text(env, "BATCH_CLI_COMMAND") or DEFAULT_CLI_COMMAND,
+            run_command=_optional_text(env, "BATCH_RUN_COMMAND") or DEFAULT_RUN_COMMAND,
+            resume_command=_optional_text(env, "BATCH_RESUME_COMMAND") or DEFAULT_RUN_COMMAND + " --resume",
             log_dir=_path(env, "LOG_DIR", "logs"),
             status_page_url=_http_url(env, "STATUS_PAGE_URL"),
             output_tail_lines=_int(env, "ALERT_OUTPUT_TAIL_LINES", 20, 0, 100),
@@ -197,6 +284,27 @@ def help_text() -> str:
 # --------------------------------------------------------------------------- parsers
 
 
+def is_plain_whole_number(text: str) -> bool:
+    """True for ASCII digits only: no sign, underscore, whitespace or other scripts' digits.
+
+    ``int()`` also accepts ``" 5 "``, ``"5_0"`` and ``"\\u0665"`` (Arabic-Indic five); settings and
+    command-line numbers must look like what a person reading them takes them for.
+    """
+    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
+
+
+def is_plain_decimal(text: str) -> bool:
+    """True when ``text`` spells a decimal number in ASCII (``12``, ``-0.5``, ``1e3``).
+
+    Refuses what ``float()`` would otherwise accept: surrounding whitespace, underscores,
+    other scripts' digits, ``inf``/``nan``. ``float()`` then checks the syntax itself.
+    """
+    return 0 < len(text) <= 400 and _DECIMAL_CHARACTERS.issuperset(text) and any(c.isdigit() for c in text)
+
+
+_DECIMAL_CHARACTERS = frozenset("0123456789.eE+-")
+
+
 def _raw(env: dict, name: str) -> str:
     return str(env.get(name, "")).strip()
 
@@ -210,7 +318,7 @@ def _int(env: dict, name: str, default: int, low: int, high: int) -> int:
     if not raw.strip():
         return default
     # ASCII digits only: int() would also take " 5 ", "5_0" and other scripts' digits.
-    if not batch_tracker.is_plain_whole_number(raw):
+    if not is_plain_whole_number(raw):
         raise ConfigError(f"{name}={_shown(raw)} is not a whole number in ASCII digits (allowed: {low}-{high})")
     value = int(raw, 10)
     if not low <= value <= high:
@@ -223,7 +331,7 @@ def _float(env: dict, name: str, default: float, low: float, high: float) -> flo
     if not raw.strip():
         return default
     try:
-        if not batch_tracker.is_plain_decimal(raw):
+        if not is_plain_decimal(raw):
             raise ValueError(raw)  # float() would also take " 5 ", "5_0", "inf" and other scripts' digits
         value = float(raw)
     except ValueError:
@@ -271,6 +379,10 @@ def is_plausible_address(address: str) -> bool:
 
 def _addresses(env: dict, name: str, default: str, *, single: bool = False) -> list[str]:
     """Addresses as ``user@domain`` or ``Name <user@domain>`` (display names kept, quoted as needed)."""
+    from email import errors
+    from email import policy as email_policy
+    from email.headerregistry import Address
+
     raw = str(env.get(name, ""))
     if any(ch in raw for ch in "\r\n\0"):
         raise ConfigError(f"{name} contains a line break (allowed: {'an address' if single else 'addresses'})")
@@ -314,6 +426,8 @@ def host_or_address(raw: str) -> str | None:
     dot-separated ASCII labels of letters, digits, ``-`` (and ``_``), 1-63 each, 253 in all,
     with a last label that is not all digits (else it is a mistyped IPv4 address).
     """
+    import ipaddress
+
     candidate = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
     try:
         return str(ipaddress.ip_address(candidate))

@@ -1,4 +1,5 @@
-"""MonitorConfig: every variable validated once, bad values named, the password never shown."""
+"""utils.config: TrackerConfig and MonitorConfig, every variable validated once, bad values named,
+the deadline built once, the password never shown."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import sys
 
 import pytest
 
-from utils import batch_tracker
-from utils.batch_tracker import PROJECT_ROOT, sibling_file
-from utils.monitor_config import VARIABLES, ConfigError, MonitorConfig, Secret, help_text
+from utils.config import PROJECT_ROOT, VARIABLES, ConfigError, MonitorConfig, Secret, TrackerConfig, help_text
+from utils.state_store import sibling_file
 
 COMMON_MONITOR_VARIABLES = (
     "BATCH_TRACKER_FILE BATCH_COMPLETION_DEADLINE_HOUR BATCH_COMPLETION_DEADLINE_MINUTE BATCH_COMPLETION_TIMEZONE "
@@ -38,7 +38,7 @@ def test_it_uses_the_documented_defaults():
     assert config.smtp_timeout_seconds == 10
     assert (config.metrics_addr, config.metrics_port) == ("127.0.0.1", 9469)
     assert config.log_level == "INFO"
-    assert config.tracker == batch_tracker.TrackerConfig.from_env({})
+    assert config.tracker == TrackerConfig.from_env({})
     assert config.monitor_state_file == sibling_file(config.tracker.tracker_file, "monitor")
     assert config.monitor_state_file.endswith(os.path.join("data", "batch_tracker.monitor.json"))
 
@@ -115,7 +115,7 @@ def test_it_defaults_the_smtp_port_by_security(security, port):
     ],
 )
 def test_it_names_the_bad_variable(variable, value):
-    with pytest.raises(batch_tracker.ConfigError) as raised:
+    with pytest.raises(ConfigError) as raised:
         MonitorConfig.from_env({variable: value})
     message = str(raised.value)
     assert variable in message
@@ -220,7 +220,7 @@ ACCEPTED_ALTHOUGH_WRONG = [
 
 @pytest.mark.parametrize(("variable", "value"), ACCEPTED_ALTHOUGH_WRONG)
 def test_it_refuses_values_python_parses_but_are_wrong(variable, value):
-    with pytest.raises(batch_tracker.ConfigError) as raised:
+    with pytest.raises(ConfigError) as raised:
         MonitorConfig.from_env({variable: value})
     message = str(raised.value)
     assert f"{variable}={value.strip()!r}" in message or f"{variable}={value!r}" in message
@@ -228,7 +228,7 @@ def test_it_refuses_values_python_parses_but_are_wrong(variable, value):
 
 
 def test_it_refuses_a_tracker_file_that_names_a_directory(tmp_path):
-    with pytest.raises(batch_tracker.ConfigError, match=r"BATCH_TRACKER_FILE=.* names a directory"):
+    with pytest.raises(ConfigError, match=r"BATCH_TRACKER_FILE=.* names a directory"):
         MonitorConfig.from_env({"BATCH_TRACKER_FILE": str(tmp_path)})
 
 
@@ -271,3 +271,108 @@ def test_it_makes_the_monitor_exit_2_with_one_line_naming_the_value(base_env, tm
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{variable}={value!r}" in lines[0], lines
     assert not (tmp_path / "outbox").exists()
+
+
+# --------------------------------------------------------------------------- TrackerConfig (moved from test_batch_tracker)
+
+
+def test_it_reads_the_defaults_from_an_empty_environment():
+    config = TrackerConfig.from_env({})
+    assert config.tracker_file == os.path.join(PROJECT_ROOT, "data", "batch_tracker.json")
+    assert (config.deadline_hour, config.deadline_minute, config.timezone) == (5, 0, "America/New_York")
+    assert (config.history_limit, config.expected_stages, config.batch_name) == (90, (), "nightly")
+    assert config.pushgateway_url is None
+
+
+def test_it_reads_every_variable(tmp_path):
+    config = TrackerConfig.from_env(
+        {
+            "BATCH_TRACKER_FILE": str(tmp_path / "t.json"),
+            "BATCH_COMPLETION_DEADLINE_HOUR": "6",
+            "BATCH_COMPLETION_DEADLINE_MINUTE": "30",
+            "BATCH_COMPLETION_TIMEZONE": "Europe/Berlin",
+            "BATCH_HISTORY_LIMIT": "10",
+            "BATCH_EXPECTED_STAGES": "scrape, enrich ,score",
+            "BATCH_NAME": "weekly",
+            "BATCH_PUSHGATEWAY_URL": "http://127.0.0.1:9091",
+        }
+    )
+    assert config.tracker_file == str(tmp_path / "t.json")
+    assert (config.deadline_hour, config.deadline_minute, config.timezone) == (6, 30, "Europe/Berlin")
+    assert config.history_limit == 10
+    assert config.expected_stages == ("scrape", "enrich", "score")
+    assert (config.batch_name, config.pushgateway_url) == ("weekly", "http://127.0.0.1:9091")
+    assert config.deadline().zone.zone == "Europe/Berlin"
+
+
+def test_it_resolves_a_relative_tracker_file_against_the_project_root_not_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = TrackerConfig.from_env({"BATCH_TRACKER_FILE": "state/tracker.json"})
+    assert config.tracker_file == os.path.join(PROJECT_ROOT, "state", "tracker.json")
+    assert not config.tracker_file.startswith(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BATCH_COMPLETION_DEADLINE_HOUR", "24"),
+        ("BATCH_COMPLETION_DEADLINE_HOUR", "-1"),
+        ("BATCH_COMPLETION_DEADLINE_HOUR", "abc"),
+        ("BATCH_COMPLETION_DEADLINE_HOUR", "5.5"),
+        ("BATCH_COMPLETION_DEADLINE_MINUTE", "60"),
+        ("BATCH_COMPLETION_DEADLINE_MINUTE", "abc"),
+        ("BATCH_HISTORY_LIMIT", "0"),
+        ("BATCH_HISTORY_LIMIT", "many"),
+        ("BATCH_EXPECTED_STAGES", "scrape,bad name"),
+        ("BATCH_EXPECTED_STAGES", "scrape,\u00e9"),
+        ("BATCH_PUSHGATEWAY_URL", "ftp://gateway:9091"),
+        ("BATCH_PUSHGATEWAY_URL", "gateway:9091"),
+        ("BATCH_PUSHGATEWAY_URL", "http://"),
+        ("BATCH_NAME", "night ly"),
+    ],
+)
+def test_it_refuses_a_bad_setting_with_a_message_naming_the_variable(variable, value):
+    with pytest.raises(ConfigError) as raised:
+        TrackerConfig.from_env({variable: value})
+    message = str(raised.value)
+    assert variable in message
+    assert "\n" not in message
+
+
+def test_it_refuses_an_unknown_time_zone_naming_the_variable():
+    config = TrackerConfig.from_env({"BATCH_COMPLETION_TIMEZONE": "Mars/Olympus"})
+    with pytest.raises(ConfigError, match="BATCH_COMPLETION_TIMEZONE='Mars/Olympus'"):
+        config.deadline()
+
+
+def test_it_keeps_the_config_immutable(tracker_config):
+    with pytest.raises(AttributeError):
+        tracker_config.history_limit = 5
+    changed = tracker_config.replace(history_limit=5)
+    assert (changed.history_limit, tracker_config.history_limit) == (5, 90)
+    assert changed != tracker_config and tracker_config == tracker_config.replace()
+
+
+def test_it_builds_the_deadline_once_per_config(tracker_config):
+    deadline = tracker_config.deadline()
+    assert tracker_config.deadline() is deadline  # built once, then kept
+    assert (deadline.hour, deadline.minute, deadline.zone.zone) == (5, 0, "America/New_York")
+    later = tracker_config.replace(deadline_hour=6)
+    assert later.deadline() is not deadline and later.deadline().hour == 6
+    assert later.replace(deadline_hour=5) == tracker_config  # the kept deadline is not part of equality
+    monitor = MonitorConfig.from_env({"BATCH_COMPLETION_TIMEZONE": "Europe/Berlin"})
+    assert monitor.tracker.deadline() is monitor.tracker.deadline()  # validated at start-up, then reused
+
+
+def test_it_has_one_config_error_that_the_cli_maps_to_exit_2():
+    from utils import batch_tracker, errors
+
+    assert batch_tracker.ConfigError is ConfigError
+    assert issubclass(ConfigError, errors.TrackerError) and ConfigError.exit_code == errors.EXIT_USAGE == 2
+    for build in (
+        lambda: TrackerConfig.from_env({"BATCH_NAME": "a b"}),
+        lambda: MonitorConfig.from_env({"SMTP_PORT": "x"}),
+    ):
+        with pytest.raises(ConfigError):
+            build()
+    assert not os.path.exists(os.path.join(os.path.dirname(__file__), "..", "utils", "monitor_config.py"))

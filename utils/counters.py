@@ -1,0 +1,332 @@
+"""Cumulative counters of the nightly batch, kept by the tracker in its own file.
+
+The tracker updates a :class:`Counters` value under the lock it already takes for the
+write that causes the change, in the same atomic replace: ``end`` counts a completed
+batch (duration histogram, on time or late, last success), ``cost`` adds GPU spend,
+``start`` notes the start and the verdict of the batch it moves to history. So each
+completed batch is counted exactly once (``end`` is the only way to ``completed``) and
+readers (``/metrics``, the Pushgateway push) only read: none of them writes, and none
+needs the history to know a total, the last success, the newest cost per lead or the
+newest finished batch's verdict.
+
+Stored as the ``counters`` object of the tracker file (see :meth:`Counters.to_dict`).
+A tracker file without one (written by an older release, or fresh after a corrupt file
+was moved aside) gets them from :func:`rebuild` once, under the lock: from the batches
+the files still hold, starting from the totals of the older release's metrics state
+file (``<tracker>.metrics.json``) when there is one, so the counters carry on instead of
+resetting. That file is read, never written.
+
+Stdlib only, no I/O except :func:`load_legacy_metrics_state`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from utils.state_store import StorageError, read_json_object
+
+#: Duration histogram bounds (seconds) for a nightly batch: 30 s to 12 h, roughly geometric (each
+#: bound 1.3-1.5x the previous), so ``histogram_quantile`` reads a 100 s or a 7 h run within a few percent.
+DURATION_BUCKETS: tuple[float, ...] = (
+    30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0, 420.0, 600.0, 900.0, 1200.0, 1800.0,
+    2400.0, 3600.0, 5400.0, 7200.0, 10800.0, 14400.0, 21600.0, 28800.0, 43200.0,
+)  # fmt: skip
+_EMPTY_COUNTS = (0,) * (len(DURATION_BUCKETS) + 1)
+_GPU_EPSILON = 1e-9
+
+
+class CountersError(ValueError):
+    """A stored ``counters`` object does not have the shape this code writes."""
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def bucket_index(seconds: float) -> int:
+    """Index of the histogram bucket holding ``seconds`` (the last one is +Inf)."""
+    return next((i for i, bound in enumerate(DURATION_BUCKETS) if seconds <= bound), len(DURATION_BUCKETS))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Counters:
+    """Totals over every batch ever recorded; they only grow (``last_*`` fields move forward).
+
+    ``duration_counts`` holds one count per bucket of :data:`DURATION_BUCKETS` plus +Inf
+    (not cumulative). ``last_finished_on_time`` is the verdict of the newest batch in
+    history (None before any): completed by its deadline, or not (late, failed, abandoned).
+    """
+
+    gpu_dollars: float = 0.0
+    completed_on_time: int = 0
+    completed_late: int = 0
+    duration_counts: tuple[int, ...] = _EMPTY_COUNTS
+    duration_sum: float = 0.0
+    last_success_at: float | None = None
+    last_cost_per_lead: float | None = None
+    last_finished_on_time: bool | None = None
+    last_started_at: float | None = None
+
+    # ----- reading
+
+    @property
+    def duration_count(self) -> int:
+        return sum(self.duration_counts)
+
+    def cumulative_buckets(self) -> list[tuple[float, int]]:
+        """``[(upper bound, observations at or below it), ...]``, ending with ``(inf, count)``."""
+        total, buckets = 0, []
+        for bound, count in zip([*DURATION_BUCKETS, math.inf], self.duration_counts, strict=True):
+            total += count
+            buckets.append((bound, total))
+        return buckets
+
+    # ----- updates (pure: each returns a new value)
+
+    def after_start(self, started_at: float, archived_on_time: bool | None = None) -> Counters:
+        """A batch started at ``started_at``; ``archived_on_time``: the verdict of the batch it moved
+        to history (None when there was none)."""
+        verdict = self.last_finished_on_time if archived_on_time is None else bool(archived_on_time)
+        return dataclasses.replace(self, last_started_at=started_at, last_finished_on_time=verdict)
+
+    def after_end(self, *, duration: float, ended_at: float, on_time: bool) -> Counters:
+        """A batch completed (``end``): observe its duration, count it on time or late."""
+        counts = list(self.duration_counts)
+        counts[bucket_index(duration)] += 1
+        return dataclasses.replace(
+            self,
+            duration_counts=tuple(counts),
+            duration_sum=self.duration_sum + duration,
+            completed_on_time=self.completed_on_time + (1 if on_time else 0),
+            completed_late=self.completed_late + (0 if on_time else 1),
+            last_success_at=ended_at if self.last_success_at is None else max(self.last_success_at, ended_at),
+        )
+
+    def add_gpu(self, dollars: float) -> Counters:
+        """``dollars`` (>= 0) more GPU spend."""
+        # Capped at the largest float: JSON cannot hold infinity, and a total nobody can spend
+        # must not make the tracker file unwritable.
+        return dataclasses.replace(self, gpu_dollars=min(self.gpu_dollars + dollars, sys.float_info.max))
+
+    def after_cost(self, cost_per_lead: float) -> Counters:
+        """The newest cost per lead recorded."""
+        return dataclasses.replace(self, last_cost_per_lead=cost_per_lead)
+
+    # ----- JSON
+
+    def to_dict(self) -> dict:
+        return {
+            "gpu_dollars": self.gpu_dollars,
+            "completed": {"on_time": self.completed_on_time, "late": self.completed_late},
+            "duration": {
+                "bounds": list(DURATION_BUCKETS),
+                "counts": list(self.duration_counts),
+                "sum": self.duration_sum,
+                "count": self.duration_count,
+            },
+            "last_success_at": self.last_success_at,
+            "last_cost_per_lead": self.last_cost_per_lead,
+            "last_finished_on_time": self.last_finished_on_time,
+            "last_started_at": self.last_started_at,
+        }
+
+    @classmethod
+    def from_dict(cls, record: object) -> Counters:
+        """The counters in ``record``; :class:`CountersError` unless it is what :meth:`to_dict` writes
+        with today's bucket bounds (counts in other buckets cannot be re-bucketed: rebuild instead)."""
+        try:
+            duration, completed = record["duration"], record["completed"]  # type: ignore[index]
+            counts = duration["counts"]
+            ok = (
+                [_number(b) for b in duration["bounds"]] == list(DURATION_BUCKETS)
+                and isinstance(counts, list)
+                and len(counts) == len(_EMPTY_COUNTS)
+                and all(map(_count, counts))
+                and duration["count"] == sum(counts)
+                and _number(duration["sum"]) is not None
+                and _count(completed["on_time"])
+                and _count(completed["late"])
+                and _number(record["gpu_dollars"]) is not None  # type: ignore[index]
+            )
+            optional = [record.get(k) for k in ("last_success_at", "last_cost_per_lead", "last_started_at")]  # type: ignore[union-attr]
+            verdict = record.get("last_finished_on_time")  # type: ignore[union-attr]
+        except (KeyError, TypeError, AttributeError):
+            ok = False
+        if (
+            not ok
+            or not all(v is None or _number(v) is not None for v in optional)
+            or verdict not in (None, True, False)
+        ):
+            raise CountersError("tracker file has a malformed counters object")
+        return cls(
+            gpu_dollars=float(record["gpu_dollars"]),  # type: ignore[index]
+            completed_on_time=completed["on_time"],
+            completed_late=completed["late"],
+            duration_counts=tuple(counts),
+            duration_sum=float(duration["sum"]),
+            last_success_at=_number(optional[0]),
+            last_cost_per_lead=_number(optional[1]),
+            last_finished_on_time=verdict,
+            last_started_at=_number(optional[2]),
+        )
+
+
+# --------------------------------------------------------------------------- in the tracker document
+
+
+def stored(document: Mapping[str, Any] | None) -> Counters | None:
+    """The counters a tracker document holds; None when it has none (or none this code can use)."""
+    record = document.get("counters") if document is not None else None
+    if record is None:
+        return None
+    try:
+        return Counters.from_dict(record)
+    except CountersError:
+        return None  # rebuilt like missing ones: a hand-edited object must not stop the tracker
+
+
+def after_change(counters: Counters, before: Any, after: Any, verdict: Callable[[Any], bool]) -> Counters:
+    """``counters`` after one tracker write replaced the current batch ``before`` with ``after``
+    (:class:`utils.model.Batch` values or None), both seen under the tracker's lock.
+
+    A new id means a batch started (``before`` went to history, judged by ``verdict``); the
+    same batch turning ``completed`` is counted here, so exactly once (``end`` is the only way
+    there, and no write sees that transition twice); GPU spend counts as it grows; a cost per
+    lead that changed becomes the newest one.
+    """
+    if after is None:
+        return counters
+    if before is None or before.id != after.id:
+        return counters.after_start(after.started_at, None if before is None else verdict(before))
+    if before.state != "completed" and after.state == "completed" and after.ended_at is not None:
+        duration = after.duration_seconds if after.duration_seconds is not None else after.ended_at - after.started_at
+        counters = counters.after_end(duration=max(duration, 0.0), ended_at=after.ended_at, on_time=verdict(after))
+    if after.gpu_cost_dollars > before.gpu_cost_dollars:
+        counters = counters.add_gpu(after.gpu_cost_dollars - before.gpu_cost_dollars)
+    if after.cost_per_lead is not None and after.cost_per_lead != before.cost_per_lead:
+        counters = counters.after_cost(after.cost_per_lead)
+    return counters
+
+
+def finished_on_time(batch: Any, settings_deadline: Callable[[], Any]) -> bool:
+    """Whether a finished batch (:class:`utils.model.Batch`) completed by its deadline: the one stored
+    with it, or for a record from before deadlines were stored the first deadline of
+    ``settings_deadline()`` (a :class:`utils.deadline.DailyDeadline`, built only then) after its start.
+    Failed and abandoned batches were not on time."""
+    if batch.state != "completed" or batch.ended_at is None:
+        return False
+    due = batch.deadline_at if batch.deadline_at is not None else settings_deadline().first_after(batch.started_at)
+    return batch.ended_at <= due
+
+
+# --------------------------------------------------------------------------- migration
+
+
+def load_legacy_metrics_state(path: str | os.PathLike) -> dict | None:
+    """The older release's metrics state document at ``path``, or None when missing or unusable.
+
+    Only read (to carry its totals over), never written or repaired: nothing uses it afterwards.
+    """
+    try:
+        document = read_json_object(os.fspath(path))
+    except StorageError:
+        return None
+    try:
+        histogram, gpu = document["completion_time"], document["gpu"]  # type: ignore[index]
+        usable = (
+            document.get("schema_version") == 1  # type: ignore[union-attr]
+            and isinstance(histogram["counts"], list)
+            and len(histogram["counts"]) == len(histogram["bounds"]) + 1
+            and all(map(_count, histogram["counts"]))
+            and histogram["count"] == sum(histogram["counts"])
+            and _number(histogram["sum"]) is not None
+            and isinstance(document["observed"], dict)  # type: ignore[index]
+            and _number(gpu["total"]) is not None
+            and isinstance(gpu["counted"], dict)
+        )
+    except (KeyError, TypeError, AttributeError):
+        usable = False
+    return document if usable else None
+
+
+def _legacy_totals(legacy: Mapping[str, Any]) -> tuple[Counters, set[str], dict[str, float], float | None]:
+    """(counters carried over, ids already observed, spend already counted per id, watermark)."""
+    histogram, completed = legacy["completion_time"], legacy.get("completed")
+    same_buckets = [_number(b) for b in histogram["bounds"]] == list(DURATION_BUCKETS)
+    has_outcomes = isinstance(completed, dict) and all(_count(completed.get(k)) for k in ("on_time", "late"))
+    counted = {
+        batch_id: _number(entry[1]) or 0.0
+        for batch_id, entry in legacy["gpu"]["counted"].items()
+        if isinstance(entry, list) and len(entry) == 2
+    }
+    counters = Counters(
+        gpu_dollars=float(legacy["gpu"]["total"]), last_success_at=_number(legacy.get("last_success_at"))
+    )
+    if not (same_buckets and has_outcomes):
+        # An older release's buckets: its counts cannot be re-bucketed. Rebuild the histogram from
+        # the batches still on file (a counter reset, as that release did); keep the GPU spend.
+        return counters, set(), counted, None
+    counters = dataclasses.replace(
+        counters,
+        duration_counts=tuple(histogram["counts"]),
+        duration_sum=float(histogram["sum"]),
+        completed_on_time=completed["on_time"],
+        completed_late=completed["late"],
+    )
+    return counters, set(legacy["observed"]), counted, _number(legacy.get("watermark"))
+
+
+def rebuild(
+    current: Any,
+    history: Iterable[Any],
+    verdict: Callable[[Any], bool],
+    legacy: Mapping[str, Any] | None = None,
+) -> Counters:
+    """Counters for a tracker file that has none, from the batches on file.
+
+    ``current`` (or None) and ``history`` (oldest first) are :class:`utils.model.Batch` values;
+    ``verdict(batch)`` says whether a finished batch was done by its deadline. ``legacy`` is
+    the older release's metrics state (:func:`load_legacy_metrics_state`): its totals are
+    carried over and only what it had not counted yet is added (batches it never observed,
+    spend it never saw; nothing started at or before its watermark), so a batch is never
+    counted twice and the counters do not reset at the upgrade.
+    """
+    history = list(history)
+    batches = ([current] if current is not None else []) + [b for b in reversed(history) if b is not current]
+    seen: set[str] = set()
+    batches = [b for b in batches if not (b.id in seen or seen.add(b.id))]  # newest first, each id once
+    if legacy is not None:
+        counters, observed, counted, watermark = _legacy_totals(legacy)
+    else:
+        counters, observed, counted, watermark = Counters(), set(), {}, None
+    for batch in reversed(batches):  # oldest first
+        if watermark is not None and batch.started_at <= watermark:
+            continue
+        if batch.state == "completed" and batch.id not in observed and batch.ended_at is not None:
+            duration = (
+                batch.duration_seconds if batch.duration_seconds is not None else batch.ended_at - batch.started_at
+            )
+            if duration >= 0:
+                counters = counters.after_end(duration=duration, ended_at=batch.ended_at, on_time=verdict(batch))
+        spend = batch.gpu_cost_dollars - counted.get(batch.id, 0.0)
+        if spend > _GPU_EPSILON:
+            counters = counters.add_gpu(spend)
+    newest_cost = next((b.cost_per_lead for b in batches if b.cost_per_lead is not None), None)
+    archived = [b for b in batches if b is not current]
+    return dataclasses.replace(
+        counters,
+        last_cost_per_lead=newest_cost,
+        last_finished_on_time=verdict(archived[0]) if archived else None,
+        last_started_at=max((b.started_at for b in batches), default=None),
+    )

@@ -1,0 +1,198 @@
+"""The tracker's command line: ``bin/batch_tracker`` / ``python -m utils.batch_tracker``.
+
+Write commands (the nightly hooks) call :class:`utils.batch_tracker.BatchTracker`;
+``status``, ``history`` and ``check`` are rendered by :mod:`utils.tracker_views`. With
+``BATCH_PUSHGATEWAY_URL`` set, every write is followed by a push of the batch's metrics
+(:mod:`utils.pushgateway`); a failed push is a warning, never a failed hook.
+
+Errors are mapped to exit codes at one boundary, :func:`main`: every
+:class:`utils.errors.TrackerError` carries its exit code (2 bad usage or value, 3 storage)
+and is reported as one line, ``batch_tracker: <label>: <message>``.
+
+The hooks run on the nightly critical path: the grammar is parsed by hand (argparse's
+import alone costs a noticeable share of the hook's time budget), and nothing heavy
+(logging, pytz, prometheus_client) is imported for a write command.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from utils.batch_tracker import MAX_OUTPUT_TAIL_BYTES, BatchTracker
+from utils.config import TrackerConfig
+from utils.errors import EXIT_OK, EXIT_USAGE, TrackerError, UsageError
+
+COMMANDS = ("start", "stage", "end", "fail", "resume", "cost", "status", "history", "check")
+
+USAGE = """\
+usage: python -m utils.batch_tracker COMMAND [ARGS]   (or bin/batch_tracker)
+
+commands:
+  start [--stages a,b,c] [--id ID]   start a batch, print its id
+  stage NAME PERCENT                 record a stage's completion (0-100)
+  end                                mark the running batch completed
+  fail [--stage S] [--reason R] [--output-file PATH]
+                                     mark the running batch failed; PATH (- for stdin) holds the
+                                     failed stage's output, whose last lines are kept
+  resume                             put a failed batch back to running
+  cost [--per-lead X] [--gpu-dollars Y]
+  status [--json]                    show the current batch
+  history [--limit N] [--json]       list past batches
+  check                              exit 0 if all is well, 1 with the reason if not
+
+exit codes: 0 ok, 1 check found a problem, 2 bad usage or value, 3 storage error
+environment: BATCH_TRACKER_FILE, BATCH_COMPLETION_DEADLINE_HOUR, BATCH_COMPLETION_DEADLINE_MINUTE,
+  BATCH_COMPLETION_TIMEZONE, BATCH_HISTORY_LIMIT, BATCH_EXPECTED_STAGES, BATCH_NAME, BATCH_PUSHGATEWAY_URL
+"""
+
+
+def _take_options(args: list[str], allowed: dict[str, bool]) -> tuple[list[str], dict[str, str | bool]]:
+    """Split ``args`` into positionals and options; ``allowed`` maps option -> takes a value.
+
+    Hand-rolled rather than argparse: argparse's import alone costs a noticeable
+    share of the hook's time budget, and the grammar here is tiny.
+    """
+    positionals: list[str] = []
+    options: dict[str, str | bool] = {}
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            positionals.extend(args[index + 1 :])
+            break
+        if arg.startswith("--") and len(arg) > 2:
+            name, has_inline, inline = arg.partition("=")
+            if name not in allowed:
+                raise UsageError(f"unknown option {name!r} (allowed: {', '.join(sorted(allowed)) or 'none'})")
+            if allowed[name]:
+                if has_inline:
+                    options[name] = inline
+                elif index + 1 < len(args):
+                    index += 1
+                    options[name] = args[index]
+                else:
+                    raise UsageError(f"option {name} needs a value")
+            else:
+                options[name] = True
+        else:
+            positionals.append(arg)
+        index += 1
+    return positionals, options
+
+
+def _expect_positionals(positionals: list[str], names: list[str], command: str) -> None:
+    if len(positionals) != len(names):
+        wanted = " ".join(n.upper() for n in names)
+        raise UsageError(f"'{command}' takes {len(names)} argument(s) ({wanted or 'none'}), got {len(positionals)}")
+
+
+# command -> (options it takes: name -> takes a value, positional argument names)
+_WRITES: dict[str, tuple[dict[str, bool], list[str]]] = {
+    "start": ({"--stages": True, "--id": True}, []),
+    "stage": ({}, ["name", "percent"]),
+    "end": ({}, []),
+    "fail": ({"--stage": True, "--reason": True, "--output-file": True}, []),
+    "resume": ({}, []),
+    "cost": ({"--per-lead": True, "--gpu-dollars": True}, []),
+}
+
+
+def _run_command(argv: list[str], environ: dict, out) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        out.write(USAGE)
+        return EXIT_OK if argv else EXIT_USAGE
+    command, args = argv[0], argv[1:]
+    config = TrackerConfig.from_env(environ)
+    tracker = BatchTracker(config)
+    if command in ("status", "history", "check"):
+        from utils import tracker_views
+
+        return tracker_views.run(command, args, tracker, out, _take_options, _expect_positionals)
+    if command not in _WRITES:
+        raise UsageError(f"unknown command {_shown(command)} (allowed: {', '.join(COMMANDS)})")
+    allowed, names = _WRITES[command]
+    positionals, options = _take_options(args, allowed)
+    _expect_positionals(positionals, names, command)
+    printed = _write(command, positionals, options, config, tracker)
+    if printed is not None:
+        out.write(printed + "\n")
+    _push(config, tracker, command)
+    return EXIT_OK
+
+
+def _write(command: str, positionals: list[str], options: dict, config: TrackerConfig, tracker: BatchTracker):
+    """Apply one write command; return the line it prints (a batch id), if any."""
+    if command == "start":
+        stages_opt = options.get("--stages")
+        stages = [s for s in str(stages_opt).split(",") if s] if stages_opt is not None else None
+        config.deadline()  # fail the night's first hook on a bad zone, not the monitor hours later
+        return tracker.start(stages, batch_id=options.get("--id"))
+    if command == "stage":
+        tracker.stage(positionals[0], positionals[1])
+    elif command == "end":
+        tracker.end()
+    elif command == "fail":
+        output = _read_output_tail(options.get("--output-file"))
+        tracker.fail(options.get("--stage"), str(options.get("--reason", "")), output)
+    elif command == "resume":
+        return tracker.resume().id
+    elif command == "cost":
+        tracker.cost(options.get("--per-lead"), options.get("--gpu-dollars"))
+    return None
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def _read_output_tail(path: str | None) -> bytes | None:
+    """The end of ``path`` (``-``: stdin), enough for :func:`clean_output_tail`.
+
+    An unreadable file is a warning, not an error: the failure itself must still be recorded.
+    """
+    if path is None:
+        return None
+    limit = 8 * MAX_OUTPUT_TAIL_BYTES
+    try:
+        if path == "-":
+            data = b""
+            while chunk := sys.stdin.buffer.read(65536):
+                data = (data + chunk)[-limit:]
+            return data
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - limit))
+            return handle.read()
+    except OSError as exc:
+        sys.stderr.write(
+            f"batch_tracker: warning: --output-file {_shown(path)} cannot be read ({exc.strerror}); "
+            "recording the failure without the output\n"
+        )
+        return None
+
+
+def _push(config: TrackerConfig, tracker: BatchTracker, event: str) -> None:
+    """Push the batch's metrics to a Pushgateway when one is configured; never fails the batch."""
+    if not config.pushgateway_url:
+        return
+    try:
+        from utils import pushgateway
+
+        pushgateway.push_batch_metrics(config, tracker.snapshot(), tracker.clock(), event)
+    except Exception as exc:  # noqa: BLE001 - a monitoring side channel must never fail the batch
+        sys.stderr.write(f"batch_tracker: warning: push to {config.pushgateway_url} failed: {exc}\n")
+
+
+def main(argv: list[str] | None = None, environ: dict | None = None, out=None) -> int:
+    """CLI entry point: map domain errors to exit codes at this single boundary."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        return _run_command(args, os.environ if environ is None else environ, out or sys.stdout)
+    except TrackerError as exc:
+        sys.stderr.write(f"batch_tracker: {exc.label}: {exc}\n")
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

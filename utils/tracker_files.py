@@ -1,0 +1,193 @@
+"""The tracker's two files, as model values: read, checked once, repaired, written.
+
+The tracker file holds the current batch (plus storage events and the cumulative
+counters of :mod:`utils.counters`); finished batches live in a bounded history file
+beside it. A record is checked once, by :meth:`utils.model.Batch.from_dict`, wherever a
+file is read; :class:`utils.model.RecordError` becomes :class:`CorruptStateError`, so a
+writer moves a file aside exactly when readers would call it corrupt. Readers
+(:meth:`TrackerFiles.snapshot`) never repair; writers hold :meth:`TrackerFiles.locked`.
+
+Used by :mod:`utils.batch_tracker` (the library API); on the hook's critical path.
+"""
+
+from __future__ import annotations
+
+from utils.config import TrackerConfig
+from utils.model import Batch, RecordError, Snapshot, StorageEvent
+from utils.state_store import CorruptStateError, JsonStateStore, StorageError, sibling_file
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
+    from utils.counters import Counters
+
+SCHEMA_VERSION = 1
+
+
+def _log(level: str, message: str, *args: Any) -> None:
+    # logging is imported only when something is worth saying (hooks run on the critical
+    # path); records keep the tracker's logger name, which operators filter on.
+    import logging
+
+    getattr(logging.getLogger("utils.batch_tracker"), level)(message, *args)
+
+
+def _check_version(document: dict, kind: str) -> None:
+    version = document.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CorruptStateError(f"{kind} file has no schema_version")
+    if version > SCHEMA_VERSION:
+        # Not corrupt: a newer release wrote it. Refuse rather than move it aside.
+        raise StorageError(f"{kind} file has schema_version {version}; this release understands up to {SCHEMA_VERSION}")
+
+
+def _parse_tracker(document: dict) -> tuple[Batch | None, tuple[StorageEvent, ...]]:
+    """The current batch and storage events of a tracker document; CorruptStateError unless well-formed."""
+    _check_version(document, "tracker")
+    try:
+        current = document.get("current")
+        events = document.get("storage_events", [])
+        if not isinstance(events, list):
+            raise RecordError("tracker file has an invalid storage_events list")
+        return (
+            None if current is None else Batch.from_dict(current),
+            tuple(StorageEvent.from_dict(event) for event in events),
+        )
+    except RecordError as exc:
+        raise CorruptStateError(str(exc)) from None
+
+
+def _parse_history(document: dict) -> tuple[Batch, ...]:
+    """The batches of a history document, oldest first; CorruptStateError unless well-formed."""
+    _check_version(document, "history")
+    batches = document.get("batches")
+    if not isinstance(batches, list):
+        raise CorruptStateError("history file has no batches list")
+    try:
+        return tuple(Batch.from_dict(batch) for batch in batches)
+    except RecordError as exc:
+        raise CorruptStateError(str(exc)) from None
+
+
+class TrackerFiles:
+    """The tracker file and its history file: read, checked, repaired and written as model values.
+
+    Readers get a :class:`utils.model.Snapshot` and never repair; writers (holding
+    :meth:`locked`) read with :meth:`read_for_update`, which moves a corrupt file aside.
+    """
+
+    def __init__(self, path: str, config: TrackerConfig):
+        self.path = path
+        self.config = config
+        self.store = JsonStateStore(path)
+        self.history_store = JsonStateStore(sibling_file(path, "history"), lock_path=self.store.lock_path)
+
+    def locked(self):
+        """The exclusive lock both files are written under."""
+        return self.store.locked()
+
+    def history(self) -> tuple[Batch, ...]:
+        """The archived batches, oldest first (CorruptStateError / StorageError when unreadable)."""
+        document = self.history_store.read()
+        return _parse_history(document) if document is not None else ()
+
+    def write(self, document: dict, current: Batch | None, events: tuple[StorageEvent, ...]) -> None:
+        """Write the tracker document with ``current`` and ``events``. Caller holds the lock."""
+        self.store.write(
+            {
+                **document,
+                "schema_version": SCHEMA_VERSION,
+                "current": None if current is None else current.to_dict(),
+                "storage_events": [event.to_dict() for event in events],
+            }
+        )
+
+    def read_for_update(self, now: float) -> tuple[dict, Batch | None, tuple[StorageEvent, ...]]:
+        """The document, its current batch and storage events, read under the lock.
+
+        A corrupt file is moved aside and replaced by a fresh one that records the repair.
+        Caller holds the lock.
+        """
+        try:
+            document = self.store.read()
+            if document is None:
+                return {}, None, ()
+            return (document, *_parse_tracker(document))
+        except CorruptStateError as exc:
+            moved_to = self.store.move_aside(now)
+            _log(
+                "error", "tracker file %s is corrupt (%s); moved aside to %s, starting fresh", self.path, exc, moved_to
+            )
+            details = {"file": self.path, "moved_to": moved_to, "error": str(exc)}
+            events = (StorageEvent(event="corrupt_file_moved_aside", at=now, details=details),)
+            # Persist the repair now, so the record of it survives even if the
+            # caller's own change is then refused.
+            self.write({}, None, events)
+            return {}, None, events
+
+    def archive(self, batch: Batch, now: float) -> None:
+        """Append a finished batch to the bounded history file. Caller holds the lock."""
+        try:
+            document = self.history_store.read()
+            batches = _parse_history(document) if document is not None else ()
+        except CorruptStateError as exc:
+            moved_to = self.history_store.move_aside(now)
+            _log("error", "history file %s is corrupt (%s); moved aside to %s", self.history_store.path, exc, moved_to)
+            batches = ()
+        kept = [b for b in batches if b.id != batch.id] + [batch]
+        records = [b.to_dict() for b in kept[-self.config.history_limit :]]
+        self.history_store.write({"schema_version": SCHEMA_VERSION, "batches": records})
+
+    # ----- cumulative counters (utils.counters): in the tracker file, changed under its lock
+
+    def counted(self, document: dict, before: Batch | None, after: Batch | None) -> dict:
+        """``document`` with its counters moved on by the write of ``after`` over ``before``; a document
+        without counters (an older release's) gets them built once, here, under the caller's lock."""
+        from utils import counters
+
+        value = counters.after_change(self.counters_in(document, before, None), before, after, self._on_time)
+        return {**document, "counters": value.to_dict()}
+
+    def counters_in(self, document: dict | None, current: Batch | None, history: tuple | None) -> Counters:
+        """The counters ``document`` holds, else rebuilt from the batches on file and an older
+        release's metrics state file (:func:`utils.counters.rebuild`). Reads only."""
+        from utils import counters
+
+        found = counters.stored(document)
+        if found is not None:
+            return found
+        if history is None:
+            try:
+                history_document = self.history_store.read()
+                history = _parse_history(history_document) if history_document is not None else ()
+            except StorageError:
+                history = ()  # the next start moves it aside; its batches cannot be counted
+        legacy = counters.load_legacy_metrics_state(sibling_file(self.path, "metrics"))
+        return counters.rebuild(current, history, self._on_time, legacy)
+
+    def _on_time(self, batch: Batch) -> bool:
+        """Whether a finished batch completed by its own deadline."""
+        from utils import counters
+
+        return counters.finished_on_time(batch, self.config.deadline)
+
+    def snapshot(self) -> Snapshot:
+        """Read both files without locking and without repairing anything."""
+        current, events, error, document = None, (), None, None
+        try:
+            document = self.store.read()
+            # ``is not None``: an empty object is corrupt here exactly as it is for writers.
+            if document is not None:
+                current, events = _parse_tracker(document)
+        except StorageError as exc:
+            error = str(exc)
+        history, history_error = (), None
+        try:
+            history_document = self.history_store.read()
+            if history_document is not None:
+                history = _parse_history(history_document)
+        except StorageError as exc:
+            history_error = str(exc)
+        counters = None if error is not None else self.counters_in(document, current, history)
+        return Snapshot(current, history, events, error, history_error, counters)
