@@ -9,19 +9,13 @@ import zoneinfo
 
 import pytest
 import pytz
+from helpers import NEW_YORK, local_epoch
 
-from utils.deadline import MAX_MISSED_DEADLINE_AGE, DailyDeadline, format_utc
-
-NEW_YORK = "America/New_York"
+from utils.deadline import MAX_MISSED_DEADLINE_AGE, DailyDeadline, format_duration, format_utc
 
 
 def utc(year, month, day, hour=0, minute=0, second=0) -> float:
     return float(calendar.timegm((year, month, day, hour, minute, second)))
-
-
-def local(zone_name, year, month, day, hour=0, minute=0, second=0, is_dst=None) -> float:
-    zone = pytz.timezone(zone_name)
-    return zone.localize(dt.datetime(year, month, day, hour, minute, second), is_dst=is_dst).timestamp()
 
 
 @pytest.fixture
@@ -33,28 +27,28 @@ def five_am_new_york() -> DailyDeadline:
 
 
 def test_it_gives_a_batch_started_before_the_deadline_that_same_days_deadline(five_am_new_york):
-    start = local(NEW_YORK, 2026, 6, 1, 4, 59, 59)
-    assert five_am_new_york.first_after(start) == local(NEW_YORK, 2026, 6, 1, 5, 0)
+    start = local_epoch(NEW_YORK, 2026, 6, 1, 4, 59, 59)
+    assert five_am_new_york.first_after(start) == local_epoch(NEW_YORK, 2026, 6, 1, 5, 0)
 
 
 def test_it_gives_a_batch_started_exactly_at_the_deadline_the_next_days_deadline(five_am_new_york):
-    start = local(NEW_YORK, 2026, 6, 1, 5, 0, 0)
-    assert five_am_new_york.first_after(start) == local(NEW_YORK, 2026, 6, 2, 5, 0)
+    start = local_epoch(NEW_YORK, 2026, 6, 1, 5, 0, 0)
+    assert five_am_new_york.first_after(start) == local_epoch(NEW_YORK, 2026, 6, 2, 5, 0)
 
 
 def test_it_gives_a_batch_started_just_after_the_deadline_the_next_days_deadline(five_am_new_york):
-    start = local(NEW_YORK, 2026, 6, 1, 5, 0, 1)
-    assert five_am_new_york.first_after(start) == local(NEW_YORK, 2026, 6, 2, 5, 0)
+    start = local_epoch(NEW_YORK, 2026, 6, 1, 5, 0, 1)
+    assert five_am_new_york.first_after(start) == local_epoch(NEW_YORK, 2026, 6, 2, 5, 0)
 
 
 def test_it_gives_a_batch_started_after_midnight_the_same_local_days_deadline(five_am_new_york):
     # 00:30 EDT is already the next UTC day's 04:30; the deadline is 05:00 that same local day.
-    start = local(NEW_YORK, 2026, 6, 2, 0, 30)
+    start = local_epoch(NEW_YORK, 2026, 6, 2, 0, 30)
     assert five_am_new_york.first_after(start) == utc(2026, 6, 2, 9, 0)
 
 
 def test_it_gives_a_batch_started_in_the_evening_the_next_mornings_deadline(five_am_new_york):
-    start = local(NEW_YORK, 2026, 6, 1, 23, 0)
+    start = local_epoch(NEW_YORK, 2026, 6, 1, 23, 0)
     assert five_am_new_york.first_after(start) == utc(2026, 6, 2, 9, 0)
 
 
@@ -62,33 +56,33 @@ def test_it_gives_a_batch_started_in_the_evening_the_next_mornings_deadline(five
 
 
 def test_it_puts_05_00_on_the_spring_forward_day_at_05_00_edt(five_am_new_york):
-    start = local(NEW_YORK, 2026, 3, 8, 0, 30)  # still EST
+    start = local_epoch(NEW_YORK, 2026, 3, 8, 0, 30)  # still EST
     assert five_am_new_york.first_after(start) == utc(2026, 3, 8, 9, 0)
     assert five_am_new_york.to_local(utc(2026, 3, 8, 9, 0)).strftime("%H:%M %Z") == "05:00 EDT"
 
 
 def test_it_gives_a_batch_started_the_evening_before_spring_forward_a_23_hour_night(five_am_new_york):
-    start = local(NEW_YORK, 2026, 3, 7, 22, 0)  # EST
+    start = local_epoch(NEW_YORK, 2026, 3, 7, 22, 0)  # EST
     due = five_am_new_york.first_after(start)
     assert due == utc(2026, 3, 8, 9, 0)
     assert due - start == 6 * 3600  # 22:00 EST -> 05:00 EDT is six real hours, not seven
 
 
 def test_it_puts_05_00_on_the_fall_back_day_at_05_00_est(five_am_new_york):
-    start = local(NEW_YORK, 2026, 11, 1, 0, 30)  # still EDT
+    start = local_epoch(NEW_YORK, 2026, 11, 1, 0, 30)  # still EDT
     assert five_am_new_york.first_after(start) == utc(2026, 11, 1, 10, 0)
     assert five_am_new_york.to_local(utc(2026, 11, 1, 10, 0)).strftime("%H:%M %Z") == "05:00 EST"
 
 
 def test_it_gives_a_batch_started_the_evening_before_fall_back_a_25_hour_night(five_am_new_york):
-    start = local(NEW_YORK, 2026, 10, 31, 22, 0)  # EDT
+    start = local_epoch(NEW_YORK, 2026, 10, 31, 22, 0)  # EDT
     assert five_am_new_york.first_after(start) - start == 8 * 3600  # 22:00 EDT -> 05:00 EST
 
 
 def test_it_moves_a_deadline_inside_the_spring_gap_to_the_first_instant_after_it():
     deadline = DailyDeadline(2, 30, NEW_YORK)  # 02:30 does not exist on 2026-03-08
     assert deadline.on_local_date(dt.date(2026, 3, 8)) == utc(2026, 3, 8, 7, 0)  # 03:00 EDT
-    start = local(NEW_YORK, 2026, 3, 8, 1, 0)
+    start = local_epoch(NEW_YORK, 2026, 3, 8, 1, 0)
     due = deadline.first_after(start)
     assert due == utc(2026, 3, 8, 7, 0)
     assert deadline.to_local(due).strftime("%H:%M %Z") == "03:00 EDT"
@@ -100,7 +94,7 @@ def test_it_moves_a_deadline_inside_the_spring_gap_to_the_first_instant_after_it
 def test_it_takes_the_first_occurrence_of_a_deadline_in_the_ambiguous_hour():
     deadline = DailyDeadline(1, 30, NEW_YORK)  # 01:30 happens twice on 2026-11-01
     assert deadline.on_local_date(dt.date(2026, 11, 1)) == utc(2026, 11, 1, 5, 30)  # 01:30 EDT
-    start = local(NEW_YORK, 2026, 11, 1, 0, 15)
+    start = local_epoch(NEW_YORK, 2026, 11, 1, 0, 15)
     due = deadline.first_after(start)
     assert due == utc(2026, 11, 1, 5, 30)
     assert deadline.to_local(due).strftime("%H:%M %Z") == "01:30 EDT"
@@ -224,34 +218,34 @@ def test_it_agrees_with_zoneinfo_on_every_wall_time_of_every_transition_day(zone
 
 
 def test_it_gives_a_new_batch_the_next_deadline_when_the_last_one_had_its_batch(five_am_new_york):
-    previous_start = local(NEW_YORK, 2026, 6, 1, 1, 0)  # covered 06-01 05:00
-    start = local(NEW_YORK, 2026, 6, 2, 1, 0)
-    assert five_am_new_york.for_new_batch(start, previous_start) == local(NEW_YORK, 2026, 6, 2, 5, 0)
-    rerun = local(NEW_YORK, 2026, 6, 1, 9, 0)  # a re-run after a covered deadline: the next night's
-    assert five_am_new_york.for_new_batch(rerun, previous_start) == local(NEW_YORK, 2026, 6, 2, 5, 0)
+    previous_start = local_epoch(NEW_YORK, 2026, 6, 1, 1, 0)  # covered 06-01 05:00
+    start = local_epoch(NEW_YORK, 2026, 6, 2, 1, 0)
+    assert five_am_new_york.for_new_batch(start, previous_start) == local_epoch(NEW_YORK, 2026, 6, 2, 5, 0)
+    rerun = local_epoch(NEW_YORK, 2026, 6, 1, 9, 0)  # a re-run after a covered deadline: the next night's
+    assert five_am_new_york.for_new_batch(rerun, previous_start) == local_epoch(NEW_YORK, 2026, 6, 2, 5, 0)
 
 
 def test_it_gives_a_batch_starting_after_a_missed_deadline_that_deadline(five_am_new_york):
-    previous_start = local(NEW_YORK, 2026, 6, 1, 1, 0)
-    missed = local(NEW_YORK, 2026, 6, 2, 5, 0)
-    for start in (missed + 1, local(NEW_YORK, 2026, 6, 2, 16, 0), local(NEW_YORK, 2026, 6, 3, 4, 59)):
+    previous_start = local_epoch(NEW_YORK, 2026, 6, 1, 1, 0)
+    missed = local_epoch(NEW_YORK, 2026, 6, 2, 5, 0)
+    for start in (missed + 1, local_epoch(NEW_YORK, 2026, 6, 2, 16, 0), local_epoch(NEW_YORK, 2026, 6, 3, 4, 59)):
         assert five_am_new_york.for_new_batch(start, previous_start) == missed
     # Exactly at the deadline the start is inside that deadline's window: not late, next night's.
-    assert five_am_new_york.for_new_batch(missed, previous_start) == local(NEW_YORK, 2026, 6, 3, 5, 0)
+    assert five_am_new_york.for_new_batch(missed, previous_start) == local_epoch(NEW_YORK, 2026, 6, 3, 5, 0)
 
 
 def test_it_bounds_how_far_back_a_missed_deadline_reaches():
     deadline = DailyDeadline(5, 0, NEW_YORK)
-    previous_start = local(NEW_YORK, 2026, 6, 1, 1, 0)
+    previous_start = local_epoch(NEW_YORK, 2026, 6, 1, 1, 0)
     # Several nights missed: the batch belongs to the most recent one only, never older.
-    start = local(NEW_YORK, 2026, 6, 5, 8, 0)
-    assert deadline.for_new_batch(start, previous_start) == local(NEW_YORK, 2026, 6, 5, 5, 0)
+    start = local_epoch(NEW_YORK, 2026, 6, 5, 8, 0)
+    assert deadline.for_new_batch(start, previous_start) == local_epoch(NEW_YORK, 2026, 6, 5, 5, 0)
     assert MAX_MISSED_DEADLINE_AGE == 24 * 3600
 
 
 def test_it_gives_the_first_batch_ever_the_next_deadline(five_am_new_york):
-    start = local(NEW_YORK, 2026, 6, 2, 12, 0)
-    assert five_am_new_york.for_new_batch(start, None) == local(NEW_YORK, 2026, 6, 3, 5, 0)
+    start = local_epoch(NEW_YORK, 2026, 6, 2, 12, 0)
+    assert five_am_new_york.for_new_batch(start, None) == local_epoch(NEW_YORK, 2026, 6, 3, 5, 0)
 
 
 # --------------------------------------------------------------------------- every day of 2026
@@ -329,3 +323,21 @@ def test_it_refuses_an_hour_or_minute_out_of_range(hour, minute):
 def test_it_refuses_an_unknown_zone():
     with pytest.raises(pytz.UnknownTimeZoneError):
         DailyDeadline(5, 0, "Mars/Olympus")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0 s"),
+        (59, "59 s"),
+        (60, "1 min"),
+        (3599, "59 min"),
+        (3600, "1 h 00 min"),
+        (-5400, "1 h 30 min"),
+        (47 * 3600 + 59 * 60, "47 h 59 min"),
+        (48 * 3600, "2 d 0 h"),
+        (100 * 3600, "4 d 4 h"),
+    ],
+)
+def test_it_formats_durations_for_people(seconds, text):
+    assert format_duration(seconds) == text

@@ -1,4 +1,4 @@
-"""Projection of a running batch and duration anomalies (utils.prediction)."""
+"""Projection of a running batch (utils.projection) and duration anomalies (utils.incidents early warnings)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 from utils import incidents
 from utils import projection as projection_module
 from utils.batch_tracker import BatchTracker
-from utils.incidents import identity
 
 STAGES = ("scrape", "enrich", "dedupe", "score", "mockup", "email")
 USUAL = {"scrape": 1800, "enrich": 2400, "dedupe": 600, "score": 1200, "mockup": 1500, "email": 900}  # 2 h 20 min
@@ -45,7 +44,7 @@ def build_history(tracker, clock, nights=7):
 def test_it_measures_stage_durations_from_the_previous_stage_end(tracker, clock):
     run_batch(tracker, clock, FIRST_NIGHT)
     batch = tracker.snapshot().current
-    assert projection_module.stage_durations(batch) == pytest.approx(USUAL)
+    assert batch.stage_durations() == pytest.approx(USUAL)
 
 
 def test_it_projects_from_usual_durations_when_stages_report_only_at_the_end(tracker, clock):
@@ -96,13 +95,13 @@ def test_it_warns_at_risk_only_past_the_margin_and_clears_back_within_the_deadli
     tracker.stage("scrape", 50)  # catching up: finish ~ 10:10 UTC, 10 min over, inside the margin
     snapshot = tracker.snapshot()
     assert incidents.early_warnings(snapshot, clock(), deadline, 1800) == []
-    still_open = incidents.early_warnings(snapshot, clock(), deadline, 1800, already_open={identity(warnings[0])})
+    still_open = incidents.early_warnings(snapshot, clock(), deadline, 1800, already_open={warnings[0].identity})
     assert [w.kind for w in still_open] == ["at_risk"], "hysteresis: open until back within the deadline"
 
     clock.advance(10 * 60)
     tracker.stage("scrape", 95)
     snapshot = tracker.snapshot()
-    assert incidents.early_warnings(snapshot, clock(), deadline, 1800, already_open={identity(warnings[0])}) == []
+    assert incidents.early_warnings(snapshot, clock(), deadline, 1800, already_open={warnings[0].identity}) == []
 
 
 def test_it_reports_a_stalled_stage_until_it_moves(tracker, clock):
@@ -113,7 +112,7 @@ def test_it_reports_a_stalled_stage_until_it_moves(tracker, clock):
     assert incidents.early_warnings(tracker.snapshot(), clock(), deadline, 10 * 3600) == []
     clock.advance(USUAL["dedupe"] * 0.2)
     stalled = incidents.early_warnings(tracker.snapshot(), clock(), deadline, 10 * 3600)
-    assert [(w.kind, w.key) for w in stalled] == [("stalled_stage", f"{tracker.snapshot().current['id']}:dedupe")]
+    assert [(w.kind, w.key) for w in stalled] == [("stalled_stage", f"{tracker.snapshot().current.id}:dedupe")]
     tracker.stage("dedupe", 10)
     assert incidents.early_warnings(tracker.snapshot(), clock(), deadline, 10 * 3600) == []
 

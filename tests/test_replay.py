@@ -13,7 +13,6 @@ import pytest
 
 from utils import incidents
 from utils.batch_tracker import BatchTracker, TrackerConfig
-from utils.incidents import identity
 from utils.projection import batch_deadline
 
 FIXTURE = Path(__file__).parent / "fixtures" / "replay_history.json"
@@ -61,8 +60,8 @@ def replayed(tmp_path_factory):
             warnings = incidents.early_warnings(snapshot, now, deadline, MARGIN, frozenset(open_now))
             open_now.clear()
             for warning in warnings:
-                open_now.add(identity(warning))
-                if warning.batch_id == snapshot.current["id"]:  # not last night's, still open
+                open_now.add(warning.identity)
+                if warning.batch_id == snapshot.current.id:  # not last night's, still open
                     seen.setdefault(warning.kind, now)
 
         replay(tracker, clock, night, on_tick)
@@ -72,7 +71,7 @@ def replayed(tmp_path_factory):
                 "kind": night["kind"],
                 "first_seen": seen,
                 "deadline": batch_deadline(batch, deadline),
-                "ended_at": batch["ended_at"],
+                "ended_at": batch.ended_at,
             }
         )
     return findings

@@ -1,24 +1,25 @@
-"""Incidents: the problems open at a moment, each with its identity.
+"""Incidents: the problems open at a moment, each with its identity, and which one supersedes which.
 
-Pure functions of a snapshot, an instant (UTC epoch seconds) and a
+Pure functions of a :class:`utils.model.Snapshot`, an instant (UTC epoch seconds) and a
 :class:`utils.deadline.DailyDeadline`; no I/O. Late, failed, missing and unreadable come
 from the deadlines and the recorded states; at risk, stalled stage and too short are the
-early warnings drawn from the projection and recent history.
+early warnings drawn from the projection and recent history. :data:`PRECEDENCE` is the one
+statement of which incident supersedes which; detection applies it here
+(:func:`apply_precedence`) and notification planning asks :func:`superseded_by`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import statistics
+from collections.abc import Collection, Iterable
 
 from utils.deadline import DailyDeadline, format_duration, format_local
-from utils.model import Incident
+from utils.model import Batch, Incident, Snapshot
 from utils.projection import (
     MIN_SAMPLES,
-    _elapsed_since_start,
     batch_deadline,
-    ordered_stage_names,
-    overall_percentage,
+    elapsed_in_stage,
     percentile,
     project,
     recent_completed,
@@ -33,61 +34,147 @@ TOO_SHORT_FRACTION = 0.30
 STALL_FACTOR = 1.5
 
 
-def identity(incident: Incident) -> str:
-    return f"{incident.kind}:{incident.key}"
+# ----------------------------------------------------------------------------- precedence
+
+SAME_BATCH, SAME_DEADLINE = "batch", "deadline"
 
 
-def open_incidents(snapshot, now: float, deadline: DailyDeadline, watch_since: float | None = None) -> list[Incident]:
-    """The problems open at ``now``.
+@dataclasses.dataclass(frozen=True, slots=True)
+class Precedence:
+    """``winner`` supersedes ``loser`` when both concern the same ``subject`` (:data:`SAME_BATCH`:
+    the same batch id; :data:`SAME_DEADLINE`: the same deadline instant, their ``since``).
+
+    ``continues``: the loser's alert chain continues as the winner (no second alert, no
+    recovery for the loser); otherwise the loser closes silently (it did not get better,
+    so no recovery claims it did) and the winner alerts on its own.
+    """
+
+    winner: str
+    loser: str
+    subject: str
+    continues: bool
+
+    def applies(self, winner: Incident, loser: Incident) -> bool:
+        if (winner.kind, loser.kind) != (self.winner, self.loser):
+            return False
+        if self.subject == SAME_BATCH:
+            return winner.batch_id is not None and winner.batch_id == loser.batch_id
+        return f"{winner.since:.0f}" == f"{loser.since:.0f}"
+
+
+PRECEDENCE: tuple[Precedence, ...] = (
+    # Past its deadline a batch is late, no longer "at risk" of it.
+    Precedence(LATE, AT_RISK, SAME_BATCH, continues=False),
+    # A failed batch is not stalled: the failure names the stage and the reason.
+    Precedence(FAILED, STALLED_STAGE, SAME_BATCH, continues=False),
+    # A late start answers the missing night: one alert chain, whose recovery says how late it finished.
+    Precedence(LATE, MISSING, SAME_DEADLINE, continues=True),
+)
+
+
+def superseded_by(
+    incident: Incident, others: Iterable[Incident], rules: Iterable[Precedence] = PRECEDENCE
+) -> tuple[Incident, Precedence] | None:
+    """The first of ``others`` that supersedes ``incident``, with the rule that says so; None if none does."""
+    rules = tuple(rules)
+    for other in others:
+        for rule in rules:
+            if rule.applies(other, incident):
+                return other, rule
+    return None
+
+
+def apply_precedence(
+    found: Iterable[Incident],
+    *,
+    open_now: Iterable[Incident] = (),
+    open_identities: Collection[str] = frozenset(),
+    rules: Iterable[Precedence] = PRECEDENCE,
+) -> list[Incident]:
+    """``found`` in order, the first of each identity, without those another incident supersedes.
+
+    The superseding incident may be in ``found``, in ``open_now`` (detected at the same
+    moment but reported elsewhere), or be already open by identity (``open_identities``,
+    e.g. the monitor's open records: a late batch stays late while a clock stepped back
+    hides the lateness). By identity only :data:`SAME_BATCH` rules can match: the
+    winners they name (late, failed) are keyed by their batch id.
+    """
+    rules = tuple(rules)
+    found = list(found)
+    candidates = found + list(open_now)
+    kept: dict[str, Incident] = {}
+    for incident in found:
+        if incident.identity in kept or superseded_by(incident, candidates, rules) is not None:
+            continue
+        if any(
+            rule.loser == incident.kind
+            and rule.subject == SAME_BATCH
+            and incident.batch_id is not None
+            and f"{rule.winner}:{incident.batch_id}" in open_identities
+            for rule in rules
+        ):
+            continue
+        kept[incident.identity] = incident
+    return list(kept.values())
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+def open_incidents(
+    snapshot: Snapshot, now: float, deadline: DailyDeadline, watch_since: float | None = None
+) -> list[Incident]:
+    """The problems open at ``now``: late, failed, missing or unreadable.
 
     ``watch_since`` (the monitor's first start) keeps deadlines from before anyone
     was watching from counting as missing; without it only the latest deadline can.
     """
     if not snapshot.readable:
         return [Incident(UNREADABLE, "tracker", f"tracker file unreadable: {snapshot.error}", now, None)]
+    found = _late_and_failed(snapshot, now, deadline) + _missing_deadlines(snapshot, now, deadline, watch_since)
+    return apply_precedence(found)
+
+
+def _late_and_failed(snapshot: Snapshot, now: float, deadline: DailyDeadline) -> list[Incident]:
     incidents: list[Incident] = []
     current = snapshot.current
-    if current and current["state"] in ("running", "failed"):
+    if current is not None and (current.is_running or current.is_failed):
         due = batch_deadline(current, deadline)
         if now >= due:
-            percent = overall_percentage(current)
-            doing = "failed" if current["state"] == "failed" else "still running"
+            doing = "failed" if current.is_failed else "still running"
             incidents.append(
                 Incident(
                     LATE,
-                    current["id"],
-                    f"batch {current['id']} missed its deadline {format_local(due, deadline)} "
-                    f"by {format_duration(now - due)}: {doing} at {percent:.0f}%",
+                    current.id,
+                    f"batch {current.id} missed its deadline {format_local(due, deadline)} "
+                    f"by {format_duration(now - due)}: {doing} at {current.overall_percentage():.0f}%",
                     due,
-                    current["id"],
+                    current.id,
                 )
             )
     for batch in snapshot.batches_newest_first():
-        if batch["state"] == "completed":
+        if batch.is_completed:
             break  # a later completed batch clears earlier failures
-        failures = batch.get("failures") or []
-        if batch["state"] == "failed" or (batch["state"] == "running" and failures):
-            failure = batch.get("failure") or failures[-1]
-            where = f" at stage {failure['stage']}" if failure.get("stage") else ""
-            why = f": {failure['reason']}" if failure.get("reason") else ""
-            resumed = " (resumed, not yet completed)" if batch["state"] == "running" else ""
+        failure = batch.last_failure
+        if failure is not None and (batch.is_failed or (batch.is_running and batch.failures)):
+            where = f" at stage {failure.stage}" if failure.stage else ""
+            why = f": {failure.reason}" if failure.reason else ""
+            resumed = " (resumed, not yet completed)" if batch.is_running else ""
             incidents.append(
-                Incident(
-                    FAILED, batch["id"], f"batch {batch['id']} failed{where}{why}{resumed}", failure["at"], batch["id"]
-                )
+                Incident(FAILED, batch.id, f"batch {batch.id} failed{where}{why}{resumed}", failure.at, batch.id)
             )
-    incidents.extend(_missing_deadlines(snapshot, now, deadline, watch_since))
     return incidents
 
 
-def _missing_deadlines(snapshot, now: float, deadline: DailyDeadline, watch_since: float | None) -> list[Incident]:
-    starts = [b["started_at"] for b in snapshot.batches_newest_first()]
+def _missing_deadlines(
+    snapshot: Snapshot, now: float, deadline: DailyDeadline, watch_since: float | None
+) -> list[Incident]:
+    starts = [batch.started_at for batch in snapshot.batches_newest_first()]
     floor = None
     if starts:
-        latest = max(starts)
         # The latest batch covers its own deadline, the first strictly after its start
         # (a start exactly at a deadline instant belongs to the next one, as its deadline does).
-        floor = deadline.first_after(latest)
+        floor = deadline.first_after(max(starts))
     if watch_since is not None:
         floor = watch_since if floor is None else max(floor, watch_since)
     if floor is None:
@@ -106,7 +193,7 @@ def _missing_deadlines(snapshot, now: float, deadline: DailyDeadline, watch_sinc
     ]
 
 
-def check(snapshot, now: float, deadline: DailyDeadline) -> tuple[bool, str]:
+def check(snapshot: Snapshot, now: float, deadline: DailyDeadline) -> tuple[bool, str]:
     """``(ok, reason)``; see :func:`utils.batch_tracker.check_batch_completion`."""
     incidents = open_incidents(snapshot, now, deadline)
     if incidents:
@@ -116,60 +203,63 @@ def check(snapshot, now: float, deadline: DailyDeadline) -> tuple[bool, str]:
         upcoming = deadline.first_after(now)
         return True, f"no batch recorded yet; next deadline {format_local(upcoming, deadline)}"
     due = batch_deadline(current, deadline)
-    if current["state"] == "completed":
-        margin = due - current["ended_at"]
+    if current.is_completed:
+        margin = due - current.ended_at
+        when = f"its deadline {format_local(due, deadline)}"
         if margin < 0:
-            return (
-                False,
-                f"batch {current['id']} completed {format_duration(margin)} late, after its deadline {format_local(due, deadline)}",
-            )
-        return (
-            True,
-            f"batch {current['id']} completed on time, {format_duration(margin)} before its deadline {format_local(due, deadline)}",
-        )
-    percent = overall_percentage(current)
+            return False, f"batch {current.id} completed {format_duration(margin)} late, after {when}"
+        return True, f"batch {current.id} completed on time, {format_duration(margin)} before {when}"
     return True, (
-        f"batch {current['id']} running, {percent:.0f}% complete, "
+        f"batch {current.id} running, {current.overall_percentage():.0f}% complete, "
         f"deadline {format_local(due, deadline)} in {format_duration(due - now)}"
     )
 
 
+# ----------------------------------------------------------------------------- early warnings
+
+
 def early_warnings(
-    snapshot,
+    snapshot: Snapshot,
     now: float,
-    deadline,
+    deadline: DailyDeadline,
     margin_seconds: float,
     already_open: frozenset[str] | set[str] = frozenset(),
 ) -> list[Incident]:
-    """Open at-risk, too-short and stalled-stage incidents at ``now``.
+    """Open at-risk, too-short and stalled-stage incidents at ``now``, after :data:`PRECEDENCE`.
 
     At risk opens when the projection passes the deadline by more than
     ``margin_seconds`` and, once open (its identity in ``already_open``), stays open
     until the projection is back within the deadline or the batch ends: the
-    hysteresis keeps a projection hovering near the threshold from flapping.
+    hysteresis keeps a projection hovering near the threshold from flapping. A
+    warning that a late or failed incident supersedes -- detected now, or open by its
+    identity in ``already_open`` -- is not returned.
     """
     if not snapshot.readable:
         return []
-    incidents: list[Incident] = []
+    warnings: list[Incident] = []
     current = snapshot.current
-    history = [b for b in snapshot.history if current is None or b["id"] != current["id"]]
-    if current is not None and current["state"] == "running":
-        incidents.extend(_at_risk(current, history, now, deadline, margin_seconds, already_open))
-        incidents.extend(_stalled(current, history, now))
-    incidents.extend(_too_short(snapshot))
-    return incidents
+    history = [b for b in snapshot.history if current is None or b.id != current.id]
+    if current is not None and current.is_running:
+        warnings.extend(_at_risk(current, history, now, deadline, margin_seconds, already_open))
+        warnings.extend(_stalled(current, history, now))
+    warnings.extend(_too_short(snapshot))
+    if not warnings:
+        return []
+    return apply_precedence(
+        warnings, open_now=_late_and_failed(snapshot, now, deadline), open_identities=frozenset(already_open)
+    )
 
 
-def _at_risk(batch, history, now, deadline, margin_seconds, already_open) -> list[Incident]:
+def _at_risk(
+    batch: Batch, history: list[Batch], now: float, deadline: DailyDeadline, margin_seconds: float, already_open
+) -> list[Incident]:
     projection = project(batch, history, now)
     if projection is None:
         return []
     due = batch_deadline(batch, deadline)
-    if now >= due:
-        return []  # past the deadline the "late" incident speaks; a warning is no longer early
     overshoot = projection.completion_at - due
-    candidate = Incident(AT_RISK, batch["id"], "", due, batch["id"])
-    threshold = 0.0 if identity(candidate) in already_open else margin_seconds
+    candidate = Incident(AT_RISK, batch.id, "", due, batch.id)
+    threshold = 0.0 if candidate.identity in already_open else margin_seconds
     if overshoot <= threshold:
         return []
     slow = ""
@@ -179,60 +269,59 @@ def _at_risk(batch, history, now, deadline, margin_seconds, already_open) -> lis
             f"usually {format_duration(projection.slow_stage_usual)}"
         )
     summary = (
-        f"batch {batch['id']} is projected to finish at {format_local(projection.completion_at, deadline)}, "
+        f"batch {batch.id} is projected to finish at {format_local(projection.completion_at, deadline)}, "
         f"{format_duration(overshoot)} after its deadline {format_local(due, deadline)}{slow}"
     )
     return [dataclasses.replace(candidate, summary=summary)]
 
 
-def _stalled(batch, history, now) -> list[Incident]:
+def _stalled(batch: Batch, history: list[Batch], now: float) -> list[Incident]:
     samples = usual_stage_durations(history)
-    for name in ordered_stage_names(batch):
-        detail = batch["stages"].get(name)
-        if detail and detail["percentage"] >= 100:
+    stages = batch.stage_map()
+    for name in batch.ordered_stage_names():
+        stage = stages.get(name)
+        if stage is not None and stage.done:
             continue
         values = samples.get(name, [])
         if len(values) < MIN_SAMPLES:
             return []
-        since_start = _elapsed_since_start(batch, name, now)
-        last_move = detail["updated_at"] if detail else now - since_start
+        last_move = stage.updated_at if stage else now - elapsed_in_stage(batch, name, now)
         idle = now - last_move
-        limit = percentile(values, 0.95) * STALL_FACTOR
-        if idle > limit and idle > 60:
+        usual_at_most = percentile(values, 0.95)
+        if idle > usual_at_most * STALL_FACTOR and idle > 60:
             return [
                 Incident(
                     STALLED_STAGE,
-                    f"{batch['id']}:{name}",
-                    f"stage {name} of batch {batch['id']} has not moved for {format_duration(idle)} "
-                    f"(at {detail['percentage'] if detail else 0:.0f}%; it usually takes at most "
-                    f"{format_duration(percentile(values, 0.95))})",
+                    f"{batch.id}:{name}",
+                    f"stage {name} of batch {batch.id} has not moved for {format_duration(idle)} "
+                    f"(at {stage.percentage if stage else 0:.0f}%; it usually takes at most "
+                    f"{format_duration(usual_at_most)})",
                     last_move,
-                    batch["id"],
+                    batch.id,
                 )
             ]
         return []  # only the running stage can be stalled
     return []
 
 
-def _too_short(snapshot) -> list[Incident]:
-    batches = snapshot.batches_newest_first()
-    latest = next((b for b in batches if b["state"] == "completed"), None)
-    if latest is None or latest.get("duration_seconds") is None:
+def _too_short(snapshot: Snapshot) -> list[Incident]:
+    latest = next((b for b in snapshot.batches_newest_first() if b.is_completed), None)
+    if latest is None or latest.duration_seconds is None:
         return []
-    reference = [b for b in snapshot.history if b["id"] != latest["id"]]
-    durations = [b["duration_seconds"] for b in recent_completed(reference)]
+    reference = [b for b in snapshot.history if b.id != latest.id]
+    durations = [b.duration_seconds for b in recent_completed(reference)]
     if len(durations) < MIN_SAMPLES:
         return []
     median = statistics.median(durations)
-    if latest["duration_seconds"] >= TOO_SHORT_FRACTION * median:
+    if latest.duration_seconds >= TOO_SHORT_FRACTION * median:
         return []
     return [
         Incident(
             TOO_SHORT,
-            latest["id"],
-            f"batch {latest['id']} completed in {format_duration(latest['duration_seconds'])}, "
+            latest.id,
+            f"batch {latest.id} completed in {format_duration(latest.duration_seconds)}, "
             f"under {TOO_SHORT_FRACTION:.0%} of the usual {format_duration(median)}: it probably did nothing",
-            latest["ended_at"],
-            latest["id"],
+            latest.ended_at,
+            latest.id,
         )
     ]

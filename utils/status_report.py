@@ -2,6 +2,8 @@
 
 The ``status`` CLI, :func:`utils.batch_tracker.get_batch_status`, the status page and
 /status.json all read the state through :func:`describe`, so they never disagree.
+Every input is a :class:`utils.model.Snapshot` / :class:`utils.model.Batch`; every
+output is plain JSON-shaped data (dicts, lists, strings, numbers).
 """
 
 from __future__ import annotations
@@ -10,62 +12,57 @@ import statistics
 
 from utils.deadline import DailyDeadline, format_utc
 from utils.incidents import check, open_incidents
-from utils.projection import (
-    active_stage,
-    batch_deadline,
-    describe_projection,
-    on_time,
-    ordered_stage_names,
-    overall_percentage,
-    stage_durations,
-)
+from utils.model import ABANDONED, COMPLETED, FAILED, Batch, Failure, Snapshot
+from utils.projection import batch_deadline, on_time, project
 
 
-def _stage_details(batch: dict) -> list[dict]:
+def _stage_details(batch: Batch) -> list[dict]:
     details = []
-    durations = stage_durations(batch)
-    for name in ordered_stage_names(batch):
-        stage = batch["stages"].get(name)
+    durations = batch.stage_durations()
+    stages = batch.stage_map()
+    for name in batch.ordered_stage_names():
+        stage = stages.get(name)
         details.append(
             {
                 "name": name,
-                "percentage": stage["percentage"] if stage else 0.0,
-                "first_seen_at": format_utc(stage["first_seen_at"]) if stage else None,
-                "updated_at": format_utc(stage["updated_at"]) if stage else None,
-                "completed_at": format_utc(stage.get("completed_at")) if stage else None,
+                "percentage": stage.percentage if stage else 0.0,
+                "first_seen_at": format_utc(stage.first_seen_at) if stage else None,
+                "updated_at": format_utc(stage.updated_at) if stage else None,
+                "completed_at": format_utc(stage.completed_at) if stage else None,
                 "duration_seconds": durations.get(name),
             }
         )
     return details
 
 
-def summarize_batch(batch: dict, deadline: DailyDeadline, now: float) -> dict:
-    due = batch_deadline(batch, deadline)
+def summarize_batch(batch: Batch, deadline: DailyDeadline, now: float) -> dict:
+    """One batch as a line of the history: ids, times (ISO-8601 UTC), verdict, completion, cost."""
     return {
-        "id": batch["id"],
-        "state": batch["state"],
-        "started_at": format_utc(batch["started_at"]),
-        "ended_at": format_utc(batch.get("ended_at")),
-        "duration_seconds": batch.get("duration_seconds"),
-        "deadline_utc": format_utc(due),
+        "id": batch.id,
+        "state": batch.state,
+        "started_at": format_utc(batch.started_at),
+        "ended_at": format_utc(batch.ended_at),
+        "duration_seconds": batch.duration_seconds,
+        "deadline_utc": format_utc(batch_deadline(batch, deadline)),
         "on_time": on_time(batch, deadline, now),
-        "completion_percentage": round(overall_percentage(batch), 2),
-        "cost_per_lead": batch.get("cost_per_lead"),
-        "gpu_cost_dollars": batch.get("gpu_cost_dollars", 0.0),
+        "completion_percentage": round(batch.overall_percentage(), 2),
+        "cost_per_lead": batch.cost_per_lead,
+        "gpu_cost_dollars": batch.gpu_cost_dollars,
     }
 
 
-def history_summary(snapshot, deadline: DailyDeadline, now: float, recent: int = 7) -> dict:
-    finished = [b for b in snapshot.history if b["state"] != "running"]
-    completed = [b for b in finished if b["state"] == "completed"]
-    durations = [b["duration_seconds"] for b in completed if b.get("duration_seconds") is not None]
-    decided = [b for b in finished if b["state"] in ("completed", "failed")]
+def history_summary(snapshot: Snapshot, deadline: DailyDeadline, now: float, recent: int = 7) -> dict:
+    """Counts by outcome, on-time rate (on time / (completed + failed)), median duration, recent batches."""
+    finished = [b for b in snapshot.history if not b.is_running]
+    completed = [b for b in finished if b.state == COMPLETED]
+    durations = [b.duration_seconds for b in completed if b.duration_seconds is not None]
+    decided = [b for b in finished if b.state in (COMPLETED, FAILED)]
     punctual = [b for b in decided if on_time(b, deadline, now)]
     return {
         "count": len(snapshot.history),
         "completed": len(completed),
-        "failed": sum(1 for b in finished if b["state"] == "failed"),
-        "abandoned": sum(1 for b in finished if b["state"] == "abandoned"),
+        "failed": sum(1 for b in finished if b.state == FAILED),
+        "abandoned": sum(1 for b in finished if b.state == ABANDONED),
         "on_time_rate": round(len(punctual) / len(decided), 4) if decided else None,
         "median_duration_seconds": statistics.median(durations) if durations else None,
         "recent": [summarize_batch(b, deadline, now) for b in list(reversed(snapshot.history))[:recent]],
@@ -73,7 +70,7 @@ def history_summary(snapshot, deadline: DailyDeadline, now: float, recent: int =
     }
 
 
-def describe(snapshot, now: float, deadline: DailyDeadline) -> dict:
+def describe(snapshot: Snapshot, now: float, deadline: DailyDeadline) -> dict:
     """The status report behind ``get_batch_status``; every time ISO-8601 with offset."""
     current = snapshot.current
     ok, reason = check(snapshot, now, deadline)
@@ -106,37 +103,54 @@ def describe(snapshot, now: float, deadline: DailyDeadline) -> dict:
             "readable": snapshot.readable,
             "error": snapshot.error,
             "recovered_from_corruption": [
-                dict(event, at=format_utc(event.get("at"))) for event in snapshot.storage_events
+                {**event.to_dict(), "at": format_utc(event.at)} for event in snapshot.storage_events
             ],
         },
     }
     if current is None:
         return report
-    due = batch_deadline(current, deadline)
-    end = current.get("ended_at")
+    end = current.ended_at
     report.update(
-        id=current["id"],
-        state=current["state"],
-        started_at=format_utc(current["started_at"]),
+        id=current.id,
+        state=current.state,
+        started_at=format_utc(current.started_at),
         ended_at=format_utc(end),
-        duration_seconds=current.get("duration_seconds"),
-        elapsed_seconds=(end if end is not None else now) - current["started_at"],
-        deadline=_deadline_view(due, deadline, now),
-        completion_percentage=round(overall_percentage(current), 2),
-        expected_stages=list(current.get("expected_stages") or []),
+        duration_seconds=current.duration_seconds,
+        elapsed_seconds=(end if end is not None else now) - current.started_at,
+        deadline=_deadline_view(batch_deadline(current, deadline), deadline, now),
+        completion_percentage=round(current.overall_percentage(), 2),
+        expected_stages=list(current.expected_stages),
         stages=_stage_details(current),
-        active_stage=active_stage(current) if current["state"] != "completed" else None,
+        active_stage=current.active_stage() if not current.is_completed else None,
         on_time=on_time(current, deadline, now),
-        failure=_failure_view(current.get("failure")),
-        failures=[_failure_view(f) for f in current.get("failures") or []],
-        resumed_at=[format_utc(t) for t in current.get("resumed_at") or []],
-        cost_per_lead=current.get("cost_per_lead"),
-        gpu_cost_dollars=current.get("gpu_cost_dollars", 0.0),
-        host=current.get("host"),
+        failure=_failure_view(current.failure),
+        failures=[_failure_view(f) for f in current.failures],
+        resumed_at=[format_utc(t) for t in current.resumed_at],
+        cost_per_lead=current.cost_per_lead,
+        gpu_cost_dollars=current.gpu_cost_dollars,
+        host=current.host,
     )
-    history = [b for b in snapshot.history if b["id"] != current["id"]]
-    report["projection"] = describe_projection(current, history, now, deadline)
+    history = [b for b in snapshot.history if b.id != current.id]
+    report["projection"] = projection_view(current, history, now, deadline)
     return report
+
+
+def projection_view(batch: Batch | None, history: list[Batch], now: float, deadline: DailyDeadline) -> dict | None:
+    """The projected finish as JSON-ready fields for the status report; None when not running."""
+    if batch is None or not batch.is_running:
+        return None
+    projection = project(batch, history, now)
+    if projection is None:
+        return {"projected_completion_utc": None, "reason": "not enough completed batches to project from"}
+    return {
+        "projected_completion_utc": format_utc(projection.completion_at),
+        "projected_completion_local": deadline.to_local(projection.completion_at).isoformat(timespec="seconds"),
+        "projected_completion_epoch": projection.completion_at,
+        "seconds_past_deadline": projection.completion_at - batch_deadline(batch, deadline),
+        "slow_stage": projection.slow_stage,
+        "slow_stage_elapsed_seconds": projection.slow_stage_elapsed,
+        "slow_stage_usual_seconds": projection.slow_stage_usual,
+    }
 
 
 def _deadline_view(due: float, deadline: DailyDeadline, now: float) -> dict:
@@ -149,7 +163,7 @@ def _deadline_view(due: float, deadline: DailyDeadline, now: float) -> dict:
     }
 
 
-def _failure_view(failure: dict | None) -> dict | None:
+def _failure_view(failure: Failure | None) -> dict | None:
     if failure is None:
         return None
-    return {"stage": failure.get("stage"), "reason": failure.get("reason", ""), "at": format_utc(failure.get("at"))}
+    return {"stage": failure.stage, "reason": failure.reason, "at": format_utc(failure.at)}
