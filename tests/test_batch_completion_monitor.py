@@ -1,4 +1,4 @@
-"""The completion monitor (utils/monitor.py and bin/batch_completion_monitor.py).
+"""The completion monitor (utils/monitor.py, utils/service.py and bin/batch_completion_monitor.py).
 
 Most tests drive ``Monitor.step()`` with a FakeClock against a real SMTP server on
 127.0.0.1; a few run the entry point as a real subprocess on the real clock.
@@ -22,10 +22,11 @@ import pytest
 from conftest import PROJECT_ROOT, VENV_PYTHON, free_port, run_tracker_cli, wait_until
 
 from utils.batch_tracker import BatchTracker, TrackerConfig, sibling_file
+from utils.config import MonitorConfig, Secret
 from utils.mail_compose import parse_message
 from utils.monitor import Monitor, StepResult
-from utils.monitor_config import MonitorConfig, Secret
 from utils.sdnotify import SystemdNotifier
+from utils.service import Service
 
 MONITOR = str(PROJECT_ROOT / "bin" / "batch_completion_monitor.py")
 BATCH = "20261123T060000Z-ab12"
@@ -209,12 +210,12 @@ def test_it_alerts_an_unreadable_tracker_without_clearing_other_incidents(world,
     world.at(ny("2026-11-23 05:02"))
     result = monitor.step()
     assert result.opened == ("tracker_unreadable:tracker",) and result.cleared == ()
-    assert {r["kind"] for r in result.open_incidents} == {"late", "tracker_unreadable"}
+    assert {r.kind for r in result.open_incidents} == {"late", "tracker_unreadable"}
     tracker_file.write_bytes(good)
     world.at(ny("2026-11-23 05:03"))
     result = monitor.step()
     assert result.cleared == ("tracker_unreadable:tracker",)
-    assert [r["kind"] for r in result.open_incidents] == ["late"]
+    assert [r.kind for r in result.open_incidents] == ["late"]
     subjects = world.subjects()
     assert len(subjects) == 3
     assert subjects[1].startswith("[TRACKER UNREADABLE] nightly batch tracker file cannot be read")
@@ -519,7 +520,8 @@ def test_it_runs_a_loop_that_reacts_to_the_tracker_and_stops_promptly(world, tra
     real.start()
     port = free_port()
     monitor = Monitor(world.config(check_interval_seconds=300, metrics_port=port), clock=time.time)
-    thread = threading.Thread(target=monitor.run)
+    service = Service(monitor)
+    thread = threading.Thread(target=service.run)
     thread.start()
     try:
         wait_until(lambda: monitor.health()[0], timeout=5, message="a first check")
@@ -534,7 +536,7 @@ def test_it_runs_a_loop_that_reacts_to_the_tracker_and_stops_promptly(world, tra
         assert status["monitor"]["recent_alerts"][-1]["type"] == "alert"
     finally:
         asked = time.monotonic()
-        monitor.request_stop()
+        service.request_stop()
         thread.join(5)
     assert not thread.is_alive() and time.monotonic() - asked < 1.0
     assert monitor.health() == (True, "ok")
@@ -689,8 +691,16 @@ def test_it_runs_from_any_directory_and_sdnotify_is_a_noop_without_a_socket(moni
 
 def test_it_runs_as_an_executable_under_the_projects_venv_whatever_python3_is(monitor_env, tmp_path):
     assert os.access(MONITOR, os.X_OK)
-    env = dict(monitor_env, PATH="/usr/bin:/bin")  # python3 here is not the venv's: the script re-executes
-    result = subprocess.run([MONITOR, "--once"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    # The installed script names the venv's interpreter: python3 on PATH (here not the venv's) does not matter.
+    script = os.path.join(os.path.dirname(VENV_PYTHON), "batch-completion-monitor")
+    env = dict(monitor_env, PATH="/usr/bin:/bin")
+    result = subprocess.run([script, "--once"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK: no batch recorded yet")
+    # bin/batch_completion_monitor.py runs as an executable under the venv's python3 (first on PATH).
+    result = subprocess.run(
+        [MONITOR, "--once"], env=monitor_env, cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("OK: no batch recorded yet")
 
@@ -745,7 +755,7 @@ def test_it_keeps_a_late_incident_open_when_the_clock_steps_back(world):
     world.at(ny("2026-11-23 04:10"))  # NTP steps the clock an hour back: the batch is still late
     result = monitor.step()
     assert result.cleared == () and result.notifications == ()
-    assert [r["kind"] for r in result.open_incidents] == ["late"] and result.exit_code == 1
+    assert [r.kind for r in result.open_incidents] == ["late"] and result.exit_code == 1
     world.at(ny("2026-11-23 05:20"))
     assert monitor.step().notifications == ()  # no second LATE either
     world.at(ny("2026-11-23 05:47"))

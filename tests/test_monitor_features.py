@@ -8,8 +8,8 @@ import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
 from utils.batch_tracker import BatchTracker, TrackerConfig
+from utils.config import MonitorConfig
 from utils.monitor import Monitor
-from utils.monitor_config import MonitorConfig
 
 scenarios("monitor.feature")
 

@@ -161,6 +161,24 @@ def test_it_writes_eml_files_when_no_smtp_server_is_configured(tmp_path, clock, 
     assert path in caplog.text
 
 
+def test_it_keeps_one_copy_of_a_message_delivered_as_a_file(tmp_path, clock):
+    directory = tmp_path / "outbox"
+    outbox = Outbox(str(directory), clock=clock)
+    queued = outbox.enqueue(simple_message(), kind="late", notification_type=ALERT)
+    receipt = outbox.deliver_due(FileTransport(str(directory), clock=clock)).receipts[0]
+    assert [str(p) for p in directory.rglob("*.eml")] == [receipt]  # not also in sent/
+    [sent] = outbox.sent()
+    assert (sent.id, sent.copy, sent.receipt) == (queued.id, receipt, receipt)
+    # A crash after recording the delivery, before the pending message was dropped: repaired, still one copy.
+    second = outbox.enqueue(simple_message(message_id="<two@example.com>"), kind="late", notification_type=ALERT)
+    pending_json = directory / "pending" / f"{second.id}.json"
+    record = {**json.loads(pending_json.read_text()), "delivered_at": 1, "receipt": receipt, "copy": receipt}
+    (directory / "sent" / f"{second.id}.json").write_text(json.dumps(record))
+    pending_json.unlink()
+    assert outbox.deliver_due(FileTransport(str(directory), clock=clock)).delivered == ()
+    assert [str(p) for p in directory.rglob("*.eml")] == [receipt]
+
+
 def test_it_finishes_a_move_that_a_crash_interrupted(tmp_path, clock, smtp_server):
     outbox = Outbox(str(tmp_path / "outbox"), clock=clock)
     queued = outbox.enqueue(simple_message(), kind="late", notification_type=ALERT)

@@ -12,11 +12,11 @@ import subprocess
 import pytest
 from conftest import SmtpSink, free_port
 
+from utils.config import Secret
 from utils.deadline import DailyDeadline
 from utils.mail_compose import (
     ALERT,
 )
-from utils.monitor_config import Secret
 from utils.outbox import Outbox
 from utils.transports import PermanentDeliveryError, SmtpTransport, TransientDeliveryError
 

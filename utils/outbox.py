@@ -5,9 +5,14 @@ delivered, across restarts and outages::
 
     <outbox>/pending/<id>.eml   the message, written atomically before any attempt
     <outbox>/pending/<id>.json  sidecar: recipients, incident, seq, attempts, next_attempt_at, last_error
-    <outbox>/sent/              delivered messages (the newest ``keep`` pairs are kept)
+    <outbox>/sent/              delivered messages (the newest ``keep`` are kept)
     <outbox>/failed/            messages refused permanently (5xx)
     <outbox>/<UTC>-<kind>-<type>-<id8>.eml   alerts "delivered" by :class:`FileTransport`
+
+Each message is on disk once: it leaves ``pending/`` for ``sent/`` or ``failed/`` by a
+rename, and when the transport keeps its own copy (``FileTransport.keeps_copy``: the
+``.eml`` files above) ``sent/`` holds only the record, which names that copy.
+The sidecar reads into one value, :class:`utils.outbox_admin.QueuedMessage`.
 
 ``<id>`` is a hash of the Message-ID, so enqueueing the same message twice is a
 no-op. A delivered message moves to ``sent/`` only after the transport accepted it:
@@ -29,7 +34,7 @@ off, or held itself): a recovery or reminder never overtakes its alert. A messag
 for good (``failed/``) no longer holds the later ones back.
 
 Operators list pending and failed messages and put failed ones back in the queue with
-``bin/batch_completion_monitor.py outbox list|retry`` (:meth:`Outbox.retry`).
+``bin/batch_completion_monitor.py outbox list|retry`` (:mod:`utils.outbox_admin`).
 
 Every directory the outbox creates is 0750 whatever the umask.
 """
@@ -48,7 +53,8 @@ from email.parser import BytesHeaderParser
 from email.utils import getaddresses, parseaddr
 
 from utils.deadline import format_duration
-from utils.mail_compose import ALERT, MAIL_POLICY, outbox_id
+from utils.mail_compose import MAIL_POLICY, outbox_id
+from utils.outbox_admin import QueuedMessage
 from utils.state_store import StorageError, read_json_object, write_bytes_atomically, write_json_atomically
 from utils.transports import KEEP_DELIVERED, DeliveryError, PermanentDeliveryError, ensure_private_dir
 
@@ -58,50 +64,6 @@ BACKOFF_INITIAL_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 600.0
 ORPHAN_MAX_AGE_SECONDS = 86_400
 INCIDENT_HEADER = "X-Batch-Incident"
-MIN_ID_PREFIX = 6
-
-
-class UnknownMessageError(ValueError):
-    """An id given to :meth:`Outbox.retry` names no failed message (or more than one)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class QueuedMessage:
-    """A message in the outbox: its sidecar record and where it lives."""
-
-    id: str
-    message_id: str
-    subject: str
-    kind: str
-    type: str
-    recipients: tuple[str, ...]
-    sender: str
-    created_at: float
-    attempts: int
-    next_attempt_at: float
-    last_error: str | None
-    state: str  # pending | sent | failed
-    incident: str | None = None  # X-Batch-Incident: messages of one incident leave in order
-    seq: int = 0  # enqueue order (0: stored by a version without it, so older than any numbered one)
-
-    @classmethod
-    def from_record(cls, record: dict, state: str) -> QueuedMessage:
-        return cls(
-            id=record["id"],
-            message_id=record["message_id"],
-            subject=record.get("subject", ""),
-            kind=record.get("kind", ""),
-            type=record.get("type", ALERT),
-            recipients=tuple(record.get("recipients", ())),
-            sender=record.get("sender", ""),
-            created_at=float(record.get("created_at", 0.0)),
-            attempts=int(record.get("attempts", 0)),
-            next_attempt_at=float(record.get("next_attempt_at", 0.0)),
-            last_error=record.get("last_error"),
-            state=state,
-            incident=record.get("incident"),
-            seq=int(record.get("seq", 0)),
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,33 +134,31 @@ class Outbox:
         message_id = str(message["Message-ID"])
         oid = outbox_id(message_id)
         for state, directory in (("pending", self.pending_dir), ("sent", self.sent_dir), ("failed", self.failed_dir)):
-            existing = self._read_sidecar(os.path.join(directory, oid + ".json"))
+            existing = self._read_sidecar(os.path.join(directory, oid + ".json"), state)
             if existing is not None:
-                return QueuedMessage.from_record(existing, state)
+                return existing
         now = self.clock()
         # The envelope takes bare addresses; the headers keep the display names ("Ops <ops@x>").
         recipients = [addr for _, addr in getaddresses([str(message["To"])]) if addr]
         incident = message[INCIDENT_HEADER]
-        record = {
-            "id": oid,
-            "message_id": message_id,
-            "subject": str(message["Subject"]),
-            "kind": kind,
-            "type": notification_type,
-            "incident": None if incident is None else str(incident),
-            "recipients": recipients,
-            "sender": parseaddr(str(message["From"]))[1],
-            "created_at": now,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "last_error": None,
-        }
         with self._file_lock(".enqueue.lock"):
-            record["seq"] = self._next_seq()
+            record = QueuedMessage(
+                id=oid,
+                message_id=message_id,
+                subject=str(message["Subject"]),
+                kind=kind,
+                type=notification_type,
+                incident=None if incident is None else str(incident),
+                recipients=tuple(recipients),
+                sender=parseaddr(str(message["From"]))[1],
+                created_at=now,
+                next_attempt_at=now,
+                seq=self._next_seq(),
+            )
             # The message first, then the sidecar: a sidecar always has its message.
             write_bytes_atomically(os.path.join(self.pending_dir, oid + ".eml"), message.as_bytes(policy=MAIL_POLICY))
-            write_json_atomically(os.path.join(self.pending_dir, oid + ".json"), record)
-        return QueuedMessage.from_record(record, "pending")
+            write_json_atomically(os.path.join(self.pending_dir, oid + ".json"), record.to_dict())
+        return record
 
     def _next_seq(self) -> int:
         """One more than any pending or failed message's ``seq`` (failed ones may be re-queued).
@@ -207,12 +167,12 @@ class Outbox:
         written to failed/ before it leaves pending/, so it is seen in one of them.
         """
         records = self._records(self.pending_dir) + self._records(self.failed_dir)
-        return 1 + max((int(r.get("seq", 0)) for r in records), default=0)
+        return 1 + max((r.seq for r in records), default=0)
 
     # ----- reads
 
-    @staticmethod
-    def _read_sidecar(path: str) -> dict | None:
+    def _read_sidecar(self, path: str, state: str) -> QueuedMessage | None:
+        """The sidecar at ``path``; None when there is none or it is not one (logged, left alone)."""
         try:
             record = read_json_object(path)
         except StorageError as exc:
@@ -220,26 +180,27 @@ class Outbox:
             return None
         if record is None or not isinstance(record.get("id"), str) or not isinstance(record.get("message_id"), str):
             return None
-        return record
+        if state == "pending" and "incident" not in record:  # stored by a version without it: the header has it
+            record["incident"] = self._incident_from_message(record["id"])
+        try:
+            return QueuedMessage.from_dict(record, state)
+        except (TypeError, ValueError) as exc:
+            LOGGER.error("outbox record %s is malformed (%s); leaving it", path, exc)
+            return None
 
-    def _records(self, directory: str) -> list[dict]:
+    def _records(self, directory: str, state: str = "pending") -> list[QueuedMessage]:
         try:
             names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise StorageError(f"cannot list {directory}: {exc.strerror or exc}") from exc
-        records = [self._read_sidecar(os.path.join(directory, name)) for name in names]
+        records = [self._read_sidecar(os.path.join(directory, name), state) for name in names]
         return [r for r in records if r is not None]
 
     def pending(self) -> list[QueuedMessage]:
         """Messages waiting for delivery in enqueue order (``seq``, then creation time)."""
-        records = self._records(self.pending_dir)
-        for record in records:
-            if "incident" not in record:  # stored by a version without it: the header has it
-                record["incident"] = self._incident_from_message(record["id"])
-        records.sort(key=lambda r: (int(r.get("seq", 0)), float(r.get("created_at", 0)), r["id"]))
-        return [QueuedMessage.from_record(r, "pending") for r in records]
+        return sorted(self._records(self.pending_dir), key=lambda r: (r.seq, r.created_at, r.id))
 
     def _incident_from_message(self, oid: str) -> str | None:
         try:
@@ -251,10 +212,10 @@ class Outbox:
         return None if value is None else str(value)
 
     def sent(self) -> list[QueuedMessage]:
-        return [QueuedMessage.from_record(r, "sent") for r in self._records(self.sent_dir)]
+        return self._records(self.sent_dir, "sent")
 
     def failed(self) -> list[QueuedMessage]:
-        return [QueuedMessage.from_record(r, "failed") for r in self._records(self.failed_dir)]
+        return self._records(self.failed_dir, "failed")
 
     def next_attempt_at(self) -> float | None:
         """When the earliest pending message can go, or None when nothing is pending.
@@ -287,87 +248,13 @@ class Outbox:
         return {
             "pending": len(pending),
             "oldest_pending_at": min((m.created_at for m in pending), default=None),
-            "failed": len(self._records(self.failed_dir)),
+            "failed": len(self._records(self.failed_dir, "failed")),
         }
-
-    # ----- operator: re-queue failed messages
-
-    def retry(self, ids: list[str] | None = None) -> list[QueuedMessage]:
-        """Move failed messages back to pending (all of them when ``ids`` is None); return them.
-
-        Each id is a failed message's id or a unique prefix of at least ``MIN_ID_PREFIX``
-        characters. Every id is checked first: an unknown or ambiguous one raises
-        :class:`UnknownMessageError` and nothing moves. A re-queued message has its attempts
-        reset and is due now; it keeps its ``seq``, so it still goes before later pending
-        messages of its incident. Runs under the delivery lock (never during a pass).
-        """
-        if not os.path.isdir(self.failed_dir):  # nothing ever failed: check the ids, create nothing
-            for wanted in ids or ():
-                self._resolve(wanted, {})
-            return []
-        with self._delivery_lock():
-            failed = {m.id: m for m in self.failed()}
-            if ids is None:
-                chosen = sorted(failed)
-            else:
-                chosen = []
-                for wanted in ids:
-                    oid = self._resolve(wanted, failed)
-                    if oid not in chosen:
-                        chosen.append(oid)
-            now = self.clock()
-            return [self._requeue(oid, now) for oid in chosen]
-
-    @staticmethod
-    def _resolve(wanted: str, failed: dict[str, QueuedMessage]) -> str:
-        if wanted in failed:
-            return wanted
-        matches = [oid for oid in failed if len(wanted) >= MIN_ID_PREFIX and oid.startswith(wanted)]
-        if len(matches) == 1:
-            return matches[0]
-        if matches:
-            raise UnknownMessageError(f"id {wanted!r} matches {len(matches)} failed messages; give more characters")
-        raise UnknownMessageError(
-            f"no failed message with id {wanted!r} ({len(failed)} failed; give an id shown by 'outbox list' "
-            f"or a unique prefix of {MIN_ID_PREFIX}+ characters)"
-        )
-
-    def _requeue(self, oid: str, now: float) -> QueuedMessage:
-        """failed/ -> pending/: the message and its sidecar first, then the failed record (it decides).
-
-        A crash before the failed record is gone leaves the message failed (``_repair``
-        moves the copy back), never in both places.
-        """
-        record = self._read_sidecar(os.path.join(self.failed_dir, oid + ".json"))
-        if record is None:
-            raise UnknownMessageError(f"no failed message with id {oid!r}")
-        try:
-            with open(os.path.join(self.failed_dir, oid + ".eml"), "rb") as handle:
-                raw = handle.read()
-        except OSError as exc:
-            raise StorageError(f"cannot read the failed message {oid}: {exc.strerror or exc}") from exc
-        record.pop("failed_at", None)
-        record.update(
-            attempts=0,
-            next_attempt_at=now,
-            previous_error=record.get("last_error"),
-            last_error=None,
-            requeued_at=now,
-        )
-        write_bytes_atomically(os.path.join(self.pending_dir, oid + ".eml"), raw)
-        write_json_atomically(os.path.join(self.pending_dir, oid + ".json"), record)
-        try:
-            os.unlink(os.path.join(self.failed_dir, oid + ".json"))
-        except OSError as exc:
-            raise StorageError(f"cannot re-queue {oid}: {exc.strerror or exc}") from exc
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(self.failed_dir, oid + ".eml"))
-        LOGGER.info("failed message %r (%s) re-queued for delivery", record.get("subject"), record["message_id"])
-        return QueuedMessage.from_record(record, "pending")
 
     # ----- delivery
 
-    def _delivery_lock(self) -> contextlib.AbstractContextManager[None]:
+    def delivery_lock(self) -> contextlib.AbstractContextManager[None]:
+        """One delivery pass or operator re-queue at a time, across threads and processes."""
         return self._file_lock(".deliver.lock")
 
     @contextlib.contextmanager
@@ -400,7 +287,7 @@ class Outbox:
         deferred: list[QueuedMessage] = []
         failed: list[QueuedMessage] = []
         not_due = 0
-        with self._delivery_lock():
+        with self.delivery_lock():
             moment = self.clock() if now is None else now
             self._repair(moment)
             outage_until: float | None = None
@@ -411,7 +298,7 @@ class Outbox:
                     record = self._finish(item, self.sent_dir, **accepted)  # StorageError while the disk refuses
                     del self._accepted[item.id]
                     LOGGER.info("alert %r (%s) recorded as delivered at last", item.subject, item.message_id)
-                    delivered.append(QueuedMessage.from_record(record, "sent"))
+                    delivered.append(record)
                     receipts.append(str(accepted["receipt"]))
                     continue
                 if item.incident is not None and item.incident in held:
@@ -447,7 +334,7 @@ class Outbox:
                         self.failed_dir,
                         exc,
                     )
-                    failed.append(QueuedMessage.from_record(record, "failed"))
+                    failed.append(record)
                 except DeliveryError as exc:
                     attempts = item.attempts + 1
                     retry_at = moment + self.backoff(attempts)
@@ -465,12 +352,16 @@ class Outbox:
                         exc,
                     )
                     if record is not None:
-                        deferred.append(QueuedMessage.from_record(record, "pending"))
+                        deferred.append(record)
                 else:
+                    # A transport that keeps its own copy (.eml files): sent/ holds the record only.
+                    accepted = {"delivered_at": moment, "receipt": receipt}
+                    if getattr(transport, "keeps_copy", False):
+                        accepted["copy"] = receipt
                     try:
-                        record = self._finish(item, self.sent_dir, delivered_at=moment, receipt=receipt)
+                        record = self._finish(item, self.sent_dir, **accepted)
                     except StorageError as exc:
-                        self._accepted[item.id] = {"delivered_at": moment, "receipt": receipt}
+                        self._accepted[item.id] = accepted
                         LOGGER.error(
                             "alert %r (%s) was delivered via %s but cannot be recorded as sent (%s); "
                             "this process will not send it again",
@@ -487,7 +378,7 @@ class Outbox:
                         ", ".join(item.recipients),
                         item.message_id,
                     )
-                    delivered.append(QueuedMessage.from_record(record, "sent"))
+                    delivered.append(record)
                     receipts.append(receipt)
             self._prune(self.sent_dir)
             self._prune(self.failed_dir)
@@ -518,24 +409,25 @@ class Outbox:
         except OSError as exc:
             raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
-    def _update_pending(self, oid: str, **changes: object) -> dict | None:
+    def _update_pending(self, oid: str, **changes: object) -> QueuedMessage | None:
         path = os.path.join(self.pending_dir, oid + ".json")
-        record = self._read_sidecar(path)
+        record = self._read_sidecar(path, "pending")
         if record is None:
             return None
-        record.update(changes)
-        write_json_atomically(path, record)
+        record = record.replace(**changes)
+        write_json_atomically(path, record.to_dict())
         return record
 
-    def _finish(self, item: QueuedMessage, target_dir: str, **changes: object) -> dict:
-        """Move a pending message to ``sent/`` or ``failed/``: the record first (it decides), then the .eml."""
+    def _finish(self, item: QueuedMessage, target_dir: str, **changes: object) -> QueuedMessage:
+        """Move a pending message to ``sent/`` or ``failed/``: the record first (it decides), then the .eml
+        (dropped instead when the record names the transport's own ``copy``: one copy on disk)."""
         source_json = os.path.join(self.pending_dir, item.id + ".json")
-        record = self._read_sidecar(source_json) or {}
-        record.update(changes)
-        write_json_atomically(os.path.join(target_dir, item.id + ".json"), record)
+        state = "sent" if target_dir == self.sent_dir else "failed"
+        record = (self._read_sidecar(source_json, "pending") or item).replace(state=state, **changes)
+        write_json_atomically(os.path.join(target_dir, item.id + ".json"), record.to_dict())
         try:
             os.unlink(source_json)
-            os.replace(os.path.join(self.pending_dir, item.id + ".eml"), os.path.join(target_dir, item.id + ".eml"))
+            self._settle_message(os.path.join(self.pending_dir, item.id + ".eml"), target_dir, record)
         except OSError as exc:
             # The record in target_dir already says what happened; _repair finishes the move.
             LOGGER.warning("could not finish moving outbox message %s: %s", item.id, exc)
@@ -550,11 +442,12 @@ class Outbox:
         for name in names:
             oid, _, ext = name.rpartition(".")
             path = os.path.join(self.pending_dir, name)
-            for target in (self.sent_dir, self.failed_dir):
+            for target, state in ((self.sent_dir, "sent"), (self.failed_dir, "failed")):
                 if os.path.exists(os.path.join(target, oid + ".json")):
                     with contextlib.suppress(OSError):
                         if ext == "eml":
-                            os.replace(path, os.path.join(target, name))
+                            record = self._read_sidecar(os.path.join(target, oid + ".json"), state)
+                            self._settle_message(path, target, record)
                         else:
                             os.unlink(path)
                     break
@@ -567,6 +460,14 @@ class Outbox:
                     with contextlib.suppress(OSError):
                         if now - os.stat(path).st_mtime > ORPHAN_MAX_AGE_SECONDS:
                             os.unlink(path)
+
+    @staticmethod
+    def _settle_message(path: str, target_dir: str, record: QueuedMessage | None) -> None:
+        """Move the ``.eml`` at ``path`` next to its record, or drop it when the transport kept a copy."""
+        if record is not None and record.copy:
+            os.unlink(path)
+        else:
+            os.replace(path, os.path.join(target_dir, os.path.basename(path)))
 
     def _prune(self, directory: str) -> None:
         """Keep the newest ``keep`` messages in ``directory`` (by record time)."""

@@ -87,7 +87,12 @@ def ensure_private_dir(path: str, mode: int = PRIVATE_DIR_MODE) -> None:
 
 
 class FileTransport:
-    """ "Delivers" by writing the message as an ``.eml`` file into ``directory`` (no SMTP server)."""
+    """ "Delivers" by writing the message as an ``.eml`` file into ``directory`` (no SMTP server).
+
+    ``keeps_copy``: the file is the delivered message, so the outbox keeps no second copy in ``sent/``.
+    """
+
+    keeps_copy = True
 
     def __init__(self, directory: str, *, clock: Callable[[], float] = time.time, keep: int = KEEP_DELIVERED):
         self.directory = directory

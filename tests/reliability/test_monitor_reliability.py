@@ -33,10 +33,10 @@ from utils.batch_tracker import (
     NAME_CHARACTERS,
     BatchTracker,
     TrackerConfig,
-    TrackerSnapshot,
     clean_text,
     sibling_file,
 )
+from utils.config import MonitorConfig
 from utils.deadline import DailyDeadline
 from utils.mail_compose import (
     ALERT,
@@ -49,8 +49,8 @@ from utils.mail_compose import (
     header_safe,
     message_id_for,
 )
+from utils.model import Snapshot
 from utils.monitor import Monitor
-from utils.monitor_config import MonitorConfig
 from utils.state_store import StorageError
 
 MONITOR = str(PROJECT_ROOT / "bin" / "batch_completion_monitor.py")
@@ -584,7 +584,7 @@ def test_it_keeps_any_text_composed_into_a_header_on_one_line(
         ctx,
         notification_type=notification_type,
         incident=incident,
-        snapshot=TrackerSnapshot(None, [], []),
+        snapshot=Snapshot(),
         now=now,
         message_id=message_id_for(f"{kind}:{key}", now, notification_type, 1, SENDER_DOMAIN),
         resolution_text=resolution_text or None,

@@ -1,0 +1,449 @@
+"""The monitor's own state file: the notification log.
+
+``sibling_file(tracker_file, "monitor")``, written only by the monitor, read by the
+metrics collector and the status page. Its JSON (schema 1)::
+
+    schema_version, watch_since, last_check_at
+    open_incidents         {identity: record}   what is open and what was sent about it
+    pending_notifications  [notice]             planned, not yet in the outbox (crash-safe intent)
+    recent_alerts          [notice]             the last 50 queued messages
+    counters               alerts_sent{kind}, recoveries_sent, reminders_sent, delivery_failures,
+                           permanent_failures
+    outbox                 the outbox summary at the last check
+    reported               identities ever opened (a one-shot report is never repeated)
+
+In memory it is an :class:`AlertLog` of :class:`IncidentRecord` (an open incident: the
+detected :class:`~utils.model.Incident` plus what was sent about it) and :class:`Notice`
+(one message: planned, queued, then remembered) values. :class:`AlertLogStore` loads it
+under :mod:`utils.state_store`'s lock, fills in keys older releases did not write, moves a
+corrupt file aside, and brings instants stored in the future back to now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from utils.deadline import format_duration, format_utc
+from utils.mail_compose import ALERT, REMINDER, outbox_id
+from utils.model import Incident
+from utils.state_store import CorruptStateError, JsonStateStore, StorageError
+
+LOGGER = logging.getLogger("utils.monitor")  # operators grep the monitor's log for "clock problem"
+
+SCHEMA_VERSION = 1
+MAX_RECENT_ALERTS = 50
+MAX_REPORTED = 200
+CLOCK_TOLERANCE_SECONDS = 5.0  # a stored instant this far ahead of now means a clock problem, not a race
+COUNTER_KEYS = ("recoveries_sent", "reminders_sent", "delivery_failures", "permanent_failures")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _opt_number(record: Mapping, key: str) -> float | None:
+    value = record.get(key)
+    return float(value) if _number(value) else None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IncidentRecord:
+    """An incident the log holds open: the detected incident and what was sent about it.
+
+    ``continues``: the identity of the "missing" record a late start answered (the late
+    chain keeps its alert); ``moved_to`` / ``moved_at``: where a hook moved the corrupt
+    tracker file (only the monitor knows; the recovery says it).
+    """
+
+    incident: Incident
+    opened_at: float
+    alerted_at: float | None = None
+    last_notified_at: float | None = None
+    reminders_sent: int = 0
+    continues: str | None = None
+    moved_to: str | None = None
+    moved_at: float | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    _KEYS = (
+        *("kind", "key", "summary", "since", "batch_id", "opened_at", "alerted_at", "last_notified_at"),
+        *("reminders_sent", "continues", "moved_to", "moved_at"),
+    )
+
+    @property
+    def identity(self) -> str:
+        return self.incident.identity
+
+    @property
+    def kind(self) -> str:
+        return self.incident.kind
+
+    @property
+    def key(self) -> str:
+        return self.incident.key
+
+    @property
+    def summary(self) -> str:
+        return self.incident.summary
+
+    @property
+    def since(self) -> float:
+        return self.incident.since
+
+    @property
+    def batch_id(self) -> str | None:
+        return self.incident.batch_id
+
+    @property
+    def last_notice_at(self) -> float | None:
+        """When on-call last heard of it (the alert or the latest reminder); None before the alert."""
+        return self.last_notified_at or self.alerted_at
+
+    def replace(self, **changes: Any) -> IncidentRecord:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, record: object, where: str = "record") -> IncidentRecord:
+        if not isinstance(record, Mapping) or not all(k in record for k in ("kind", "key", "opened_at")):
+            raise CorruptStateError(f"monitor state {where} is malformed")
+        if not _number(record["opened_at"]):
+            raise CorruptStateError(f"monitor state {where} is malformed")
+        since = record.get("since")
+        incident = Incident(
+            kind=str(record["kind"]),
+            key=str(record["key"]),
+            summary=str(record.get("summary") or ""),
+            since=float(since) if _number(since) else float(record["opened_at"]),
+            batch_id=record.get("batch_id"),
+        )
+        reminders = record.get("reminders_sent", 0)
+        return cls(
+            incident=incident,
+            opened_at=float(record["opened_at"]),
+            alerted_at=_opt_number(record, "alerted_at"),
+            last_notified_at=_opt_number(record, "last_notified_at"),
+            reminders_sent=int(reminders) if _number(reminders) else 0,
+            continues=record.get("continues"),
+            moved_to=record.get("moved_to"),
+            moved_at=_opt_number(record, "moved_at"),
+            extra={k: v for k, v in record.items() if k not in cls._KEYS},
+        )
+
+    def to_dict(self) -> dict:
+        """The JSON record (also what :func:`utils.mail_compose.compose_message` reads)."""
+        record = {
+            **self.extra,
+            **self.incident.to_dict(),
+            "opened_at": self.opened_at,
+            "alerted_at": self.alerted_at,
+            "last_notified_at": self.last_notified_at,
+            "reminders_sent": self.reminders_sent,
+        }
+        for key in ("continues", "moved_to", "moved_at"):
+            if getattr(self, key) is not None:
+                record[key] = getattr(self, key)
+        return record
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Notice:
+    """One notification (alert, recovery, reminder) about one incident.
+
+    Planned (in ``pending_notifications``, with ``record``: the incident as it was when
+    planned, since a recovery outlives its record), then queued (``subject`` set, in
+    ``recent_alerts``). ``at`` is when it was planned, then when it was queued.
+    """
+
+    type: str
+    kind: str
+    key: str
+    message_id: str
+    at: float
+    number: int = 0
+    resolution: str | None = None
+    subject: str | None = None
+    record: IncidentRecord | None = None
+
+    @property
+    def identity(self) -> str:
+        return f"{self.kind}:{self.key}"
+
+    @property
+    def outbox_id(self) -> str:
+        """The id of its message in the outbox."""
+        return outbox_id(self.message_id)
+
+    @classmethod
+    def planned(cls, notification_type: str, record: IncidentRecord, message_id: str, now: float, **more) -> Notice:
+        return cls(notification_type, record.kind, record.key, message_id, now, record=record, **more)
+
+    @classmethod
+    def from_dict(cls, entry: object) -> Notice:
+        """A notice as written by this release, or a pending intent / recent alert of an older one."""
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("message_id"), str):
+            raise CorruptStateError("monitor state has a malformed notification")
+        record = entry.get("incident")
+        record = None if record is None else IncidentRecord.from_dict(record, "notification")
+        kind, key = entry.get("kind"), entry.get("key")
+        if kind is None and record is not None:
+            kind, key = record.kind, record.key
+        at = entry.get("at", entry.get("planned_at"))
+        number = entry.get("number", 0)
+        return cls(
+            type=str(entry.get("type", "alert")),
+            kind=str(kind),
+            key=str(key),
+            message_id=entry["message_id"],
+            at=float(at) if _number(at) else 0.0,
+            number=int(number) if _number(number) else 0,
+            resolution=entry.get("resolution"),
+            subject=entry.get("subject"),
+            record=record,
+        )
+
+    def to_dict(self) -> dict:
+        entry = {
+            "at": self.at,
+            "type": self.type,
+            "kind": self.kind,
+            "key": self.key,
+            "identity": self.identity,
+            "message_id": self.message_id,
+        }
+        if self.subject is not None:
+            entry["subject"] = self.subject
+        if self.record is not None:
+            entry.update(incident=self.record.to_dict(), number=self.number, resolution=self.resolution)
+        return entry
+
+
+def fresh_counters() -> dict:
+    return {"alerts_sent": {}, **dict.fromkeys(COUNTER_KEYS, 0)}
+
+
+def fresh_outbox() -> dict:
+    return {"pending": 0, "oldest_pending_at": None, "failed": 0}
+
+
+@dataclasses.dataclass(slots=True)
+class AlertLog:
+    """The state file in memory; see the module docstring. Mutated by one check under the lock."""
+
+    watch_since: float
+    last_check_at: float | None = None
+    open_incidents: dict[str, IncidentRecord] = dataclasses.field(default_factory=dict)
+    pending: list[Notice] = dataclasses.field(default_factory=list)
+    recent: list[Notice] = dataclasses.field(default_factory=list)
+    counters: dict = dataclasses.field(default_factory=fresh_counters)
+    outbox: dict = dataclasses.field(default_factory=fresh_outbox)
+    reported: list[str] = dataclasses.field(default_factory=list)
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, document: Mapping) -> AlertLog:
+        """The log in ``document``; CorruptStateError when it is not ours, StorageError when it is newer."""
+        version = document.get("schema_version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise CorruptStateError("monitor state has no schema_version")
+        if version > SCHEMA_VERSION:
+            raise StorageError(f"monitor state has schema_version {version}; this release understands {SCHEMA_VERSION}")
+        if not _number(document.get("watch_since")):
+            raise CorruptStateError("monitor state has no valid watch_since")
+        records, recent = document.get("open_incidents", {}), document.get("recent_alerts", [])
+        if not isinstance(records, dict) or not isinstance(recent, list):
+            raise CorruptStateError("monitor state has malformed open_incidents or recent_alerts")
+        pending, counters = document.get("pending_notifications", []), document.get("counters") or {}
+        if not isinstance(pending, list) or not isinstance(counters.get("alerts_sent", {}), dict):
+            raise CorruptStateError("monitor state has malformed pending_notifications or counters")
+        if not isinstance(document.get("reported", []), list):
+            raise CorruptStateError("monitor state has a malformed reported list")
+        known = ("schema_version", "watch_since", "last_check_at", "open_incidents", "recent_alerts", "counters")
+        known += ("pending_notifications", "outbox", "reported")
+        return cls(
+            watch_since=float(document["watch_since"]),
+            last_check_at=_opt_number(document, "last_check_at"),
+            open_incidents={
+                ident: IncidentRecord.from_dict(record, f"record {ident!r}") for ident, record in records.items()
+            },
+            pending=[Notice.from_dict(entry) for entry in pending],
+            recent=[notice for notice in map(_recent_notice, recent) if notice is not None],
+            counters={**fresh_counters(), **counters},
+            outbox=dict(document.get("outbox") or fresh_outbox()),
+            reported=list(document.get("reported", [])),
+            extra={k: v for k, v in document.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            **self.extra,
+            "schema_version": SCHEMA_VERSION,
+            "watch_since": self.watch_since,
+            "last_check_at": self.last_check_at,
+            "open_incidents": {ident: record.to_dict() for ident, record in self.open_incidents.items()},
+            "recent_alerts": [notice.to_dict() for notice in self.recent],
+            "counters": self.counters,
+            "pending_notifications": [notice.to_dict() for notice in self.pending],
+            "outbox": self.outbox,
+            "reported": self.reported,
+        }
+
+    # ----- changes
+
+    def remember(self, ident: str) -> None:
+        """Note that ``ident`` was opened once: a one-shot report of it is never repeated."""
+        if ident not in self.reported:
+            self.reported.append(ident)
+            del self.reported[:-MAX_REPORTED]
+
+    def ever_reported(self) -> set[str]:
+        return set(self.reported) | set(self.open_incidents) | {notice.identity for notice in self.recent}
+
+    def record_queued(self, notice: Notice, subject: str, now: float) -> Notice:
+        """``notice`` reached the outbox: update its incident's record and the counters, remember it."""
+        current = self.open_incidents.get(notice.identity)
+        if notice.type == ALERT:
+            if current is not None:
+                self.open_incidents[notice.identity] = current.replace(alerted_at=now, last_notified_at=now)
+            by_kind = self.counters["alerts_sent"]
+            by_kind[notice.kind] = int(by_kind.get(notice.kind, 0)) + 1
+        elif notice.type == REMINDER:
+            if current is not None:
+                self.open_incidents[notice.identity] = current.replace(
+                    reminders_sent=notice.number, last_notified_at=now
+                )
+            self.counters["reminders_sent"] = int(self.counters.get("reminders_sent", 0)) + 1
+        else:
+            self.counters["recoveries_sent"] = int(self.counters.get("recoveries_sent", 0)) + 1
+        queued = dataclasses.replace(notice, at=now, subject=subject, record=None)
+        self.pending.remove(notice)
+        self.recent.append(queued)
+        del self.recent[:-MAX_RECENT_ALERTS]
+        return queued
+
+    def count_delivery(self, deferred: int, failed: int) -> None:
+        self.counters["delivery_failures"] += deferred
+        self.counters["permanent_failures"] += failed
+
+    def clamp_future_instants(self, now: float, where: str) -> None:
+        """Bring stored instants that lie in the future back to ``now``, logging each as a clock problem.
+
+        A monitor once run with its clock ahead stores a future ``watch_since`` (no deadline
+        before it counts as missing) or future incident times (no reminder falls due): left
+        alone, they would silence it for as long as the clock was wrong.
+        """
+
+        def clamped(value: float | None, what: str) -> float | None:
+            if value is None or value <= now + CLOCK_TOLERANCE_SECONDS:
+                return value
+            LOGGER.warning(
+                "clock problem: %s in %s is %s, %s in the future of now (%s); using now",
+                what,
+                where,
+                format_utc(value),
+                format_duration(value - now),
+                format_utc(now),
+            )
+            return now
+
+        self.watch_since = clamped(self.watch_since, "watch_since")
+        self.last_check_at = clamped(self.last_check_at, "last_check_at")
+        for ident, record in self.open_incidents.items():
+            self.open_incidents[ident] = record.replace(
+                **{
+                    key: clamped(getattr(record, key), f"{key} of incident {ident}")
+                    for key in ("opened_at", "alerted_at", "last_notified_at")
+                }
+            )
+
+
+def _recent_notice(entry: object) -> Notice | None:
+    """A remembered notice; None for an entry this release cannot read (it is only history)."""
+    try:
+        return Notice.from_dict(entry)
+    except (CorruptStateError, TypeError, ValueError):
+        return None
+
+
+class AlertLogStore:
+    """Loads and saves the :class:`AlertLog` at ``path`` with the state store's lock-and-replace protocol."""
+
+    def __init__(self, path: str):
+        self.store = JsonStateStore(path)
+        self.path = self.store.path
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        return self.store.locked()
+
+    def load(self, now: float) -> AlertLog:
+        """The log (caller holds the lock): a fresh one on first start, a corrupt one moved aside;
+        instants stored in the future are brought back to ``now``."""
+        try:
+            document = self.store.read()
+            if document is not None:
+                log = AlertLog.from_dict(document)
+                log.clamp_future_instants(now, self.path)
+                return log
+        except CorruptStateError as exc:
+            moved_to = self.store.move_aside(now)
+            LOGGER.error(
+                "monitor state %s is corrupt (%s); moved aside to %s; starting a fresh alert state",
+                self.path,
+                exc,
+                moved_to,
+            )
+        else:
+            LOGGER.info("no monitor state yet at %s: watching from now on", self.path)
+        return AlertLog(watch_since=now)
+
+    def save(self, log: AlertLog) -> None:
+        self.store.write(log.to_dict())
+
+    @contextlib.contextmanager
+    def updating(self, now: float) -> Iterator[AlertLog]:
+        """Load under the lock, let the caller change the log, save it (also when the caller raised)."""
+        with self.locked():
+            log = self.load(now)
+            try:
+                yield log
+            finally:
+                self.save(log)
+
+    def read_view(self, iso: Callable[[float], str]) -> dict:
+        """The log as the status page shows it (times through ``iso``), read without the lock.
+
+        Never raises: a missing or unreadable file gives empty lists and ``state_error``.
+        """
+        try:
+            document = self.store.read() or {}
+            error = None
+        except StorageError as exc:
+            document, error = {}, str(exc)
+        records = document.get("open_incidents") if isinstance(document.get("open_incidents"), dict) else {}
+        alerts = document.get("recent_alerts") if isinstance(document.get("recent_alerts"), list) else []
+
+        def when(value: object) -> str | None:
+            return iso(value) if _number(value) else None
+
+        return {
+            "open_incidents": [
+                {
+                    "identity": ident,
+                    **{k: record.get(k) for k in ("kind", "key", "summary", "batch_id")},
+                    "since": when(record.get("since")),
+                    "opened_at": when(record.get("opened_at")),
+                    "alerted_at": when(record.get("alerted_at")),
+                }
+                for ident, record in records.items()
+                if isinstance(record, dict)
+            ],
+            "recent_alerts": [dict(a, at=when(a.get("at"))) for a in alerts if isinstance(a, dict)],
+            "last_check_at": when(document.get("last_check_at")),
+            "watch_since": when(document.get("watch_since")),
+            "counters": document.get("counters") or {},
+            "outbox": document.get("outbox") or {},
+            "state_error": error,
+        }

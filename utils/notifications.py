@@ -1,0 +1,268 @@
+"""Planning notifications: reconcile the incidents detected now with the notification log.
+
+Pure: a snapshot, an instant, the deadline and an :class:`~utils.alert_log.AlertLog` in,
+the log updated in memory (open records, planned :class:`~utils.alert_log.Notice` values)
+and a :class:`Plan` out; no I/O. The monitor then puts the planned notices in the outbox.
+
+Incidents come from :func:`utils.incidents.open_incidents` (late, failed, missing,
+tracker_unreadable) and :func:`utils.incidents.early_warnings` (at_risk, too_short,
+stalled_stage); two one-shot reports come from here (:func:`one_shot_incidents`): a batch
+that started and completed late between two checks, and a corrupt tracker file a hook
+moved aside. Each is deduplicated against the log by its identity ``"<kind>:<key>"``: an
+incident alerts once when it opens, reminds every ``repeat_seconds`` (if set) and
+recovers once when it clears.
+
+Precedence is the table :data:`utils.incidents.PRECEDENCE`, applied here to the log too:
+a warning that an open record supersedes (late over at risk, failed over stalled stage,
+by the record's identity) is not detected; an open record that a detected incident
+supersedes is retired without a recovery (it did not get better); and when the rule says
+the chain continues (a late start answering a missing night) the new record inherits the
+old one's alert: no second alert, no recovery for the old one. A late incident clears only
+when its batch or a newer one completes, never because the clock stepped back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from utils import incidents
+from utils.alert_log import AlertLog, IncidentRecord, Notice
+from utils.deadline import DailyDeadline, format_duration, format_local
+from utils.incidents import LATE, UNREADABLE
+from utils.mail_compose import ALERT, RECOVERY, REMINDER, message_id_for, resolution
+from utils.model import Incident, Snapshot
+from utils.projection import batch_deadline
+
+LOGGER = logging.getLogger("utils.monitor")
+
+ONE_SHOT_WINDOW_SECONDS = 24 * 3600  # an unalerted late completion or a moved-aside file older than this is history
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Identities that opened, cleared (a recovery is planned) or were retired without a recovery."""
+
+    opened: tuple[str, ...] = ()
+    cleared: tuple[str, ...] = ()
+    retired: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def detect(
+    snapshot: Snapshot,
+    now: float,
+    deadline: DailyDeadline,
+    log: AlertLog,
+    *,
+    early_warning: bool = True,
+    margin_seconds: float = 0.0,
+) -> list[Incident]:
+    """The incidents open at ``now``, one per identity, superseded warnings left out."""
+    found = incidents.open_incidents(snapshot, now, deadline, watch_since=log.watch_since)
+    found += one_shot_incidents(snapshot, now, deadline, log)
+    if early_warning:
+        found += incidents.early_warnings(snapshot, now, deadline, margin_seconds, frozenset(log.open_incidents))
+    # The open records count as well: late supersedes at risk also while a clock stepped back hides the lateness.
+    return incidents.apply_precedence(found, open_identities=frozenset(log.open_incidents))
+
+
+def one_shot_incidents(snapshot: Snapshot, now: float, deadline: DailyDeadline, log: AlertLog) -> list[Incident]:
+    """Problems that happened between two checks and left no open condition behind.
+
+    - the newest batch completed after its deadline and no late alert was ever opened
+      for it (it started late and finished before a ``--once`` check ran);
+    - a hook moved a corrupt tracker file aside and started afresh: the night's
+      progress is gone even though the file reads fine now.
+    Each is reported once: its identity is remembered when it opens, and the next check
+    clears it with a recovery.
+    """
+    if not snapshot.readable:
+        return []
+    reported = log.ever_reported()
+    found: list[Incident] = []
+    current = snapshot.current
+    if current is not None and current.is_completed and f"{LATE}:{current.id}" not in reported:
+        due = batch_deadline(current, deadline)
+        ended = current.ended_at
+        if ended is not None and ended > due and now - ended <= ONE_SHOT_WINDOW_SECONDS:
+            found.append(
+                Incident(
+                    LATE,
+                    current.id,
+                    f"batch {current.id} completed {format_duration(ended - due)} late, at "
+                    f"{format_local(ended, deadline)}, after its deadline {format_local(due, deadline)}",
+                    due,
+                    current.id,
+                )
+            )
+    tracker_ident = f"{UNREADABLE}:tracker"
+    for event in snapshot.storage_events:
+        if event.event != "corrupt_file_moved_aside" or now - event.at > ONE_SHOT_WINDOW_SECONDS:
+            continue
+        key = f"moved-{event.at:.0f}"
+        if f"{UNREADABLE}:{key}" in reported:
+            continue
+        moved_to = event.details.get("moved_to")
+        tracker_record = log.open_incidents.get(tracker_ident)
+        if tracker_record is not None:
+            # The open "unreadable" incident already alerted; its recovery names the new location.
+            log.open_incidents[tracker_ident] = tracker_record.replace(moved_to=moved_to, moved_at=event.at)
+            log.remember(f"{UNREADABLE}:{key}")
+            continue
+        found.append(
+            Incident(
+                UNREADABLE,
+                key,
+                f"the tracker file was corrupt ({event.details.get('error') or 'unreadable'}); at "
+                f"{format_local(event.at, deadline)} a hook moved it aside to {moved_to} "
+                "and started a fresh one: the progress recorded before then is gone",
+                event.at,
+                None,
+            )
+        )
+    return found
+
+
+# --------------------------------------------------------------------------- reconciling with the log
+
+
+def stays_open(record: IncidentRecord, snapshot: Snapshot) -> bool:
+    """True when ``record`` is absent only because the tracker could not be read, not because it cleared."""
+    if not snapshot.readable:
+        return record.identity != f"{UNREADABLE}:tracker"
+    if snapshot.history_error and record.batch_id:
+        current = snapshot.current
+        return current is None or current.id != record.batch_id
+    if record.kind == LATE:
+        # A late batch is late until it (or a newer batch) completes: a clock stepped back
+        # to before the deadline does not make it on time.
+        for batch in snapshot.batches_newest_first():
+            if batch.is_completed:
+                return False
+            if batch.id == record.batch_id:
+                return True
+    return False
+
+
+def resolution_text(record: IncidentRecord, snapshot: Snapshot, deadline: DailyDeadline, now: float) -> str | None:
+    """Why ``record`` cleared (:func:`~utils.mail_compose.resolution`), with what only the monitor knows;
+    None when it did not clear but was superseded or aged out (no recovery)."""
+    if record.kind == UNREADABLE and record.moved_to:
+        return (
+            f"the tracker file is readable again; the corrupt one was moved aside to {record.moved_to} "
+            f"at {format_local(record.moved_at, deadline)}: the progress recorded before then is gone"
+        )
+    if record.kind == LATE:
+        batches = snapshot.batches_newest_first()
+        named = snapshot.find(record.batch_id)
+        newer = next((b for b in batches if b.is_completed), None)
+        if named is not None and not named.is_completed and newer is not None:
+            return (
+                f"batch {named.id} ended {named.state}; a new batch {newer.id} completed at "
+                f"{format_local(newer.ended_at, deadline)}"
+            )
+    return resolution(record, snapshot, deadline, now)
+
+
+def _superseded(record: IncidentRecord, detected: list[Incident]) -> incidents.Precedence | None:
+    """The :data:`~utils.incidents.PRECEDENCE` rule by which an incident detected now supersedes ``record``."""
+    hit = incidents.superseded_by(record.incident, detected)
+    return None if hit is None else hit[1]
+
+
+def _continued(log: AlertLog, incident: Incident) -> IncidentRecord | None:
+    """The open record whose alert chain ``incident`` continues (a missing night answered by a late start)."""
+    for record in log.open_incidents.values():
+        rule = _superseded(record, [incident])
+        if rule is not None and rule.continues:
+            return record
+    return None
+
+
+def plan(
+    log: AlertLog,
+    detected: list[Incident],
+    snapshot: Snapshot,
+    now: float,
+    deadline: DailyDeadline,
+    *,
+    repeat_seconds: float = 0,
+    domain: str = "localhost",
+) -> Plan:
+    """Update the open records of ``log`` and append the notices they call for to ``log.pending``.
+
+    A notice already planned (a crash left it pending) is not planned twice; its stable
+    Message-ID makes the outbox ignore a second copy anyway.
+    """
+    records = log.open_incidents
+    planned = {(n.identity, n.type) for n in log.pending}
+    opened: list[str] = []
+    cleared: list[str] = []
+    retired: list[str] = []
+    seen = set()
+    for incident in detected:
+        ident = incident.identity
+        seen.add(ident)
+        record = records.get(ident)
+        earlier = _continued(log, incident) if record is None else None
+        if earlier is not None:
+            # A missing night that a late start answers becomes late -- one alert chain. The late
+            # record inherits the missing one's alert; no second alert, no "missing" recovery;
+            # the late recovery will say how late the batch finished.
+            del records[earlier.identity]
+            records[ident] = dataclasses.replace(earlier, incident=incident, continues=earlier.identity)
+            log.remember(ident)
+            opened.append(ident)
+            retired.append(earlier.identity)
+            LOGGER.info("incident %s is answered by a late start: it continues as %s", earlier.identity, ident)
+            continue
+        if record is None:
+            log.remember(ident)
+            record = records[ident] = IncidentRecord(incident=incident, opened_at=now)
+            opened.append(ident)
+            log.pending.append(Notice.planned(ALERT, record, message_id_for(ident, now, ALERT, 0, domain), now))
+            continue
+        record = records[ident] = record.replace(incident=incident)
+        last = record.last_notice_at
+        if repeat_seconds and last is not None and (ident, REMINDER) not in planned and now - last >= repeat_seconds:
+            number = record.reminders_sent + 1
+            message_id = message_id_for(ident, record.opened_at, REMINDER, number, domain)
+            log.pending.append(Notice.planned(REMINDER, record, message_id, now, number=number))
+    for ident, record in list(records.items()):
+        if ident in seen or stays_open(record, snapshot):
+            continue
+        del records[ident]
+        text = None if _superseded(record, detected) else resolution_text(record, snapshot, deadline, now)
+        if text is None:
+            LOGGER.info("incident %s is no longer tracked (superseded or aged out; no recovery to report)", ident)
+            retired.append(ident)
+            continue
+        cleared.append(ident)
+        message_id = message_id_for(ident, record.opened_at, RECOVERY, 0, domain)
+        log.pending.append(Notice.planned(RECOVERY, record, message_id, now, resolution=text))
+    return Plan(tuple(opened), tuple(cleared), tuple(retired))
+
+
+def next_reminder_at(log: AlertLog | None, repeat_seconds: float) -> float | None:
+    """When the earliest reminder falls due (None without reminders or open alerted incidents)."""
+    if not repeat_seconds or log is None:
+        return None
+    due = [r.last_notice_at + repeat_seconds for r in log.open_incidents.values() if r.last_notice_at is not None]
+    return min(due, default=None)
+
+
+def verdict(snapshot: Snapshot, now: float, deadline: DailyDeadline, log: AlertLog) -> str:
+    """The tracker's verdict, reworded when it names a problem the monitor does not count as open."""
+    ok, reason = incidents.check(snapshot, now, deadline)
+    if ok or log.open_incidents:
+        return reason
+    watching = format_local(log.watch_since, deadline)
+    if snapshot.current is None:
+        upcoming = format_local(deadline.first_after(now), deadline)
+        return f"no batch recorded yet; watching since {watching}; next deadline {upcoming}"
+    if snapshot.current.is_completed:
+        return f"no open incident; {reason}"
+    return f"no open incident (watching since {watching}); the tracker notes: {reason}"
