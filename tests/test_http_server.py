@@ -28,10 +28,11 @@ from conftest import PROJECT_ROOT, VENV_PYTHON, free_port, run_tracker_cli, wait
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge
 
 from utils.batch_tracker import BatchTracker, TrackerConfig, get_batch_status, sibling_file
+from utils.config import MonitorConfig
 from utils.http_server import MAX_CONNECTIONS, default_max_connections, render_status_page, serve
 from utils.metrics import register_batch_metrics
 from utils.monitor import Monitor
-from utils.monitor_config import MonitorConfig
+from utils.service import Service
 
 
 class Providers:
@@ -101,7 +102,6 @@ def test_it_serves_the_batch_collector(tmp_path, tracker_config, clock, provider
         registry,
         tracker=tracker,
         monitor_state_path=sibling_file(tracker.path, "monitor"),
-        metrics_state_path=sibling_file(tracker.path, "metrics"),
         clock=clock,
     )
     with serve(
@@ -707,13 +707,14 @@ def monitor_config(tmp_path, smtp_port: int) -> MonitorConfig:
 @contextlib.contextmanager
 def running(monitor: Monitor):
     """The monitor's real loop (its own HTTP server included) in a thread, until the block ends."""
-    thread = threading.Thread(target=monitor.run, name="monitor-under-test")
+    service = Service(monitor)
+    thread = threading.Thread(target=service.run, name="monitor-under-test")
     thread.start()
     try:
         wait_until(lambda: monitor.health()[0], timeout=5, message="the monitor's first check")
         yield f"http://127.0.0.1:{monitor.config.metrics_port}"
     finally:
-        monitor.request_stop()
+        service.request_stop()
         thread.join(5)
     assert not thread.is_alive()
 

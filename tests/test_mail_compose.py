@@ -5,17 +5,20 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import types
 
 import pytest
+from conftest import wait_until
 
-from tests.conftest import wait_until
-from utils import batch_tracker, incidents
+from utils import batch_tracker, incidents, model
 from utils.batch_tracker import BatchTracker, TrackerConfig
+from utils.config import MonitorConfig
 from utils.deadline import DailyDeadline
 from utils.mail_compose import (
     ALERT,
     RECOVERY,
     REMINDER,
+    IncidentFacts,
     MailContext,
     compose_message,
     header_safe,
@@ -23,7 +26,6 @@ from utils.mail_compose import (
     parse_message,
     resolution,
 )
-from utils.monitor_config import MonitorConfig
 from utils.outbox import Outbox
 from utils.transports import SmtpTransport
 
@@ -72,7 +74,7 @@ def compose(ctx, tracker, now, kind, notification_type=ALERT, **extra):
     snapshot = tracker.snapshot()
     incident = next(i for i in incidents.open_incidents(snapshot, now, DEADLINE) if i.kind == kind)
     record = record_of(incident, now)
-    message_id = message_id_for(incidents.identity(incident), now, notification_type, 0, "example.com")
+    message_id = message_id_for(incident.identity, now, notification_type, 0, "example.com")
     message = compose_message(
         ctx,
         notification_type=notification_type,
@@ -274,8 +276,8 @@ def test_it_explains_how_each_incident_cleared(tracker, clock):
 
 INSTALLED = {
     "cli_command": "batch-tracker",
-    "run_command": "sudo systemctl start nightly-batch",
-    "resume_command": "sudo systemctl start nightly-batch-resume",
+    "run_command": "sudo systemctl start nightly-batch@run",
+    "resume_command": "sudo systemctl start nightly-batch@resume",
     "log_dir": "/var/log/batch-completion-monitor",
     "under_systemd": True,
 }
@@ -301,7 +303,7 @@ def body_of(ctx, tracker, incident, notification_type=ALERT, now=None, **extra):
         incident=incident,
         snapshot=tracker.snapshot(),
         now=now,
-        message_id=message_id_for(f"{incident['kind']}:{incident['key']}", now, notification_type, 0, "example.com"),
+        message_id=message_id_for(IncidentFacts.of(incident).identity, now, notification_type, 0, "example.com"),
         **extra,
     )
     return message, message.get_content()
@@ -332,12 +334,12 @@ def test_it_gives_next_steps_per_incident_kind_with_the_installations_commands(c
     log = "/var/log/batch-completion-monitor/nightly_20261123.log"
     expected = {
         "late": ["batch-tracker status", f"tail -n 50 {log}", "batch-tracker history"],
-        "failed": [f"grep -n -e ERROR -e '\\[enrich\\]' {log}", "sudo systemctl start nightly-batch-resume"],
+        "failed": [f"grep -n -e ERROR -e '\\[enrich\\]' {log}", "sudo systemctl start nightly-batch@resume"],
         "missing": [
             "systemctl list-timers nightly-batch.timer",
-            "journalctl -u nightly-batch",
+            "journalctl -u 'nightly-batch@*'",
             "ls -lt /var/log/batch-completion-monitor",
-            "  sudo systemctl start nightly-batch\n",
+            "  sudo systemctl start nightly-batch@run\n",
         ],
         "tracker_unreadable": [
             "batch-tracker status",
@@ -346,7 +348,7 @@ def test_it_gives_next_steps_per_incident_kind_with_the_installations_commands(c
         ],
         "at_risk": ["batch-tracker status", f"tail -n 50 {log}"],
         "too_short": ["batch-tracker history", f"-e warning {log}"],
-        "stalled_stage": [f"tail -n 50 {log}", "systemctl status nightly-batch"],
+        "stalled_stage": [f"tail -n 50 {log}", "systemctl status 'nightly-batch@*'"],
     }
     for kind, wanted in expected.items():
         for text in wanted:
@@ -355,7 +357,7 @@ def test_it_gives_next_steps_per_incident_kind_with_the_installations_commands(c
         assert "python -m utils.batch_tracker" not in steps[kind] and "logs/nightly_" not in steps[kind]
         assert "bin/run_nightly.sh" not in steps[kind]
         # Resume only for a failed batch.
-        assert ("nightly-batch-resume" in steps[kind]) == (kind == "failed"), (kind, steps[kind])
+        assert ("nightly-batch@resume" in steps[kind]) == (kind == "failed"), (kind, steps[kind])
     assert "pgrep" not in steps["stalled_stage"]
 
     checkout = steps_of(body_of(ctx, tracker, record("missing", due))[1])
@@ -389,8 +391,8 @@ def test_it_bounds_and_sanitises_the_stored_output_tail(tracker, clock):
     clock.set(ny("2026-11-23 01:00"))
     tracker.start(batch_id="b1")
     noisy = b"\x00\x07bell\tand tab\r\n" + b"x" * 20_000 + b"\n" + b"".join(b"l%d\n" % n for n in range(500))
-    failure = tracker.fail("scrape", "exit code 1", output_tail=noisy)["failure"]
-    tail = failure["output_tail"]
+    failure = tracker.fail("scrape", "exit code 1", output_tail=noisy).failure
+    tail = failure.output_tail
     assert tail.splitlines()[-1] == "l499"
     assert len(tail.splitlines()) == batch_tracker.MAX_OUTPUT_TAIL_LINES
     assert len(tail.encode()) <= batch_tracker.MAX_OUTPUT_TAIL_BYTES
@@ -460,6 +462,57 @@ def test_it_threads_recoveries_and_reminders_under_the_alert(ctx, tracker, clock
     assert message["In-Reply-To"] == message_id_for(f"missing:{due}", opened, ALERT, 0, "example.com")
 
 
+# --------------------------------------------------------------------------- issue 12: the domain model
+
+
+def test_it_takes_the_incident_as_a_record_or_an_object(ctx, tracker, clock):
+    late_batch(tracker, clock)
+    opened = ny("2026-11-23 05:00")
+    as_record = record("late", BATCH_ID, BATCH_ID, opened_at=opened)
+    as_object = types.SimpleNamespace(**as_record, continues=None)
+    detected = model.Incident("late", BATCH_ID, "something happened", opened, BATCH_ID)  # opened_at: its since
+    composed = []
+    for incident in (as_record, as_object, detected):
+        message, body = body_of(ctx, tracker, incident, REMINDER, now=opened + 3600, reminder_number=1)
+        composed.append((message["Subject"], message["In-Reply-To"], message["X-Batch-Incident"], body))
+    assert composed[0] == composed[1] == composed[2]
+    assert composed[0][2] == f"late:{BATCH_ID}" and "open for 1 h 00 min" in composed[0][0]
+    assert IncidentFacts.of(detected).opened_at == opened and IncidentFacts.of(as_record).identity == f"late:{BATCH_ID}"
+    with pytest.raises(ValueError, match="lacks a kind or key"):
+        IncidentFacts.of({"kind": "late"})
+
+
+def test_it_reads_batches_by_attribute_only(ctx, tracker, clock, monkeypatch):
+    # Model objects answer no dict-style reads: any batch["..."] in the composer would raise here.
+    assert not hasattr(model.Batch, "__getitem__") and not hasattr(model.Batch, "get")
+    late_batch(tracker, clock)
+    clock.set(ny("2026-11-23 02:30"))
+    tracker.fail("enrich", "exit code 4", output_tail="last words\n")
+    clock.set(ny("2026-11-23 03:00"))
+    tracker.resume()
+    now = ny("2026-11-23 05:05")
+    kinds = {
+        "late": BATCH_ID,
+        "failed": BATCH_ID,
+        "at_risk": BATCH_ID,
+        "too_short": BATCH_ID,
+        "stalled_stage": f"{BATCH_ID}:enrich",
+        "missing": f"{ny('2026-11-22 05:00'):.0f}",
+        "tracker_unreadable": "tracker",
+    }
+    snapshot = tracker.snapshot()
+    for kind, key in kinds.items():
+        incident = record(kind, key, BATCH_ID if ":" in key or key == BATCH_ID else None)
+        for notification_type in (ALERT, REMINDER, RECOVERY):
+            _, body = body_of(ctx, tracker, incident, notification_type, now=now, reminder_number=1)
+            assert f"Batch:         nightly {BATCH_ID}, state running" in body
+        assert resolution(incident, snapshot, DEADLINE, now) is not None or kind == "at_risk"
+    _, body = body_of(ctx, tracker, record("late", BATCH_ID, BATCH_ID), now=now)
+    assert "Last failure:  stage enrich: exit code 4 (then resumed)" in body
+    assert "Looks stuck:   enrich (last update 2026-11-23 02:10 EST, 2 h 55 min ago)" in body
+    assert "tail -n 50 logs/nightly_20261123.log" in body
+
+
 def test_it_keeps_display_names_in_headers_and_bare_addresses_in_the_envelope(
     ctx, tracker, clock, tmp_path, smtp_server
 ):
@@ -519,8 +572,8 @@ def test_it_reads_the_next_step_settings_from_the_environment(tmp_path):
     config = MonitorConfig.from_env(
         {
             "BATCH_CLI_COMMAND": "batch-tracker",
-            "BATCH_RUN_COMMAND": "sudo systemctl start nightly-batch",
-            "BATCH_RESUME_COMMAND": "sudo systemctl start nightly-batch-resume",
+            "BATCH_RUN_COMMAND": "sudo systemctl start nightly-batch@run",
+            "BATCH_RESUME_COMMAND": "sudo systemctl start nightly-batch@resume",
             "LOG_DIR": str(tmp_path / "logs"),
             "STATUS_PAGE_URL": "http://batch.example.com:9469/",
             "ALERT_OUTPUT_TAIL_LINES": "5",
@@ -529,8 +582,8 @@ def test_it_reads_the_next_step_settings_from_the_environment(tmp_path):
     )
     assert (config.cli_command, config.run_command, config.resume_command) == (
         "batch-tracker",
-        "sudo systemctl start nightly-batch",
-        "sudo systemctl start nightly-batch-resume",
+        "sudo systemctl start nightly-batch@run",
+        "sudo systemctl start nightly-batch@resume",
     )
     assert config.log_dir == str(tmp_path / "logs") and config.status_page_url == "http://batch.example.com:9469/"
     assert config.output_tail_lines == 5 and config.under_systemd

@@ -5,8 +5,9 @@ rendering (or for pytz, which these commands need for local times).
 
 Human-facing output: every time is shown in the deadline's zone with its
 abbreviation (``2026-12-01 05:00 EST``), every relative time is taken from the one
-"now" of the render, and every field read from the state passes :func:`terminal_safe`,
-so a hand-edited or old tracker file cannot drive the terminal or break a line.
+"now" of the render, and every field read from the state passes :func:`terminal_safe`
+(:mod:`utils.text_safety`), so a hand-edited or old tracker file cannot drive the
+terminal or break a line.
 ``--json`` output keeps UTC ISO-8601 times.
 """
 
@@ -16,7 +17,11 @@ import datetime as _dt
 import json
 
 from utils import incidents, status_report
+from utils.batch_tracker import get_batch_status
+from utils.config import is_plain_whole_number
 from utils.deadline import format_duration, format_utc
+from utils.errors import EXIT_OK, EXIT_PROBLEM, UsageError
+from utils.text_safety import terminal_safe
 
 BAR_WIDTH = 24
 _COLOURS = {"green": "\033[32m", "yellow": "\033[33m", "red": "\033[31m", "dim": "\033[2m", "reset": "\033[0m"}
@@ -29,7 +34,7 @@ def run(command, args, tracker, out, take_options, expect_positionals) -> int:
         deadline = tracker.config.deadline()
         ok, reason = incidents.check(tracker.snapshot(), tracker.clock(), deadline)
         out.write(("OK: " if ok else "PROBLEM: ") + terminal_safe(reason) + "\n")
-        return 0 if ok else 1
+        return EXIT_OK if ok else EXIT_PROBLEM
     if command == "status":
         positionals, options = take_options(args, {"--json": False, "--color": False, "--no-color": False})
         expect_positionals(positionals, [], command)
@@ -39,7 +44,7 @@ def run(command, args, tracker, out, take_options, expect_positionals) -> int:
         else:
             colour = _want_colour(out, options)
             out.write(render_status(status, colour))
-        return 0
+        return EXIT_OK
     positionals, options = take_options(args, {"--json": False, "--limit": True})
     expect_positionals(positionals, [], command)
     limit = _positive_int(options.get("--limit", "20"), "--limit")
@@ -51,18 +56,14 @@ def run(command, args, tracker, out, take_options, expect_positionals) -> int:
         out.write(json.dumps(batches, indent=2, sort_keys=True) + "\n")
     else:
         out.write(render_history(batches, _want_colour(out, options), deadline.zone.zone))
-    return 0
+    return EXIT_OK
 
 
 def _status(tracker) -> dict:
-    from utils.batch_tracker import get_batch_status
-
     return get_batch_status(path=tracker.path, clock=tracker.clock, config=tracker.config)
 
 
 def _positive_int(raw, name: str) -> int:
-    from utils.batch_tracker import UsageError, is_plain_whole_number
-
     if not is_plain_whole_number(str(raw)):
         raise UsageError(f"{name} {raw!r} is not a whole number in ASCII digits (allowed: 1 or more)")
     value = int(str(raw))
@@ -78,20 +79,6 @@ def _want_colour(out, options) -> bool:
         return True
     isatty = getattr(out, "isatty", None)
     return bool(isatty and isatty())
-
-
-def terminal_safe(value: object) -> str:
-    """``value`` as text a terminal shows literally: each non-printable character (ESC, CR,
-    LF, other controls, bidi overrides) becomes an escape such as ``\\x1b``."""
-    text = "" if value is None else str(value)
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def local_time(iso: str | None, zone_name: str) -> str:
