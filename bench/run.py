@@ -30,7 +30,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from utils.batch_tracker import SCHEMA_VERSION, BatchTracker, TrackerConfig, sibling_file
+from utils.batch_tracker import BatchTracker, TrackerConfig
+from utils.state_store import sibling_file
+from utils.tracker_files import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 

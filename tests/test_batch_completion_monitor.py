@@ -21,12 +21,13 @@ import uuid
 import pytest
 from conftest import PROJECT_ROOT, VENV_PYTHON, free_port, run_tracker_cli, wait_until
 
-from utils.batch_tracker import BatchTracker, TrackerConfig, sibling_file
+from utils.batch_tracker import BatchTracker, TrackerConfig
 from utils.config import MonitorConfig, Secret
 from utils.mail_compose import parse_message
 from utils.monitor import Monitor, StepResult
 from utils.sdnotify import SystemdNotifier
 from utils.service import Service
+from utils.state_store import sibling_file
 
 MONITOR = str(PROJECT_ROOT / "bin" / "batch_completion_monitor.py")
 BATCH = "20261123T060000Z-ab12"

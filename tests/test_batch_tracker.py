@@ -15,7 +15,6 @@ from conftest import run_tracker_cli
 from utils import batch_tracker, errors, model, tracker_cli
 from utils.batch_tracker import (
     BatchStateError,
-    ConfigError,
     InvalidInputError,
     TrackerConfig,
     get_batch_status,
@@ -27,7 +26,8 @@ from utils.batch_tracker import (
     record_batch_stage_completion,
     record_batch_start,
 )
-from utils.config import PROJECT_ROOT
+from utils.config import PROJECT_ROOT, ConfigError
+from utils.state_store import StorageError, sibling_file
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_it_refuses_a_transition_with_no_batch_and_writes_nothing(api, action):
     with pytest.raises(BatchStateError, match="no batch has been started"):
         action(api)
     assert api.raw() is None  # not a new record
-    assert not os.path.exists(batch_tracker.sibling_file(api.path, "history"))
+    assert not os.path.exists(sibling_file(api.path, "history"))
 
 
 @pytest.mark.parametrize(
@@ -389,7 +389,7 @@ def test_it_runs_the_cli_module_itself(base_env):
 
 
 def test_it_maps_every_domain_error_to_its_exit_code_at_one_boundary(tmp_path, capsys):
-    for error in (batch_tracker.StorageError, ConfigError, InvalidInputError, BatchStateError, errors.UsageError):
+    for error in (StorageError, ConfigError, InvalidInputError, BatchStateError, errors.UsageError):
         assert issubclass(error, errors.TrackerError)
     env = {"BATCH_TRACKER_FILE": str(tmp_path / "t.json")}
     blocked = {"BATCH_TRACKER_FILE": str(tmp_path / "blocker" / "x" / "t.json")}
@@ -407,8 +407,8 @@ def test_it_maps_every_domain_error_to_its_exit_code_at_one_boundary(tmp_path, c
 
 
 def test_it_names_sibling_files_after_the_tracker_file():
-    assert batch_tracker.sibling_file("/d/batch_tracker.json", "monitor") == "/d/batch_tracker.monitor.json"
-    assert batch_tracker.sibling_file("/d/tracker", "history") == "/d/tracker.history.json"
+    assert sibling_file("/d/batch_tracker.json", "monitor") == "/d/batch_tracker.monitor.json"
+    assert sibling_file("/d/tracker", "history") == "/d/tracker.history.json"
 
 
 # --------------------------------------------------------------------------- CLI (real subprocess)

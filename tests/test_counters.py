@@ -11,9 +11,9 @@ import pytest
 from conftest import run_tracker_cli
 
 from utils import counters
-from utils.batch_tracker import BatchStateError, BatchTracker, TrackerConfig, sibling_file
+from utils.batch_tracker import BatchStateError, BatchTracker, TrackerConfig
 from utils.counters import DURATION_BUCKETS, Counters, CountersError, bucket_index
-from utils.state_store import read_json_object, write_json_atomically
+from utils.state_store import read_json_object, sibling_file, write_json_atomically
 
 HOUR = 3600.0
 

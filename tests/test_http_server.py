@@ -27,12 +27,14 @@ import pytest
 from conftest import PROJECT_ROOT, VENV_PYTHON, free_port, run_tracker_cli, wait_until
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge
 
-from utils.batch_tracker import BatchTracker, TrackerConfig, get_batch_status, sibling_file
+from utils.batch_tracker import BatchTracker, TrackerConfig, get_batch_status
 from utils.config import MonitorConfig
-from utils.http_server import MAX_CONNECTIONS, default_max_connections, render_status_page, serve
+from utils.http_server import MAX_CONNECTIONS, default_max_connections, serve
 from utils.metrics import register_batch_metrics
 from utils.monitor import Monitor
 from utils.service import Service
+from utils.state_store import sibling_file
+from utils.status_page import render_status_page
 
 
 class Providers:

@@ -12,7 +12,7 @@ from conftest import wait_until
 
 from utils import batch_tracker, incidents, model
 from utils.batch_tracker import BatchTracker, TrackerConfig
-from utils.config import MonitorConfig
+from utils.config import ConfigError, MonitorConfig
 from utils.deadline import DailyDeadline
 from utils.mail_compose import (
     ALERT,
@@ -563,7 +563,7 @@ def test_it_keeps_display_names_in_headers_and_bare_addresses_in_the_envelope(
     ],
 )
 def test_it_rejects_bad_mail_settings_naming_the_variable(variable, value):
-    with pytest.raises(batch_tracker.ConfigError) as raised:
+    with pytest.raises(ConfigError) as raised:
         MonitorConfig.from_env({variable: value})
     assert variable in str(raised.value) and "\n" not in str(raised.value)
 

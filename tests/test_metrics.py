@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from utils import metrics
-from utils.batch_tracker import BatchTracker, TrackerConfig, sibling_file
-from utils.counters import bucket_index
-from utils.metrics import COMPLETION_TIME_BUCKETS, MAX_STAGE_SERIES, register_batch_metrics
+from utils.batch_tracker import BatchTracker, TrackerConfig
+from utils.counters import DURATION_BUCKETS, bucket_index
+from utils.metrics import MAX_STAGE_SERIES, register_batch_metrics
 from utils.projection import batch_deadline
-from utils.state_store import read_json_object, write_json_atomically
+from utils.state_store import read_json_object, sibling_file, write_json_atomically
 
 HOUR = 3600.0
 
@@ -70,8 +70,8 @@ def legacy_metrics_state(**changes) -> dict:
     return {
         "schema_version": 1,
         "completion_time": {
-            "bounds": list(COMPLETION_TIME_BUCKETS),
-            "counts": [0] * (len(COMPLETION_TIME_BUCKETS) + 1),
+            "bounds": list(DURATION_BUCKETS),
+            "counts": [0] * (len(DURATION_BUCKETS) + 1),
             "sum": 0.0,
             "count": 0,
         },
@@ -429,9 +429,9 @@ def test_it_uses_histogram_buckets_that_fit_a_nightly_batch(scraper):
         if s.name.endswith("_bucket")
     ]
     assert buckets[0] == "30.0" and buckets[-2] == "43200.0" and buckets[-1] == "+Inf"
-    assert len(buckets) == len(COMPLETION_TIME_BUCKETS) + 1
+    assert len(buckets) == len(DURATION_BUCKETS) + 1
     # Roughly geometric: no bucket wider than 1.5x its lower bound, so a 100 s run never reads as 300 s.
-    ratios = [upper / lower for lower, upper in itertools.pairwise(COMPLETION_TIME_BUCKETS)]
+    ratios = [upper / lower for lower, upper in itertools.pairwise(DURATION_BUCKETS)]
     assert max(ratios) <= 1.5 and min(ratios) > 1.0
 
 
@@ -493,9 +493,9 @@ def test_it_exports_the_outbox_gauges_from_the_monitor_state(scraper, clock):
 
 
 def test_it_names_its_source_the_way_the_pushgateway_groups(tracker, scraper, tracker_config, clock):
-    from utils.pushgateway import build_registry, instance_name
+    from utils.pushgateway import build_registry
 
-    labels = {"source": "monitor", "batch": tracker_config.batch_name, "host": instance_name()}
+    labels = {"source": "monitor", "batch": tracker_config.batch_name, "host": metrics.host_name()}
     assert scraper.value("anthrasite_batch_source_info", **labels) == 1.0
     tracker.start()
     pushed = build_registry(tracker_config, tracker.snapshot(), clock())

@@ -16,7 +16,8 @@ from conftest import PROJECT_ROOT, free_port, run_tracker_cli, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from utils.batch_tracker import BatchTracker, TrackerConfig
-from utils.pushgateway import PushError, build_registry, instance_name, push_batch_metrics
+from utils.metrics import host_name
+from utils.pushgateway import PushError, build_registry, push_batch_metrics
 
 pytestmark = pytest.mark.prometheus
 
@@ -146,7 +147,7 @@ def test_it_groups_by_batch_name_and_instance(base_env, pushgateway):
     samples = gateway_samples(pushgateway)
     key = ("anthrasite_batch_state", frozenset({"job": "weekly-rescore", "instance": HOST, "state": "running"}.items()))
     assert samples[key] == 1.0
-    assert instance_name() == HOST
+    assert host_name() == HOST
 
 
 def test_it_never_fails_the_batch_when_the_gateway_is_down(base_env, tracker_file):

@@ -14,13 +14,11 @@ import pytest
 
 from utils import state_store
 from utils.batch_tracker import (
-    SCHEMA_VERSION,
     BatchStateError,
     BatchTracker,
     TrackerConfig,
     check_batch_completion,
     get_batch_status,
-    sibling_file,
 )
 from utils.state_store import (
     CorruptStateError,
@@ -28,8 +26,10 @@ from utils.state_store import (
     StorageError,
     read_json_object,
     remove_stale_temp_files,
+    sibling_file,
     write_json_atomically,
 )
+from utils.tracker_files import SCHEMA_VERSION
 
 
 def temp_files(directory) -> list[str]:

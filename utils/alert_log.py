@@ -1,22 +1,10 @@
-"""The monitor's own state file: the notification log.
+"""The monitor's own state file, the notification log (``sibling_file(tracker_file, "monitor")``).
 
-``sibling_file(tracker_file, "monitor")``, written only by the monitor, read by the
-metrics collector and the status page. Its JSON (schema 1)::
-
-    schema_version, watch_since, last_check_at
-    open_incidents         {identity: record}   what is open and what was sent about it
-    pending_notifications  [notice]             planned, not yet in the outbox (crash-safe intent)
-    recent_alerts          [notice]             the last 50 queued messages
-    counters               alerts_sent{kind}, recoveries_sent, reminders_sent, delivery_failures,
-                           permanent_failures
-    outbox                 the outbox summary at the last check
-    reported               identities ever opened (a one-shot report is never repeated)
-
-In memory it is an :class:`AlertLog` of :class:`IncidentRecord` (an open incident: the
-detected :class:`~utils.model.Incident` plus what was sent about it) and :class:`Notice`
-(one message: planned, queued, then remembered) values. :class:`AlertLogStore` loads it
-under :mod:`utils.state_store`'s lock, fills in keys older releases did not write, moves a
-corrupt file aside, and brings instants stored in the future back to now.
+Written only by the monitor, read by the metrics collector and the status page. JSON keys
+(schema 1): ``schema_version``, ``watch_since``, ``last_check_at``, ``open_incidents``
+{identity: record}, ``pending_notifications`` (planned, not yet in the outbox),
+``recent_alerts`` (the last 50 queued), ``counters``, ``outbox`` (its summary at the last
+check), ``reported`` (identities ever opened: a one-shot report is never repeated).
 """
 
 from __future__ import annotations
@@ -50,6 +38,10 @@ def _opt_number(record: Mapping, key: str) -> float | None:
     return float(value) if _number(value) else None
 
 
+def _incident_field(name: str) -> property:
+    return property(lambda record: getattr(record.incident, name), doc=f"The incident's ``{name}``.")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class IncidentRecord:
     """An incident the log holds open: the detected incident and what was sent about it.
@@ -73,30 +65,12 @@ class IncidentRecord:
         *("kind", "key", "summary", "since", "batch_id", "opened_at", "alerted_at", "last_notified_at"),
         *("reminders_sent", "continues", "moved_to", "moved_at"),
     )
-
-    @property
-    def identity(self) -> str:
-        return self.incident.identity
-
-    @property
-    def kind(self) -> str:
-        return self.incident.kind
-
-    @property
-    def key(self) -> str:
-        return self.incident.key
-
-    @property
-    def summary(self) -> str:
-        return self.incident.summary
-
-    @property
-    def since(self) -> float:
-        return self.incident.since
-
-    @property
-    def batch_id(self) -> str | None:
-        return self.incident.batch_id
+    identity = _incident_field("identity")
+    kind = _incident_field("kind")
+    key = _incident_field("key")
+    summary = _incident_field("summary")
+    since = _incident_field("since")
+    batch_id = _incident_field("batch_id")
 
     @property
     def last_notice_at(self) -> float | None:
@@ -108,9 +82,11 @@ class IncidentRecord:
 
     @classmethod
     def from_dict(cls, record: object, where: str = "record") -> IncidentRecord:
-        if not isinstance(record, Mapping) or not all(k in record for k in ("kind", "key", "opened_at")):
-            raise CorruptStateError(f"monitor state {where} is malformed")
-        if not _number(record["opened_at"]):
+        if (
+            not isinstance(record, Mapping)
+            or not all(k in record for k in ("kind", "key", "opened_at"))
+            or not _number(record["opened_at"])
+        ):
             raise CorruptStateError(f"monitor state {where} is malformed")
         since = record.get("since")
         incident = Incident(
@@ -124,12 +100,10 @@ class IncidentRecord:
         return cls(
             incident=incident,
             opened_at=float(record["opened_at"]),
-            alerted_at=_opt_number(record, "alerted_at"),
-            last_notified_at=_opt_number(record, "last_notified_at"),
             reminders_sent=int(reminders) if _number(reminders) else 0,
             continues=record.get("continues"),
             moved_to=record.get("moved_to"),
-            moved_at=_opt_number(record, "moved_at"),
+            **{key: _opt_number(record, key) for key in ("alerted_at", "last_notified_at", "moved_at")},
             extra={k: v for k, v in record.items() if k not in cls._KEYS},
         )
 
@@ -153,9 +127,8 @@ class IncidentRecord:
 class Notice:
     """One notification (alert, recovery, reminder) about one incident.
 
-    Planned (in ``pending_notifications``, with ``record``: the incident as it was when
-    planned, since a recovery outlives its record), then queued (``subject`` set, in
-    ``recent_alerts``). ``at`` is when it was planned, then when it was queued.
+    Planned (with ``record``, the incident as planned: a recovery outlives its record),
+    then queued (``subject`` set). ``at``: when planned, then when queued.
     """
 
     type: str
@@ -174,7 +147,6 @@ class Notice:
 
     @property
     def outbox_id(self) -> str:
-        """The id of its message in the outbox."""
         return outbox_id(self.message_id)
 
     @classmethod
@@ -243,6 +215,9 @@ class AlertLog:
     reported: list[str] = dataclasses.field(default_factory=list)
     extra: dict = dataclasses.field(default_factory=dict)
 
+    _KEYS = ("schema_version", "watch_since", "last_check_at", "open_incidents", "recent_alerts", "counters")
+    _KEYS += ("pending_notifications", "outbox", "reported")
+
     @classmethod
     def from_dict(cls, document: Mapping) -> AlertLog:
         """The log in ``document``; CorruptStateError when it is not ours, StorageError when it is newer."""
@@ -261,8 +236,6 @@ class AlertLog:
             raise CorruptStateError("monitor state has malformed pending_notifications or counters")
         if not isinstance(document.get("reported", []), list):
             raise CorruptStateError("monitor state has a malformed reported list")
-        known = ("schema_version", "watch_since", "last_check_at", "open_incidents", "recent_alerts", "counters")
-        known += ("pending_notifications", "outbox", "reported")
         return cls(
             watch_since=float(document["watch_since"]),
             last_check_at=_opt_number(document, "last_check_at"),
@@ -274,7 +247,7 @@ class AlertLog:
             counters={**fresh_counters(), **counters},
             outbox=dict(document.get("outbox") or fresh_outbox()),
             reported=list(document.get("reported", [])),
-            extra={k: v for k, v in document.items() if k not in known},
+            extra={k: v for k, v in document.items() if k not in cls._KEYS},
         )
 
     def to_dict(self) -> dict:
@@ -290,8 +263,6 @@ class AlertLog:
             "outbox": self.outbox,
             "reported": self.reported,
         }
-
-    # ----- changes
 
     def remember(self, ident: str) -> None:
         """Note that ``ident`` was opened once: a one-shot report of it is never repeated."""
@@ -329,12 +300,8 @@ class AlertLog:
         self.counters["permanent_failures"] += failed
 
     def clamp_future_instants(self, now: float, where: str) -> None:
-        """Bring stored instants that lie in the future back to ``now``, logging each as a clock problem.
-
-        A monitor once run with its clock ahead stores a future ``watch_since`` (no deadline
-        before it counts as missing) or future incident times (no reminder falls due): left
-        alone, they would silence it for as long as the clock was wrong.
-        """
+        """Bring stored instants in the future back to ``now``, logging each as a clock problem: left
+        alone, a future ``watch_since`` or incident time silences alerts for as long as the clock was wrong."""
 
         def clamped(value: float | None, what: str) -> float | None:
             if value is None or value <= now + CLOCK_TOLERANCE_SECONDS:
@@ -368,27 +335,20 @@ def _recent_notice(entry: object) -> Notice | None:
         return None
 
 
-class AlertLogStore:
+class AlertLogStore(JsonStateStore):
     """Loads and saves the :class:`AlertLog` at ``path`` with the state store's lock-and-replace protocol."""
-
-    def __init__(self, path: str):
-        self.store = JsonStateStore(path)
-        self.path = self.store.path
-
-    def locked(self) -> contextlib.AbstractContextManager[None]:
-        return self.store.locked()
 
     def load(self, now: float) -> AlertLog:
         """The log (caller holds the lock): a fresh one on first start, a corrupt one moved aside;
         instants stored in the future are brought back to ``now``."""
         try:
-            document = self.store.read()
+            document = self.read()
             if document is not None:
                 log = AlertLog.from_dict(document)
                 log.clamp_future_instants(now, self.path)
                 return log
         except CorruptStateError as exc:
-            moved_to = self.store.move_aside(now)
+            moved_to = self.move_aside(now)
             LOGGER.error(
                 "monitor state %s is corrupt (%s); moved aside to %s; starting a fresh alert state",
                 self.path,
@@ -400,7 +360,7 @@ class AlertLogStore:
         return AlertLog(watch_since=now)
 
     def save(self, log: AlertLog) -> None:
-        self.store.write(log.to_dict())
+        self.write(log.to_dict())
 
     @contextlib.contextmanager
     def updating(self, now: float) -> Iterator[AlertLog]:
@@ -418,12 +378,10 @@ class AlertLogStore:
         Never raises: a missing or unreadable file gives empty lists and ``state_error``.
         """
         try:
-            document = self.store.read() or {}
-            error = None
+            document, error = self.read() or {}, None
         except StorageError as exc:
             document, error = {}, str(exc)
-        records = document.get("open_incidents") if isinstance(document.get("open_incidents"), dict) else {}
-        alerts = document.get("recent_alerts") if isinstance(document.get("recent_alerts"), list) else []
+        records, alerts = document.get("open_incidents"), document.get("recent_alerts")
 
         def when(value: object) -> str | None:
             return iso(value) if _number(value) else None
@@ -433,17 +391,17 @@ class AlertLogStore:
                 {
                     "identity": ident,
                     **{k: record.get(k) for k in ("kind", "key", "summary", "batch_id")},
-                    "since": when(record.get("since")),
-                    "opened_at": when(record.get("opened_at")),
-                    "alerted_at": when(record.get("alerted_at")),
+                    **{k: when(record.get(k)) for k in ("since", "opened_at", "alerted_at")},
                 }
-                for ident, record in records.items()
+                for ident, record in (records.items() if isinstance(records, dict) else ())
                 if isinstance(record, dict)
             ],
-            "recent_alerts": [dict(a, at=when(a.get("at"))) for a in alerts if isinstance(a, dict)],
-            "last_check_at": when(document.get("last_check_at")),
-            "watch_since": when(document.get("watch_since")),
-            "counters": document.get("counters") or {},
-            "outbox": document.get("outbox") or {},
+            "recent_alerts": [
+                dict(a, at=when(a.get("at")))
+                for a in (alerts if isinstance(alerts, list) else ())
+                if isinstance(a, dict)
+            ],
+            **{k: when(document.get(k)) for k in ("last_check_at", "watch_since")},
+            **{k: document.get(k) or {} for k in ("counters", "outbox")},
             "state_error": error,
         }

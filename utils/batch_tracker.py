@@ -1,33 +1,21 @@
 """Batch tracker: durable state of nightly batches (the library; the CLI is :mod:`utils.tracker_cli`).
 
-Library API (names are fixed: shell hooks, the monitor and people's scripts use them):
+The API names are fixed (shell hooks, the monitor and people's scripts use them).
+:func:`record_batch_start`, :func:`record_batch_stage_completion`, :func:`record_batch_end`,
+:func:`record_batch_failure`, :func:`record_batch_resume` and :func:`record_batch_cost` move
+a batch through ``none -> running -> completed | failed | abandoned`` (``failed -> running``
+on resume; a start abandons an unfinished batch); :func:`check_batch_completion`,
+:func:`get_batch_status` and :func:`load_snapshot` read. Each takes optional ``path``,
+``clock`` (UTC epoch seconds) and ``config`` (default :meth:`TrackerConfig.from_env`, read
+once per call); writers return model values (:class:`utils.model.Batch`, ``Stage``).
 
-- :func:`record_batch_start` starts a batch and returns its id; an unfinished
-  previous batch is closed as ``abandoned`` and kept in history.
-- :func:`record_batch_stage_completion` records a stage's percentage.
-- :func:`record_batch_end` / :func:`record_batch_failure` / :func:`record_batch_resume`
-  move the running batch through its lifecycle
-  (``none -> running -> completed | failed | abandoned``; ``failed -> running`` on resume).
-- :func:`record_batch_cost` records cost per lead and adds GPU spend.
-- :func:`check_batch_completion` says whether all is well, and why not.
-- :func:`get_batch_status` returns everything a person or tool needs about the batch.
-- :func:`load_snapshot` reads both files as a :class:`utils.model.Snapshot`.
+Storage: the tracker file holds the current batch only, so a hook's write costs the same
+however long the history grows; finished batches move to a bounded ``<name>.history.json``
+when the next starts. Both use :mod:`utils.state_store`'s lock-and-replace protocol; a
+writer moves a file aside exactly when readers (:meth:`utils.model.Batch.from_dict`) would
+call it corrupt.
 
-Every function takes ``path`` (tracker file), ``clock`` (returns UTC epoch seconds)
-and ``config`` (:class:`utils.config.TrackerConfig`) as optional keyword arguments;
-``config`` defaults to :meth:`TrackerConfig.from_env`, read once per call.
-:class:`BatchTracker` itself is always given its config. Writers return model values
-(:class:`utils.model.Batch`, :class:`utils.model.Stage`).
-
-Storage: the tracker file holds the current batch only, so a hook's write costs the
-same however long the history grows; finished batches move to a bounded history
-file beside it (``<name>.history.json``) when the next batch starts. Both files are
-written with :mod:`utils.state_store`'s lock-and-replace protocol. A record is checked
-once, by :meth:`utils.model.Batch.from_dict`, wherever a file is read; a writer moves a
-file aside exactly when readers would call it corrupt.
-
-This module is imported by every hook call on the nightly critical path: it must
-not import prometheus_client, pytz or logging at import time.
+Every hook call imports this module: no prometheus_client, pytz or logging at import time.
 """
 
 from __future__ import annotations
@@ -37,13 +25,12 @@ import os
 import sys
 import time
 
-from utils.config import NAME_RULE, ConfigError, TrackerConfig, is_plain_decimal
+from utils.config import NAME_RULE, TrackerConfig, is_plain_decimal
 from utils.errors import TrackerError
 from utils.model import (
     ABANDONED,
     COMPLETED,
     FAILED,
-    NAME_CHARACTERS,
     RUNNING,
     Batch,
     Failure,
@@ -51,12 +38,9 @@ from utils.model import (
     Stage,
     is_valid_name,
 )
-from utils.state_store import CorruptStateError, StorageError, remove_stale_temp_files, sibling_file
+from utils.state_store import CorruptStateError, remove_stale_temp_files
 from utils.text_safety import visible_line
-from utils.tracker_files import SCHEMA_VERSION, TrackerFiles
-
-# Callers have imported these from this module since before they moved to lower layers.
-REEXPORTED = (ConfigError, NAME_CHARACTERS, SCHEMA_VERSION, StorageError, sibling_file)
+from utils.tracker_files import TrackerFiles
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,9 +69,6 @@ def _log(level: str, message: str, *args: Any) -> None:
     import logging
 
     getattr(logging.getLogger(__name__), level)(message, *args)
-
-
-# --------------------------------------------------------------------------- validation of inputs
 
 
 def validate_stage_name(stage: object) -> str:
@@ -135,14 +116,9 @@ def _shorten(value: object, limit: int = 80) -> object:
 
 
 def clean_text(value: object, limit: int = MAX_REASON_LENGTH) -> str:
-    """The one rule for free text that hooks hand in (failure reasons), applied where it enters.
-
-    Line breaks and tabs (including U+2028/U+2029/U+0085) become one space each, every other
-    character that is not printable (ESC, other controls, bidi overrides, unassigned) becomes
-    a visible escape such as ``\\x1b``; the result is stripped and cut to ``limit`` characters.
-    So stored text is one printable line: it cannot add a line to systemd's notify message,
-    a log line or a mail header, nor drive a terminal.
-    """
+    """Free text from a hook (a failure reason) as stored: :func:`utils.text_safety.visible_line`,
+    one printable line of at most ``limit`` characters (line breaks and tabs a space, other
+    controls visible escapes), so it cannot add a line to a notify message, log or mail header."""
     return visible_line(value, limit)
 
 
@@ -203,9 +179,6 @@ def _with_stage(batch: Batch, name: str, value: float, now: float) -> tuple[Batc
     return batch.replace(stages=stages, updated_at=now), stage
 
 
-# --------------------------------------------------------------------------- the tracker
-
-
 class BatchTracker:
     """Records batch lifecycle events in the tracker file. Thread- and process-safe.
 
@@ -225,8 +198,6 @@ class BatchTracker:
         self.clock = clock or time.time
         self.files = TrackerFiles(self.path, config)
         self.store, self.history_store = self.files.store, self.files.history_store
-
-    # ----- writes
 
     def start(self, stages: list[str] | tuple[str, ...] | None = None, *, batch_id: str | None = None) -> str:
         """Start a new batch and return its id; an unfinished one becomes ``abandoned``."""
@@ -373,26 +344,22 @@ class BatchTracker:
         metrics mix two batches. Caller holds the lock; nothing has been changed yet.
         """
         if current is not None and current.id == batch_id:
-            raise InvalidInputError(
-                f"batch id {batch_id!r} is already used by the current batch ({current.state}); "
-                "ids are never reused (omit --id for a fresh one)"
-            )
-        try:
-            batches = self.files.history()
-        except CorruptStateError:
-            batches = ()  # _archive moves it aside; its ids cannot be known
-        if any(batch.id == batch_id for batch in batches):
-            raise InvalidInputError(
-                f"batch id {batch_id!r} is already used by a batch in history; ids are never reused "
-                "(omit --id for a fresh one)"
-            )
+            user = f"the current batch ({current.state})"
+        else:
+            try:
+                batches = self.files.history()
+            except CorruptStateError:
+                batches = ()  # archiving moves it aside; its ids cannot be known
+            if not any(batch.id == batch_id for batch in batches):
+                return
+            user = "a batch in history"
+        raise InvalidInputError(
+            f"batch id {batch_id!r} is already used by {user}; ids are never reused (omit --id for a fresh one)"
+        )
 
     def snapshot(self) -> Snapshot:
         """Read both files without locking and without repairing anything."""
         return self.files.snapshot()
-
-
-# --------------------------------------------------------------------------- module API
 
 
 def _tracker(path, clock, config) -> BatchTracker:

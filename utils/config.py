@@ -1,20 +1,10 @@
 """Settings of the tracker, its CLI and the monitor: every environment variable, validated once.
 
-:meth:`TrackerConfig.from_env` (hooks, CLI, library) and :meth:`MonitorConfig.from_env`
-(the monitor: it holds a TrackerConfig as ``.tracker``) read the environment (and
-``SMTP_PASSWORD_FILE``) exactly once and return frozen values; a bad value raises
-:class:`ConfigError` with a one-line message that names the variable and what is
-allowed (the entry points map it to exit status 2). Nothing else reads the environment.
-
-Relative paths are taken from the project root, not the working directory (the one
-place that knows where the checkout is). The daily deadline is built once per config,
-on first use (:meth:`TrackerConfig.deadline`): pytz is imported then, not at start-up.
-
-The SMTP password is held in a :class:`Secret`, whose ``repr``/``str`` never show
-the value, so neither the config's repr nor a log line can leak it.
-
-This module is imported by every hook call: heavy modules (email, ipaddress, pytz)
-are imported inside the functions that need them.
+:meth:`TrackerConfig.from_env` and :meth:`MonitorConfig.from_env` (which holds a TrackerConfig
+as ``.tracker``) read the environment exactly once and return frozen values; a bad value raises
+:class:`ConfigError` with one line naming the variable and what is allowed (exit status 2).
+Nothing else reads the environment. Relative paths are taken from the project root. Every hook
+call imports this module, so heavy modules (email, ipaddress, pytz) are imported where needed.
 """
 
 from __future__ import annotations
@@ -81,13 +71,11 @@ class ConfigError(TrackerError, ValueError):
     """An environment variable has a value that is not allowed; the message names it."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True, repr=False)
 class Secret:
     """A string that never shows itself in ``repr``/``str`` (so never in logs or tracebacks)."""
 
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
+    _value: str
 
     def reveal(self) -> str:
         return self._value
@@ -97,21 +85,14 @@ class Secret:
 
     __str__ = __repr__
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TrackerConfig:
     """Tracker settings, parsed once and immutable.
 
-    ``tracker_file`` is absolute (relative values given to :meth:`from_env` are taken from
-    the project root; relative values given here, from the working directory).
-    ``expected_stages`` is a tuple of stage names used for the overall percentage when a
-    batch does not declare its own.
+    ``tracker_file`` is absolute (relative values given to :meth:`from_env` are taken from the
+    project root; given here, from the working directory). ``expected_stages`` count towards the
+    overall percentage of a batch that declares none.
     """
 
     tracker_file: str
@@ -130,7 +111,6 @@ class TrackerConfig:
         object.__setattr__(self, "expected_stages", tuple(self.expected_stages))
 
     def replace(self, **changes: object) -> TrackerConfig:
-        """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -253,13 +233,13 @@ class MonitorConfig:
             outbox_dir=_path(env, "BATCH_OUTBOX_DIR", DEFAULT_OUTBOX_DIR),
             email_to=tuple(_addresses(env, "ALERT_EMAIL_TO", "alerts@anthrasite.com")),
             email_from=_addresses(env, "ALERT_EMAIL_FROM", "leadfactory@anthrasite.com", single=True)[0],
-            smtp_server=_host(env, "SMTP_SERVER"),
+            smtp_server=_host(env, "SMTP_SERVER", "smtp.example.com, 192.0.2.7"),
             smtp_port=_int(env, "SMTP_PORT", DEFAULT_PORTS[security], 1, 65_535),
             smtp_security=security,
             smtp_username=username,
             smtp_password=password,
             smtp_timeout_seconds=_float(env, "SMTP_TIMEOUT_SECONDS", 10.0, 1.0, 300.0),
-            metrics_addr=_metrics_addr(env),
+            metrics_addr=_host(env, "METRICS_ADDR", "127.0.0.1, ::1, 0.0.0.0", default="127.0.0.1"),
             metrics_port=_int(env, "METRICS_PORT", 9469, 0, 65_535),
             log_level=_choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS, upper=True),
             cli_command=_optional_text(env, "BATCH_CLI_COMMAND") or DEFAULT_CLI_COMMAND,
@@ -275,30 +255,18 @@ class MonitorConfig:
 def help_text() -> str:
     """Every variable with its default and meaning, for ``--help``."""
     width = max(len(name) for name, _, _ in VARIABLES)
-    lines = ["environment variables (default in brackets):"]
-    for name, default, meaning in VARIABLES:
-        lines.append(f"  {name:<{width}}  {meaning} [{default}]")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- parsers
+    lines = [f"  {name:<{width}}  {meaning} [{default}]" for name, default, meaning in VARIABLES]
+    return "\n".join(["environment variables (default in brackets):", *lines])
 
 
 def is_plain_whole_number(text: str) -> bool:
-    """True for ASCII digits only: no sign, underscore, whitespace or other scripts' digits.
-
-    ``int()`` also accepts ``" 5 "``, ``"5_0"`` and ``"\\u0665"`` (Arabic-Indic five); settings and
-    command-line numbers must look like what a person reading them takes them for.
-    """
+    """True for 1-18 ASCII digits only: ``int()`` also takes ``" 5 "``, ``"5_0"``, other scripts' digits."""
     return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
 
 
 def is_plain_decimal(text: str) -> bool:
-    """True when ``text`` spells a decimal number in ASCII (``12``, ``-0.5``, ``1e3``).
-
-    Refuses what ``float()`` would otherwise accept: surrounding whitespace, underscores,
-    other scripts' digits, ``inf``/``nan``. ``float()`` then checks the syntax itself.
-    """
+    """True when ``text`` may spell a decimal number in ASCII (``12``, ``-0.5``, ``1e3``): refuses the
+    whitespace, underscores, other scripts' digits and ``inf``/``nan`` that ``float()`` accepts."""
     return 0 < len(text) <= 400 and _DECIMAL_CHARACTERS.issuperset(text) and any(c.isdigit() for c in text)
 
 
@@ -317,7 +285,6 @@ def _int(env: dict, name: str, default: int, low: int, high: int) -> int:
     raw = str(env.get(name, ""))
     if not raw.strip():
         return default
-    # ASCII digits only: int() would also take " 5 ", "5_0" and other scripts' digits.
     if not is_plain_whole_number(raw):
         raise ConfigError(f"{name}={_shown(raw)} is not a whole number in ASCII digits (allowed: {low}-{high})")
     value = int(raw, 10)
@@ -332,7 +299,7 @@ def _float(env: dict, name: str, default: float, low: float, high: float) -> flo
         return default
     try:
         if not is_plain_decimal(raw):
-            raise ValueError(raw)  # float() would also take " 5 ", "5_0", "inf" and other scripts' digits
+            raise ValueError(raw)
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={_shown(raw)} is not a number (allowed: {low:g}-{high:g})") from None
@@ -422,9 +389,8 @@ def _http_url(env: dict, name: str) -> str | None:
 def host_or_address(raw: str) -> str | None:
     """``raw`` as a host name or IP address (``[v6]`` brackets removed), or None when it is neither.
 
-    An IP address must parse as one (``999.1.1.1`` and ``:::::`` do not); a host name is
-    dot-separated ASCII labels of letters, digits, ``-`` (and ``_``), 1-63 each, 253 in all,
-    with a last label that is not all digits (else it is a mistyped IPv4 address).
+    A host name is dot-separated ASCII labels of letters, digits, ``-`` and ``_``, 1-63 each,
+    253 in all; its last label is not all digits (that is a mistyped IPv4 address).
     """
     import ipaddress
 
@@ -435,33 +401,22 @@ def host_or_address(raw: str) -> str | None:
         pass
     if candidate is not raw or not candidate.isascii() or len(candidate) > 253:
         return None
-    labels = candidate[:-1].split(".") if candidate.endswith(".") else candidate.split(".")
-    for label in labels:
-        if not 0 < len(label) <= 63 or label[0] == "-" or label[-1] == "-":
-            return None
-        if not all(ch.isalnum() or ch in "-_" for ch in label):
-            return None
-    if labels[-1].isdigit():
-        return None
-    return candidate
+    labels = candidate.removesuffix(".").split(".")
+    valid = all(
+        0 < len(label) <= 63 and "-" not in (label[0], label[-1]) and all(ch.isalnum() or ch in "-_" for ch in label)
+        for label in labels
+    )
+    return candidate if valid and not labels[-1].isdigit() else None
 
 
-def _host(env: dict, name: str) -> str | None:
-    raw = _raw(env, name)
+def _host(env: dict, name: str, examples: str, default: str = "") -> str | None:
+    raw = _raw(env, name) or default
     if not raw:
         return None
     host = host_or_address(raw)
     if host is None:
-        raise ConfigError(f"{name}={_shown(raw)} is not a host name or IP address (e.g. smtp.example.com, 192.0.2.7)")
+        raise ConfigError(f"{name}={_shown(raw)} is not a host name or IP address (e.g. {examples})")
     return host
-
-
-def _metrics_addr(env: dict) -> str:
-    raw = _raw(env, "METRICS_ADDR") or "127.0.0.1"
-    candidate = host_or_address(raw)
-    if candidate is not None:
-        return candidate
-    raise ConfigError(f"METRICS_ADDR={_shown(raw)} is not an IP address or host name (e.g. 127.0.0.1, ::1, 0.0.0.0)")
 
 
 def _password(env: dict) -> Secret | None:
@@ -488,8 +443,7 @@ def _password(env: dict) -> Secret | None:
     except UnicodeDecodeError:
         raise ConfigError(f"SMTP_PASSWORD_FILE={_shown(file_name)} is not UTF-8 text") from None
     # One trailing newline is how editors and `echo` write files; it is not part of the password.
-    password = text[:-1] if text.endswith("\n") else text
-    password = password[:-1] if password.endswith("\r") else password
+    password = text.removesuffix("\n").removesuffix("\r")
     if not password:
         raise ConfigError(f"SMTP_PASSWORD_FILE={_shown(file_name)} is empty")
     if any(ch in password for ch in "\r\n\0"):

@@ -1,27 +1,17 @@
-"""Cumulative counters of the nightly batch, kept by the tracker in its own file.
+"""Cumulative counters of the nightly batch, kept as the ``counters`` object of the tracker file.
 
-The tracker updates a :class:`Counters` value under the lock it already takes for the
-write that causes the change, in the same atomic replace: ``end`` counts a completed
-batch (duration histogram, on time or late, last success), ``cost`` adds GPU spend,
-``start`` notes the start and the verdict of the batch it moves to history. So each
-completed batch is counted exactly once (``end`` is the only way to ``completed``) and
-readers (``/metrics``, the Pushgateway push) only read: none of them writes, and none
-needs the history to know a total, the last success, the newest cost per lead or the
-newest finished batch's verdict.
-
-Stored as the ``counters`` object of the tracker file (see :meth:`Counters.to_dict`).
-A tracker file without one (written by an older release, or fresh after a corrupt file
-was moved aside) gets them from :func:`rebuild` once, under the lock: from the batches
-the files still hold, starting from the totals of the older release's metrics state
-file (``<tracker>.metrics.json``) when there is one, so the counters carry on instead of
-resetting. That file is read, never written.
-
+The tracker moves them on (:func:`after_change`) under the lock and in the atomic replace of the
+write that causes the change, so each completed batch is counted exactly once and readers
+(``/metrics``, the Pushgateway push) only read. A tracker file without them (an older release's,
+or fresh after a corrupt file was moved aside) gets them once from :func:`rebuild`, carrying on
+from the older release's ``<tracker>.metrics.json`` (read, never written) instead of resetting.
 Stdlib only, no I/O except :func:`load_legacy_metrics_state`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import sys
@@ -78,21 +68,13 @@ class Counters:
     last_finished_on_time: bool | None = None
     last_started_at: float | None = None
 
-    # ----- reading
-
     @property
     def duration_count(self) -> int:
         return sum(self.duration_counts)
 
     def cumulative_buckets(self) -> list[tuple[float, int]]:
         """``[(upper bound, observations at or below it), ...]``, ending with ``(inf, count)``."""
-        total, buckets = 0, []
-        for bound, count in zip([*DURATION_BUCKETS, math.inf], self.duration_counts, strict=True):
-            total += count
-            buckets.append((bound, total))
-        return buckets
-
-    # ----- updates (pure: each returns a new value)
+        return list(zip([*DURATION_BUCKETS, math.inf], itertools.accumulate(self.duration_counts), strict=True))
 
     def after_start(self, started_at: float, archived_on_time: bool | None = None) -> Counters:
         """A batch started at ``started_at``; ``archived_on_time``: the verdict of the batch it moved
@@ -122,8 +104,6 @@ class Counters:
     def after_cost(self, cost_per_lead: float) -> Counters:
         """The newest cost per lead recorded."""
         return dataclasses.replace(self, last_cost_per_lead=cost_per_lead)
-
-    # ----- JSON
 
     def to_dict(self) -> dict:
         return {
@@ -182,7 +162,8 @@ class Counters:
         )
 
 
-# --------------------------------------------------------------------------- in the tracker document
+def _duration(batch: Any) -> float:
+    return batch.duration_seconds if batch.duration_seconds is not None else batch.ended_at - batch.started_at
 
 
 def stored(document: Mapping[str, Any] | None) -> Counters | None:
@@ -197,21 +178,19 @@ def stored(document: Mapping[str, Any] | None) -> Counters | None:
 
 
 def after_change(counters: Counters, before: Any, after: Any, verdict: Callable[[Any], bool]) -> Counters:
-    """``counters`` after one tracker write replaced the current batch ``before`` with ``after``
-    (:class:`utils.model.Batch` values or None), both seen under the tracker's lock.
+    """``counters`` after one write, under the tracker's lock, replaced batch ``before`` with ``after`` (or None).
 
-    A new id means a batch started (``before`` went to history, judged by ``verdict``); the
-    same batch turning ``completed`` is counted here, so exactly once (``end`` is the only way
-    there, and no write sees that transition twice); GPU spend counts as it grows; a cost per
-    lead that changed becomes the newest one.
+    A new id is a start (``before`` went to history, judged by ``verdict``); the same batch turning
+    ``completed`` is counted exactly once (no write sees that transition twice); GPU spend counts as
+    it grows; a changed cost per lead becomes the newest one.
     """
     if after is None:
         return counters
     if before is None or before.id != after.id:
         return counters.after_start(after.started_at, None if before is None else verdict(before))
     if before.state != "completed" and after.state == "completed" and after.ended_at is not None:
-        duration = after.duration_seconds if after.duration_seconds is not None else after.ended_at - after.started_at
-        counters = counters.after_end(duration=max(duration, 0.0), ended_at=after.ended_at, on_time=verdict(after))
+        duration = max(_duration(after), 0.0)
+        counters = counters.after_end(duration=duration, ended_at=after.ended_at, on_time=verdict(after))
     if after.gpu_cost_dollars > before.gpu_cost_dollars:
         counters = counters.add_gpu(after.gpu_cost_dollars - before.gpu_cost_dollars)
     if after.cost_per_lead is not None and after.cost_per_lead != before.cost_per_lead:
@@ -220,24 +199,16 @@ def after_change(counters: Counters, before: Any, after: Any, verdict: Callable[
 
 
 def finished_on_time(batch: Any, settings_deadline: Callable[[], Any]) -> bool:
-    """Whether a finished batch (:class:`utils.model.Batch`) completed by its deadline: the one stored
-    with it, or for a record from before deadlines were stored the first deadline of
-    ``settings_deadline()`` (a :class:`utils.deadline.DailyDeadline`, built only then) after its start.
-    Failed and abandoned batches were not on time."""
+    """Whether a finished batch completed by its stored deadline (an older record without one: the first
+    deadline of ``settings_deadline()``, built only then, after its start). Failed or abandoned: False."""
     if batch.state != "completed" or batch.ended_at is None:
         return False
     due = batch.deadline_at if batch.deadline_at is not None else settings_deadline().first_after(batch.started_at)
     return batch.ended_at <= due
 
 
-# --------------------------------------------------------------------------- migration
-
-
 def load_legacy_metrics_state(path: str | os.PathLike) -> dict | None:
-    """The older release's metrics state document at ``path``, or None when missing or unusable.
-
-    Only read (to carry its totals over), never written or repaired: nothing uses it afterwards.
-    """
+    """The older release's metrics state document at ``path`` (read only), or None when missing or unusable."""
     try:
         document = read_json_object(os.fspath(path))
     except StorageError:
@@ -293,14 +264,11 @@ def rebuild(
     verdict: Callable[[Any], bool],
     legacy: Mapping[str, Any] | None = None,
 ) -> Counters:
-    """Counters for a tracker file that has none, from the batches on file.
+    """Counters for a tracker file that has none, from ``current`` (or None) and ``history`` (oldest first).
 
-    ``current`` (or None) and ``history`` (oldest first) are :class:`utils.model.Batch` values;
-    ``verdict(batch)`` says whether a finished batch was done by its deadline. ``legacy`` is
-    the older release's metrics state (:func:`load_legacy_metrics_state`): its totals are
-    carried over and only what it had not counted yet is added (batches it never observed,
-    spend it never saw; nothing started at or before its watermark), so a batch is never
-    counted twice and the counters do not reset at the upgrade.
+    ``verdict(batch)`` says whether a finished batch was done by its deadline. The totals of ``legacy``
+    (:func:`load_legacy_metrics_state`) are carried over and only what it had not counted is added
+    (batches it never observed, spend it never saw, nothing started by its watermark): no double count.
     """
     history = list(history)
     batches = ([current] if current is not None else []) + [b for b in reversed(history) if b is not current]
@@ -314,9 +282,7 @@ def rebuild(
         if watermark is not None and batch.started_at <= watermark:
             continue
         if batch.state == "completed" and batch.id not in observed and batch.ended_at is not None:
-            duration = (
-                batch.duration_seconds if batch.duration_seconds is not None else batch.ended_at - batch.started_at
-            )
+            duration = _duration(batch)
             if duration >= 0:
                 counters = counters.after_end(duration=duration, ended_at=batch.ended_at, on_time=verdict(batch))
         spend = batch.gpu_cost_dollars - counted.get(batch.id, 0.0)

@@ -17,6 +17,7 @@ module, built with pytz ``localize``/``normalize`` (never ``tzinfo=``).
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterator
 
 import pytz
 
@@ -69,42 +70,33 @@ class DailyDeadline:
                 return self._earlier_occurrence(candidate)
         raise ValueError(f"no valid local time after {wall} in {self.zone.zone}")
 
-    def local_date_of(self, instant: float) -> _dt.date:
-        return self.to_local(instant).date()
-
     def to_local(self, instant: float) -> _dt.datetime:
         """``instant`` as an aware datetime in the deadline's zone."""
         utc = pytz.utc.localize(_dt.datetime.utcfromtimestamp(instant))
         return self.zone.normalize(utc.astimezone(self.zone))
 
+    def _around(self, instant: float, days: range) -> Iterator[float]:
+        """The deadlines on the local dates ``days`` away from ``instant``'s, in that order (lazily)."""
+        today = self.to_local(instant).date()
+        return (self.on_local_date(today + _dt.timedelta(days=offset)) for offset in days)
+
     def first_after(self, instant: float) -> float:
         """The first deadline strictly after ``instant`` (a batch's deadline)."""
-        day = self.local_date_of(instant) - _dt.timedelta(days=1)
-        for offset in range(4):
-            candidate = self.on_local_date(day + _dt.timedelta(days=offset))
-            if candidate > instant:
-                return candidate
-        raise AssertionError("a daily deadline always exists within two days")
+        return next(due for due in self._around(instant, range(-1, 3)) if due > instant)
 
     def last_at_or_before(self, instant: float) -> float:
         """The most recent deadline at or before ``instant``."""
-        day = self.local_date_of(instant) + _dt.timedelta(days=1)
-        for offset in range(4):
-            candidate = self.on_local_date(day - _dt.timedelta(days=offset))
-            if candidate <= instant:
-                return candidate
-        raise AssertionError("a daily deadline always exists within two days")
+        return next(due for due in self._around(instant, range(1, -3, -1)) if due <= instant)
 
     def for_new_batch(self, start: float, previous_start: float | None) -> float:
         """The deadline a batch starting at ``start`` is judged by, fixed once, when it starts.
 
-        Normally the first deadline strictly after ``start``. But when the most recent
-        deadline D before ``start`` had no batch started in its window (previous deadline,
-        D] -- the batch before this one (started at ``previous_start``) started at or before
-        the previous deadline -- this batch answers that missed night: its deadline is D, so
-        it is late from its start. Only when D is less than :data:`MAX_MISSED_DEADLINE_AGE`
-        ago, and only when some batch was recorded before (with none, nothing says a night
-        was expected: a first run after installing is not late).
+        Normally the first deadline strictly after ``start``. But when the latest deadline D
+        before ``start`` had no batch started in its window (the previous batch, started at
+        ``previous_start``, started at or before the deadline before D), this batch answers
+        that missed night: its deadline is D, so it is late from its start. Only when D is
+        less than :data:`MAX_MISSED_DEADLINE_AGE` ago and some batch was recorded before
+        (a first run after installing is not late).
         """
         recent = self.last_at_or_before(start)
         missed = (
@@ -153,6 +145,7 @@ def format_duration(seconds: float) -> str:
 
 
 def format_local(instant: float | None, deadline: DailyDeadline) -> str | None:
+    """``instant`` in the deadline's zone (``2026-03-08 05:00 EDT``), or None."""
     if instant is None:
         return None
     return deadline.to_local(instant).strftime("%Y-%m-%d %H:%M %Z")

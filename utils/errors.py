@@ -1,8 +1,7 @@
 """The tracker's one domain exception and the CLI's exit codes.
 
-Every error a caller can act on is a :class:`TrackerError`; its ``exit_code`` and
-``label`` are all the CLI needs to report it (``batch_tracker: <label>: <message>``),
-so the mapping happens at one boundary (:func:`utils.tracker_cli.main`).
+A :class:`TrackerError`'s ``exit_code`` and ``label`` are all :func:`utils.tracker_cli.main` needs
+to report it (``batch_tracker: <label>: <message>``).
 """
 
 EXIT_OK = 0

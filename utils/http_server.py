@@ -2,30 +2,18 @@
 
 Contract:
 
-- :func:`serve` binds ``(address, port)`` (port 0 picks a free port; the bound port
-  is ``server.port``), serves in a daemon thread and returns at once.
-- Routes (GET and HEAD):
-
-  ``/metrics``      the registry in the Prometheus text format (``CONTENT_TYPE_LATEST``)
-  ``/healthz``      200 ``ok`` when ``health_provider()`` says so, else 503 with its reason
-  ``/status.json``  ``status_provider()`` as JSON (times in UTC)
-  ``/``             the HTML status page for people (:func:`utils.status_page.render_status_page`)
-
-  Anything else is 404; other methods are 405. A provider that raises gives a 500
-  with a one-line reason (and the error is logged), never a dead server thread.
-- Bounded: at most ``max_connections`` connections are handled at once (by default
-  :data:`MAX_CONNECTIONS`, fewer under a low open-file limit); further ones wait in the
-  kernel's listen queue, costing this process no file descriptor and no CPU. Each read
-  from a client times out after ``read_timeout`` seconds (a half-open or idle
-  connection frees its slot then), so HTTP clients can neither exhaust the process's
-  file descriptors nor starve the monitor's checks and alert delivery.
-- Every response leaves in one write on a socket with ``TCP_NODELAY``: a kept-alive
-  connection (as Prometheus scrapes) never waits for Nagle's algorithm and the client's
-  delayed ACK.
-- A client that hangs up (mid-response or mid-request) costs one DEBUG line, no traceback.
-- Request logging goes to :mod:`logging` at DEBUG (the library never configures logging).
-- ``server.close()`` stops serving, waits for the accept thread and closes the socket;
-  it is idempotent.
+- :func:`serve` binds ``(address, port)`` (port 0: a free one, then ``server.port``), serves in a
+  daemon thread and returns at once; ``server.close()`` stops it and is idempotent.
+- Routes (GET and HEAD): ``/metrics`` (the registry, Prometheus text format), ``/healthz`` (200 ``ok``
+  when ``health_provider()`` says so, else 503 with its reason), ``/status.json`` (``status_provider()``,
+  times in UTC), ``/`` (:func:`utils.status_page.render_status_page`). Anything else is 404, other
+  methods 405; a provider that raises gives a 500 with a one-line reason (logged), never a dead thread.
+- Bounded: at most ``max_connections`` connections are handled at once; further ones wait in the
+  kernel's listen queue (no file descriptor, no CPU here). Each read times out after ``read_timeout``
+  seconds, so clients can neither exhaust file descriptors nor starve the checks and alert delivery.
+- Every response leaves in one write on a ``TCP_NODELAY`` socket: a kept-alive scrape never waits
+  for Nagle's algorithm and the client's delayed ACK.
+- A client hanging up costs one DEBUG line; request logging is DEBUG (the library never configures logging).
 """
 
 from __future__ import annotations
@@ -45,7 +33,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from utils.status_page import render_status_page
+from utils.status_page import PAGE_POLICY, render_status_page
 
 LOGGER = logging.getLogger(__name__)
 
@@ -57,19 +45,13 @@ ACCEPT_ERROR_LOG_SECONDS = 60.0
 JSON_TYPE = "application/json; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
 HTML_TYPE = "text/html; charset=utf-8"
-PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
 # The client went away: nothing to answer, nothing worth a traceback.
 HANGUPS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
 
-__all__ = ["MAX_CONNECTIONS", "READ_TIMEOUT_SECONDS", "MonitorHTTPServer", "render_status_page", "serve"]
-
 
 def default_max_connections(limit: int | None = None) -> int:
-    """:data:`MAX_CONNECTIONS`, or a quarter of the open-file limit when that is lower.
-
-    The checks, the state files and the alert delivery need descriptors too: HTTP
-    must never take them all, whatever ``ulimit -n`` the service runs under.
-    """
+    """:data:`MAX_CONNECTIONS`, or a quarter of the open-file limit when that is lower: the checks,
+    state files and alert delivery need descriptors too, whatever ``ulimit -n`` the service has."""
     if limit is None:
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if limit == resource.RLIM_INFINITY or limit <= 0:
@@ -77,74 +59,57 @@ def default_max_connections(limit: int | None = None) -> int:
     return max(1, min(MAX_CONNECTIONS, limit // 4))
 
 
-class MonitorHTTPServer:
-    """A running server: ``address``, ``port`` (the bound port), ``url`` and :meth:`close`."""
+class MonitorHTTPServer(socketserver.TCPServer):
+    """A running server (from :func:`serve`): ``address``, ``port`` (the bound port), ``url``,
+    ``active_connections`` (never more than ``max_connections``) and :meth:`close`.
 
-    def __init__(self, httpd: _Server, thread: threading.Thread):
-        self._httpd = httpd
-        self._thread = thread
-        self._closed = False
-        self._close_lock = threading.Lock()
-        self.address, self.port = httpd.server_address[:2]
+    A single accept loop, in a daemon thread started here, hands each connection to a thread.
+    """
+
+    allow_reuse_address = True  # a restarted monitor must be able to bind its port again at once
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, server_address, *, registry, status_provider, health_provider, max_connections, read_timeout):
+        if ":" in server_address[0]:
+            self.address_family = socket.AF_INET6
+        self._wake_read, self._wake_write = socket.socketpair()  # before binding: a failed bind closes them
+        super().__init__(server_address, _Handler)
+        self.address, self.port = self.server_address[:2]
+        self.registry = registry
+        self.status_provider = status_provider
+        self.health_provider = health_provider
+        self.max_connections = max_connections
+        self.read_timeout = read_timeout
+        self.active_connections = 0
+        self._slots = threading.Condition()
+        self._stopping = threading.Event()
+        self._last_accept_error_log = -ACCEPT_ERROR_LOG_SECONDS
+        self.socket.setblocking(False)
+        self._thread = threading.Thread(target=self._serve, name=f"metrics-http-{server_address[1]}", daemon=True)
+        self._thread.start()
 
     @property
     def url(self) -> str:
         host = f"[{self.address}]" if ":" in str(self.address) else self.address
         return f"http://{host}:{self.port}"
 
-    @property
-    def max_connections(self) -> int:
-        return self._httpd.max_connections
-
-    @property
-    def active_connections(self) -> int:
-        """Connections being handled right now (never more than ``max_connections``)."""
-        return self._httpd.active
-
     def close(self) -> None:
-        """Stop serving and release the socket. Safe to call more than once."""
-        with self._close_lock:
-            if self._closed:
+        """Stop serving, wait for the accept thread and release the socket. Safe to call more than once."""
+        with self._slots:
+            if self._stopping.is_set():
                 return
-            self._closed = True
-        self._httpd.stop()
+            self._stopping.set()
+            self._slots.notify_all()
+        with contextlib.suppress(OSError):
+            self._wake_write.send(b"!")
         self._thread.join(timeout=10)
-        self._httpd.server_close()
-
-    def __enter__(self) -> MonitorHTTPServer:
-        return self
+        self.server_close()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-
-class _Server(socketserver.TCPServer):
-    """A TCP server whose single accept loop hands each connection to a thread, at most ``max_connections``."""
-
-    # A restarted monitor must be able to bind its port again at once.
-    allow_reuse_address = True
-    request_queue_size = LISTEN_BACKLOG
-
-    def __init__(
-        self, server_address, handler, *, registry, status_provider, health_provider, max_connections, read_timeout
-    ):
-        if ":" in server_address[0]:
-            self.address_family = socket.AF_INET6
-        self._wake_read, self._wake_write = socket.socketpair()  # before binding: a failed bind closes them
-        super().__init__(server_address, handler)
-        self.registry = registry
-        self.status_provider = status_provider
-        self.health_provider = health_provider
-        self.max_connections = max_connections
-        self.read_timeout = read_timeout
-        self.active = 0
-        self._slots = threading.Condition()
-        self._stopping = threading.Event()
-        self._last_accept_error_log = -ACCEPT_ERROR_LOG_SECONDS
-        self.socket.setblocking(False)
-
-    def serve(self) -> None:
-        """Accept until :meth:`stop`: wait for a free slot first, then for a connection."""
+    def _serve(self) -> None:
+        """Accept until :meth:`close`: wait for a free slot first, then for a connection."""
         with selectors.DefaultSelector() as selector:
             selector.register(self.socket, selectors.EVENT_READ)
             selector.register(self._wake_read, selectors.EVENT_READ)
@@ -152,7 +117,7 @@ class _Server(socketserver.TCPServer):
                 with self._slots:
                     # At capacity the listening socket is not even watched: queued clients
                     # wait in the kernel, and a readable socket cannot make this loop spin.
-                    while self.active >= self.max_connections and not self._stopping.is_set():
+                    while self.active_connections >= self.max_connections and not self._stopping.is_set():
                         self._slots.wait()
                 if self._stopping.is_set():
                     return
@@ -174,7 +139,7 @@ class _Server(socketserver.TCPServer):
             self._stopping.wait(ACCEPT_BACKOFF_SECONDS)
             return
         with self._slots:
-            self.active += 1
+            self.active_connections += 1
         try:
             threading.Thread(target=self._handle, args=(connection, client), name="metrics-http", daemon=True).start()
         except RuntimeError as exc:  # no thread to spare: drop this client, keep the process healthy
@@ -197,15 +162,8 @@ class _Server(socketserver.TCPServer):
         with contextlib.suppress(OSError):
             connection.close()
         with self._slots:
-            self.active -= 1
+            self.active_connections -= 1
             self._slots.notify()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        with self._slots:
-            self._slots.notify_all()
-        with contextlib.suppress(OSError):
-            self._wake_write.send(b"!")
 
     def server_close(self) -> None:
         super().server_close()
@@ -225,9 +183,8 @@ def serve(
 ) -> MonitorHTTPServer:
     """Start serving on ``(address, port)`` in a daemon thread; see the module docstring.
 
-    ``max_connections`` defaults to :func:`default_max_connections`. Raises
-    :class:`OSError` when the address cannot be bound (e.g. the port is in use) and
-    :class:`ValueError` for a ``max_connections`` below 1 or a ``read_timeout`` not above 0.
+    ``max_connections`` defaults to :func:`default_max_connections`. Raises :class:`OSError` when the
+    address cannot be bound, :class:`ValueError` for ``max_connections`` < 1 or ``read_timeout`` <= 0.
     """
     if max_connections is None:
         max_connections = default_max_connections()
@@ -235,24 +192,20 @@ def serve(
         raise ValueError(f"max_connections {max_connections!r} is out of range (allowed: 1 or more)")
     if not read_timeout > 0:
         raise ValueError(f"read_timeout {read_timeout!r} is out of range (allowed: more than 0 seconds)")
-    httpd = _Server(
+    server = MonitorHTTPServer(
         (address, port),
-        _Handler,
         registry=registry,
         status_provider=status_provider,
         health_provider=health_provider,
         max_connections=max_connections,
         read_timeout=read_timeout,
     )
-    thread = threading.Thread(target=httpd.serve, name=f"metrics-http-{port}", daemon=True)
-    thread.start()
-    server = MonitorHTTPServer(httpd, thread)
     LOGGER.debug("serving metrics and status on %s (at most %d connections)", server.url, max_connections)
     return server
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: MonitorHTTPServer
     server_version = "batch-completion-monitor"
     sys_version = ""
     protocol_version = "HTTP/1.1"
@@ -307,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        if self.server.active >= self.server.max_connections:
+        if self.server.active_connections >= self.server.max_connections:
             self.send_header("Connection", "close")  # full: free this slot for a client waiting in the queue
         # Status line, headers and body in ONE write (what end_headers() would flush, plus
         # the body): a second small write on a kept-alive connection would wait for the
@@ -322,9 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _health(self) -> tuple[int, str, bytes]:
         healthy, reason = self.server.health_provider()
-        if healthy:
-            return 200, TEXT_TYPE, b"ok\n"
-        return 503, TEXT_TYPE, f"unhealthy: {reason}\n".encode()
+        return (200, TEXT_TYPE, b"ok\n") if healthy else (503, TEXT_TYPE, f"unhealthy: {reason}\n".encode())
 
     def _status_json(self) -> tuple[int, str, bytes]:
         body = json.dumps(self.server.status_provider(), indent=2, sort_keys=True, default=str)

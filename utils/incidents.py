@@ -33,9 +33,6 @@ AT_RISK, TOO_SHORT, STALLED_STAGE = "at_risk", "too_short", "stalled_stage"
 TOO_SHORT_FRACTION = 0.30
 STALL_FACTOR = 1.5
 
-
-# ----------------------------------------------------------------------------- precedence
-
 SAME_BATCH, SAME_DEADLINE = "batch", "deadline"
 
 
@@ -118,9 +115,6 @@ def apply_precedence(
     return list(kept.values())
 
 
-# ----------------------------------------------------------------------------- problems
-
-
 def open_incidents(
     snapshot: Snapshot, now: float, deadline: DailyDeadline, watch_since: float | None = None
 ) -> list[Incident]:
@@ -141,17 +135,11 @@ def _late_and_failed(snapshot: Snapshot, now: float, deadline: DailyDeadline) ->
     if current is not None and (current.is_running or current.is_failed):
         due = batch_deadline(current, deadline)
         if now >= due:
-            doing = "failed" if current.is_failed else "still running"
-            incidents.append(
-                Incident(
-                    LATE,
-                    current.id,
-                    f"batch {current.id} missed its deadline {format_local(due, deadline)} "
-                    f"by {format_duration(now - due)}: {doing} at {current.overall_percentage():.0f}%",
-                    due,
-                    current.id,
-                )
+            summary = (
+                f"batch {current.id} missed its deadline {format_local(due, deadline)} by {format_duration(now - due)}"
+                f": {'failed' if current.is_failed else 'still running'} at {current.overall_percentage():.0f}%"
             )
+            incidents.append(Incident(LATE, current.id, summary, due, current.id))
     for batch in snapshot.batches_newest_first():
         if batch.is_completed:
             break  # a later completed batch clears earlier failures
@@ -179,16 +167,11 @@ def _missing_deadlines(
         floor = watch_since if floor is None else max(floor, watch_since)
     if floor is None:
         floor = deadline.previous(deadline.last_at_or_before(now))
-    since_text = "any batch was recorded" if not starts else "the last batch started"
+    why = (
+        f" (last batch started {format_local(max(starts), deadline)})" if starts else " (before any batch was recorded)"
+    )
     return [
-        Incident(
-            MISSING,
-            f"{due:.0f}",
-            f"no batch started before the deadline {format_local(due, deadline)}"
-            + (f" (last batch started {format_local(max(starts), deadline)})" if starts else f" (before {since_text})"),
-            due,
-            None,
-        )
+        Incident(MISSING, f"{due:.0f}", f"no batch started before the deadline {format_local(due, deadline)}{why}", due)
         for due in deadline.between(floor, now, limit=MAX_MISSING_DEADLINES)
     ]
 
@@ -215,9 +198,6 @@ def check(snapshot: Snapshot, now: float, deadline: DailyDeadline) -> tuple[bool
     )
 
 
-# ----------------------------------------------------------------------------- early warnings
-
-
 def early_warnings(
     snapshot: Snapshot,
     now: float,
@@ -227,12 +207,11 @@ def early_warnings(
 ) -> list[Incident]:
     """Open at-risk, too-short and stalled-stage incidents at ``now``, after :data:`PRECEDENCE`.
 
-    At risk opens when the projection passes the deadline by more than
-    ``margin_seconds`` and, once open (its identity in ``already_open``), stays open
-    until the projection is back within the deadline or the batch ends: the
-    hysteresis keeps a projection hovering near the threshold from flapping. A
-    warning that a late or failed incident supersedes -- detected now, or open by its
-    identity in ``already_open`` -- is not returned.
+    At risk opens when the projection passes the deadline by more than ``margin_seconds``
+    and, once open (its identity in ``already_open``), stays open until the projection is
+    back within the deadline or the batch ends (hysteresis: no flapping near the threshold).
+    A warning superseded by a late or failed incident, detected now or open by identity in
+    ``already_open``, is not returned.
     """
     if not snapshot.readable:
         return []
@@ -289,17 +268,11 @@ def _stalled(batch: Batch, history: list[Batch], now: float) -> list[Incident]:
         idle = now - last_move
         usual_at_most = percentile(values, 0.95)
         if idle > usual_at_most * STALL_FACTOR and idle > 60:
-            return [
-                Incident(
-                    STALLED_STAGE,
-                    f"{batch.id}:{name}",
-                    f"stage {name} of batch {batch.id} has not moved for {format_duration(idle)} "
-                    f"(at {stage.percentage if stage else 0:.0f}%; it usually takes at most "
-                    f"{format_duration(usual_at_most)})",
-                    last_move,
-                    batch.id,
-                )
-            ]
+            summary = (
+                f"stage {name} of batch {batch.id} has not moved for {format_duration(idle)} (at "
+                f"{stage.percentage if stage else 0:.0f}%; it usually takes at most {format_duration(usual_at_most)})"
+            )
+            return [Incident(STALLED_STAGE, f"{batch.id}:{name}", summary, last_move, batch.id)]
         return []  # only the running stage can be stalled
     return []
 
@@ -315,13 +288,8 @@ def _too_short(snapshot: Snapshot) -> list[Incident]:
     median = statistics.median(durations)
     if latest.duration_seconds >= TOO_SHORT_FRACTION * median:
         return []
-    return [
-        Incident(
-            TOO_SHORT,
-            latest.id,
-            f"batch {latest.id} completed in {format_duration(latest.duration_seconds)}, "
-            f"under {TOO_SHORT_FRACTION:.0%} of the usual {format_duration(median)}: it probably did nothing",
-            latest.ended_at,
-            latest.id,
-        )
-    ]
+    summary = (
+        f"batch {latest.id} completed in {format_duration(latest.duration_seconds)}, "
+        f"under {TOO_SHORT_FRACTION:.0%} of the usual {format_duration(median)}: it probably did nothing"
+    )
+    return [Incident(TOO_SHORT, latest.id, summary, latest.ended_at, latest.id)]

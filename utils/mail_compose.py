@@ -1,22 +1,11 @@
-"""Alert e-mails: composing them (subject, body, headers, stable Message-IDs).
+"""Alert e-mails: subject, body, headers and stable Message-IDs.
 
-:func:`compose_message` builds a plain-text :class:`email.message.EmailMessage`
-(policy SMTP) whose subject says what happened, to which batch and when, and whose
-body carries everything on-call needs (batch, start, deadline in local time and UTC,
-every stage with its percentage and last update, the stage that looks stuck, the
-failure reason and the failed stage's last output lines, the status page, and next
-steps for this kind of incident with the commands and paths of this installation,
-from :class:`MailContext` via :mod:`utils.next_steps`). Text that comes from the
-tracker (stage names, failure reasons, stage output) is stripped of line breaks and
-control characters before it reaches a header (:mod:`utils.text_safety`), so it can
-never add a header; stage output appears in the body only.
-
-Batches are read from a :class:`utils.model.Snapshot`; the incident is the monitor's
-record of it, a mapping or an object with the same names (:meth:`IncidentFacts.of`).
-The Message-ID is derived from the incident occurrence and the message type
-(:func:`message_id_for`), so composing the same notification again after a crash
-gives the same Message-ID; recoveries and reminders name their alert's Message-ID in
-``In-Reply-To`` and ``References``, so mail readers thread them under it.
+:func:`compose_message` builds a plain-text message (policy SMTP) saying what happened, to which
+batch and when, with what on-call needs and this installation's next steps (:mod:`utils.next_steps`).
+Tracker text is flattened to one line before it reaches a header (:mod:`utils.text_safety`); stage
+output appears in the body only. Message-IDs derive from the incident occurrence and the message
+type, so composing again after a crash gives the same one; recoveries and reminders name their
+alert's Message-ID in ``In-Reply-To`` and ``References``, so readers thread them under it.
 """
 
 from __future__ import annotations
@@ -53,15 +42,9 @@ KIND_LABELS = {
 MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
 
 
-# --------------------------------------------------------------------------- identities
-
-
 def message_id_for(incident_identity: str, opened_at: float, notification_type: str, number: int, domain: str) -> str:
-    """The stable Message-ID of one notification about one occurrence of an incident.
-
-    The same inputs always give the same id, so a message composed again after a
-    crash is recognised (by the outbox here, by mail systems downstream) as the same.
-    """
+    """The Message-ID of one notification about one occurrence of an incident: the same inputs always
+    give the same id, so a message composed again after a crash is recognised as the same."""
     seed = f"{incident_identity}\0{opened_at!r}\0{notification_type}\0{number}".encode()
     digest = hashlib.sha256(seed).hexdigest()[:32]
     return f"<batch-monitor.{digest}.{notification_type}@{header_safe(domain, 253)}>"
@@ -72,20 +55,13 @@ def outbox_id(message_id: str) -> str:
     return hashlib.sha256(message_id.encode()).hexdigest()[:24]
 
 
-# --------------------------------------------------------------------------- composing
-
-
 @dataclasses.dataclass(frozen=True)
 class MailContext:
-    """What every message needs besides the incident: names, addresses, the deadline, and
-    this installation's commands and paths for the next steps.
+    """What every message needs besides the incident, with this installation's commands and paths.
 
-    ``sender`` and ``recipients`` are ``user@domain`` or ``Name <user@domain>``.
-    ``cli_command``, ``run_command``, ``resume_command`` are shown as typed (the
-    installed service sets e.g. ``batch-tracker`` and ``sudo systemctl start
-    nightly-batch@resume``); ``log_dir`` is the runner's log directory;
-    ``status_page_url`` (None: no link); ``output_tail_lines``: the failed stage's last
-    lines shown (0: none); ``under_systemd``: the monitor's log is in the journal.
+    ``sender``/``recipients``: ``user@domain`` or ``Name <user@domain>``; the commands are shown as
+    typed; ``log_dir``: the runner's logs; ``status_page_url`` None: no link; ``output_tail_lines``:
+    the failed stage's last lines shown (0: none); ``under_systemd``: the monitor logs to the journal.
     """
 
     batch_name: str
@@ -110,12 +86,8 @@ class MailContext:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class IncidentFacts:
-    """What a message says about one occurrence of an incident.
-
-    ``opened_at`` is when the monitor opened this occurrence (``since`` when not given);
-    ``continues`` the identity of the missing incident a late start answered (its alert
-    started the thread).
-    """
+    """What a message says about one occurrence of an incident. ``opened_at``: when the monitor opened
+    it (default ``since``); ``continues``: the missing incident a late start answered (its thread)."""
 
     kind: str
     key: str
@@ -131,12 +103,9 @@ class IncidentFacts:
         (:class:`utils.model.Incident` and the like); ``kind`` and ``key`` are required."""
         if isinstance(incident, IncidentFacts):
             return incident
-        if isinstance(incident, Mapping):
-            read = incident.get
-        else:
 
-            def read(name: str, default: object = None) -> object:
-                return getattr(incident, name, default)
+        def read(name: str) -> object:
+            return incident.get(name) if isinstance(incident, Mapping) else getattr(incident, name, None)
 
         kind, key = read("kind"), read("key")
         if kind is None or key is None:
@@ -157,25 +126,14 @@ class IncidentFacts:
         return f"{self.kind}:{self.key}"
 
 
-def _hm(instant: float, deadline: DailyDeadline) -> str:
-    return deadline.to_local(instant).strftime("%H:%M %Z")
-
-
-def _day(instant: float, deadline: DailyDeadline) -> str:
-    return deadline.to_local(instant).strftime("%a %Y-%m-%d")
+def _deadline_words(due: float, deadline: DailyDeadline) -> str:
+    """``05:00 EST deadline (Tue 2026-11-24)``."""
+    local = deadline.to_local(due)
+    return f"{local:%H:%M %Z} deadline ({local:%a %Y-%m-%d})"
 
 
 def _both(instant: float | None, deadline: DailyDeadline) -> str:
-    if instant is None:
-        return "-"
-    return f"{format_local(instant, deadline)} ({format_utc(instant)})"
-
-
-def _failure_text(failure: Failure) -> str:
-    """``failed at stage S: reason`` with what is known."""
-    where = f" at stage {failure.stage}" if failure.stage else ""
-    why = f": {failure.reason}" if failure.reason else ""
-    return f"failed{where}{why}"
+    return "-" if instant is None else f"{format_local(instant, deadline)} ({format_utc(instant)})"
 
 
 def alert_subject(ctx: MailContext, incident: object, snapshot: Snapshot) -> str:
@@ -185,22 +143,19 @@ def alert_subject(ctx: MailContext, incident: object, snapshot: Snapshot) -> str
     label = KIND_LABELS.get(kind, kind.upper())
     batch = snapshot.find(bid)
     deadline = ctx.deadline
-    if kind == "late":
+    if kind in ("late", "at_risk"):
         due = batch_deadline(batch, deadline) if batch else facts.since
-        text = f"{name} batch {bid} missed its {_hm(due, deadline)} deadline ({_day(due, deadline)})"
+        missed = "missed" if kind == "late" else "is projected to miss"
+        text = f"{name} batch {bid} {missed} its {_deadline_words(due, deadline)}"
     elif kind == "failed":
         failure = batch.last_failure if batch else None
         where = f" at stage {failure.stage}" if failure and failure.stage else ""
         at = failure.at if failure else facts.since
         text = f"{name} batch {bid} failed{where} ({format_local(at, deadline)})"
     elif kind == "missing":
-        due = float(facts.key)
-        text = f"no {name} batch started before the {_hm(due, deadline)} deadline ({_day(due, deadline)})"
+        text = f"no {name} batch started before the {_deadline_words(float(facts.key), deadline)}"
     elif kind == "tracker_unreadable":
         text = f"{name} batch tracker file cannot be read (since {format_local(facts.opened_at, deadline)})"
-    elif kind == "at_risk":
-        due = batch_deadline(batch, deadline) if batch else facts.since
-        text = f"{name} batch {bid} is projected to miss its {_hm(due, deadline)} deadline ({_day(due, deadline)})"
     elif kind == "stalled_stage":
         stage = facts.key.rpartition(":")[2]
         text = f"{name} batch {bid}: stage {stage} has stopped moving ({format_local(facts.opened_at, deadline)})"
@@ -214,9 +169,8 @@ def alert_subject(ctx: MailContext, incident: object, snapshot: Snapshot) -> str
 def resolution(incident: object, snapshot: Snapshot, deadline: DailyDeadline, now: float) -> str | None:
     """Why an incident that is no longer detected has cleared, e.g. ``batch X completed 47 min late``.
 
-    None means it did not really resolve: a missing deadline that only aged out of
-    the window the tracker looks at, or an early warning superseded by a late or
-    failed alert. No recovery message should claim otherwise.
+    None: it did not really resolve (a missing deadline that only aged out of the tracker's window,
+    an early warning superseded by a late or failed alert), and no recovery message may claim it did.
     """
     facts = IncidentFacts.of(incident)
     kind, bid = facts.kind, facts.batch_id
@@ -227,10 +181,9 @@ def resolution(incident: object, snapshot: Snapshot, deadline: DailyDeadline, no
         due = float(facts.key)
         window_start = deadline.previous(due)
         # A batch started at or after the previous deadline covers this one (its deadline is this one or later).
-        started = sorted((b for b in batches if b.started_at >= window_start), key=lambda b: b.started_at)
-        if not started:
+        first = min((b for b in batches if b.started_at >= window_start), key=lambda b: b.started_at, default=None)
+        if first is None:
             return None
-        first = started[0]
         late_by = first.started_at - due
         when = f"{format_duration(late_by)} after" if late_by > 0 else "before"
         return (
@@ -249,11 +202,9 @@ def resolution(incident: object, snapshot: Snapshot, deadline: DailyDeadline, no
         ended = format_local(batch.ended_at, deadline)
         margin = batch.ended_at - due
         timing = f"{format_duration(margin)} late" if margin > 0 else f"on time, {format_duration(margin)} early"
-        if kind == "failed":
-            resumed = " after resume" if batch.resumed_at else ""
+        if kind in ("failed", "stalled_stage"):
+            resumed = " after resume" if kind == "failed" and batch.resumed_at else ""
             return f"batch {bid} completed{resumed} at {ended} ({timing})"
-        if kind == "stalled_stage":
-            return f"batch {bid} completed at {ended} ({timing})"
         return f"batch {bid} completed {timing}, at {ended}"
     if kind == "failed":
         completed = next((b for b in batches if b.is_completed), None)
@@ -288,16 +239,10 @@ def compose_message(
     message_id: str,
     resolution_text: str | None = None,
     reminder_number: int = 0,
-    alert_message_id: str | None = None,
 ) -> EmailMessage:
-    """The e-mail for one notification (``alert``, ``recovery`` or ``reminder``) about ``incident``.
-
-    ``incident`` is the monitor's record of it (kind, key, summary, since, batch_id,
-    opened_at, continues; see :meth:`IncidentFacts.of`); ``snapshot`` the tracker as read
-    for this check. A recovery or reminder carries ``In-Reply-To`` and ``References`` =
-    ``alert_message_id``, by default the Message-ID the alert of this occurrence got
-    (:func:`alert_message_id_for`).
-    """
+    """The e-mail for one ``alert``, ``recovery`` or ``reminder`` about ``incident`` (the monitor's record,
+    see :meth:`IncidentFacts.of`). A recovery or reminder threads under its alert (:func:`alert_message_id_for`).
+    Raises ValueError for any other notification type."""
     if notification_type not in NOTIFICATION_TYPES:
         raise ValueError(f"notification type {notification_type!r} is not one of {NOTIFICATION_TYPES}")
     facts = IncidentFacts.of(incident)
@@ -322,9 +267,7 @@ def compose_message(
     message["Date"] = formatdate(now, usegmt=True)
     message["Message-ID"] = message_id
     if notification_type != ALERT:
-        thread = alert_message_id or alert_message_id_for(facts, ctx.sender_domain)
-        message["In-Reply-To"] = thread
-        message["References"] = thread
+        message["In-Reply-To"] = message["References"] = alert_message_id_for(facts, ctx.sender_domain)
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to an alert
     message["X-Batch-Incident"] = header_safe(facts.identity, 200)
     message["X-Batch-Notification"] = notification_type
@@ -334,17 +277,9 @@ def compose_message(
     return message
 
 
-def identity_of(incident: object) -> str:
-    """``kind:key`` of an incident record (a mapping or an object, see :meth:`IncidentFacts.of`)."""
-    return IncidentFacts.of(incident).identity
-
-
 def alert_message_id_for(incident: object, domain: str) -> str:
-    """The Message-ID the alert of this occurrence of ``incident`` got (the monitor derives it the same way).
-
-    A late incident that continues a missing one (``continues``: the missing identity) was
-    alerted as that missing incident: its thread starts there.
-    """
+    """The Message-ID the alert of this occurrence of ``incident`` got; a late incident that continues a
+    missing one was alerted as that missing incident, so its thread starts there."""
     facts = IncidentFacts.of(incident)
     return message_id_for(str(facts.continues or facts.identity), facts.opened_at, ALERT, 0, domain)
 
@@ -358,9 +293,12 @@ def _body(
     ctx: MailContext, notification_type: str, facts: IncidentFacts, snapshot: Snapshot, now: float, headline: str
 ) -> str:
     deadline = ctx.deadline
-    lines = [body_safe(headline), ""]
-    lines.append(f"Incident:      {body_safe(facts.identity)} ({facts.kind})")
-    lines.append(f"Detected:      {_both(facts.opened_at, deadline)}")
+    lines = [
+        body_safe(headline),
+        "",
+        f"Incident:      {body_safe(facts.identity)} ({facts.kind})",
+        f"Detected:      {_both(facts.opened_at, deadline)}",
+    ]
     batch = snapshot.find(facts.batch_id)
     if notification_type != ALERT:
         lines.append(f"Originally:    {body_safe(_original_summary(facts, batch, notification_type))}")
@@ -369,8 +307,7 @@ def _body(
         if batch is not None:
             lines.append("Last batch (for context):")
     if not snapshot.readable:
-        lines.append(f"Tracker file:  {ctx.tracker_file}")
-        lines.append(f"Read error:    {body_safe(snapshot.error)}")
+        lines += [f"Tracker file:  {ctx.tracker_file}", f"Read error:    {body_safe(snapshot.error)}"]
     if facts.kind == "missing":
         lines.append(f"Deadline:      {_both(float(facts.key), deadline)}")
     if batch is not None:
@@ -381,19 +318,16 @@ def _body(
     if ctx.status_page_url:
         lines.append(f"Status page:   {body_safe(ctx.status_page_url)}")
     if notification_type != RECOVERY:
-        lines.append("")
-        lines.append("Next steps:")
+        lines += ["", "Next steps:"]
         for command, meaning in next_steps(ctx, facts.kind, batch):
-            # The meaning above the command: paths of an installation make commands long, and
-            # a command alone on its line copies cleanly.
-            lines.append(f"  # {meaning}")
-            lines.append(f"  {command}")
-    lines.append("")
-    lines.append("-- ")
-    lines.append(
+            # The meaning above the command: commands get long, and alone on its line one copies cleanly.
+            lines += [f"  # {meaning}", f"  {command}"]
+    lines += [
+        "",
+        "-- ",
         f"batch_completion_monitor on {body_safe(ctx.hostname)}, {_both(now, deadline)}. "
-        "Each incident is alerted once; a recovery message follows when it clears."
-    )
+        "Each incident is alerted once; a recovery message follows when it clears.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -401,7 +335,7 @@ def _original_summary(facts: IncidentFacts, batch: Batch | None, notification_ty
     """What the alert said. The monitor refreshes the summary while the incident is open, so
     after a resume it reads "(resumed, not yet completed)"; a recovery must not repeat that."""
     if notification_type == RECOVERY and facts.kind == "failed" and batch and batch.failures:
-        return f"batch {batch.id} {_failure_text(batch.failures[-1])}"
+        return f"batch {batch.id} failed {batch.failures[-1].describe()}".rstrip()
     if notification_type == RECOVERY:
         return facts.summary.replace(" (resumed, not yet completed)", "")
     return facts.summary
@@ -414,9 +348,10 @@ def _output_tail_lines(ctx: MailContext, failure: Failure) -> list[str]:
     shown = failure.output_tail.split("\n")[-ctx.output_tail_lines :]
     stage = f"stage {failure.stage}" if failure.stage else "the failed stage"
     # Indented, control characters blanked: stage output can neither fake a section nor reach a header.
-    lines = [f"Last {len(shown)} line(s) of output from {stage}:"]
-    lines.extend("    " + blank_controls(line).rstrip() for line in shown)
-    return lines
+    return [
+        f"Last {len(shown)} line(s) of output from {stage}:",
+        *("    " + blank_controls(line).rstrip() for line in shown),
+    ]
 
 
 def _batch_lines(ctx: MailContext, batch: Batch, now: float, kind: str = "") -> list[str]:
@@ -433,8 +368,7 @@ def _batch_lines(ctx: MailContext, batch: Batch, now: float, kind: str = "") -> 
     ]
     if end is not None:
         lines.append(f"Ended:         {_both(end, deadline)}")
-    lines.append(f"Elapsed:       {format_duration(elapsed)}")
-    lines.append(f"Overall:       {batch.overall_percentage():.1f}%")
+    lines += [f"Elapsed:       {format_duration(elapsed)}", f"Overall:       {batch.overall_percentage():.1f}%"]
     stages = batch.stage_map()
     if batch.is_running:
         # A failed batch has no stuck stage: its Failure line names the stage that failed.
@@ -463,12 +397,8 @@ def _batch_lines(ctx: MailContext, batch: Batch, now: float, kind: str = "") -> 
     width = max([len(n) for n in names] + [5])
     for name in names:
         stage = stages.get(name)
-        if stage is None:
-            lines.append(f"  {name:<{width}}  {0.0:5.1f}%  not started")
-        else:
-            lines.append(
-                f"  {name:<{width}}  {stage.percentage:5.1f}%  last update {_both(stage.updated_at, deadline)}"
-            )
+        last = f"last update {_both(stage.updated_at, deadline)}" if stage else "not started"
+        lines.append(f"  {name:<{width}}  {stage.percentage if stage else 0.0:5.1f}%  {last}")
     return lines
 
 

@@ -2,75 +2,22 @@
 
 :func:`register_batch_metrics` registers a :class:`BatchMetricsCollector` on a
 prometheus_client registry. Every scrape reads the tracker (``tracker.snapshot()``) and
-the monitor's alert-state file (missing or corrupt means "no monitor data"), so the
-values are never older than the scrape. Both are only read: nothing here writes a file.
-:func:`batch_metric_families` is the pure part, shared with the Pushgateway path
-(:mod:`utils.pushgateway`).
+the monitor's alert-state file (missing or corrupt means "no monitor data"); nothing
+here writes a file. :func:`batch_metric_families` is the pure part, shared with the
+Pushgateway path (:mod:`utils.pushgateway`).
 
-Exported metrics (all names start ``anthrasite_batch_``; a "current batch" is the
-one in the tracker file: running, or the last one finished until the next starts):
-
-=================================================  =========  ==========================================
-``completion_percentage``                          gauge      current batch, mean over its expected stages
-                                                              (100 once completed; 0 with no batch)
-``stage_completion_percentage{stage}``             gauge      current batch, one series per real stage
-                                                              (at most ``MAX_STAGE_SERIES``)
-``completion_time_seconds``                        histogram  duration of every completed batch, observed
-                                                              exactly once, ever (persisted); buckets 30 s
-                                                              to 12 h, roughly geometric
-``completed_total{on_time}``                       counter    completed batches by ``true``/``false``: done
-                                                              by their deadline or not; each counted once,
-                                                              with the histogram (persisted)
-``completion_success``                             gauge      1 when the newest decided batch completed by
-                                                              its deadline, else 0 (absent before any)
-``cost_per_lead``                                  gauge      newest recorded cost per lead (dollars)
-``gpu_cost_dollars_total``                         counter    GPU spend of all batches ever (persisted)
-``start_timestamp_seconds``                        gauge      current batch's start
-``end_timestamp_seconds``                          gauge      current batch's end (absent while running)
-``deadline_timestamp_seconds``                     gauge      current batch's deadline; with no batch, the
-                                                              next deadline
-``next_deadline_timestamp_seconds``                gauge      first deadline after now
-``next_start_due_timestamp_seconds``               gauge      the next batch must start by then, else that
-                                                              deadline is "missing" (see :func:`next_start_due`)
-``last_success_timestamp_seconds``                 gauge      end of the newest completed batch (persisted)
-``projected_completion_timestamp_seconds``         gauge      projected finish of a running batch (when
-                                                              history allows a projection)
-``state{state}``                                   gauge      1 for the current state, 0 for the others
-                                                              (none, running, completed, failed, abandoned)
-``info{batch_id,host}``                            gauge      1, for the current batch only
-``tracker_readable``                               gauge      1 when the tracker file parses, else 0
-``alerts_sent_total{kind}``                        counter    alert e-mails sent by incident kind (monitor)
-``recoveries_sent_total``                          counter    recovery e-mails sent (monitor)
-``alert_delivery_failures_total``                  counter    failed delivery attempts (monitor)
-``alert_permanent_failures_total``                 counter    alerts given up on (monitor)
-``open_incidents{kind}``                           gauge      incidents the monitor has open, by kind
-``monitor_last_check_timestamp_seconds``           gauge      when the monitor last evaluated the batch
-``alerts_queued``                                  gauge      e-mails waiting in the outbox (monitor)
-``alerts_failed``                                  gauge      e-mails given up on, in the outbox's
-                                                              ``failed/`` directory (monitor)
-``alerts_oldest_queued_age_seconds``               gauge      age of the oldest waiting e-mail at scrape
-                                                              time, 0 when none waits (monitor)
-``source_info{source,batch,host}``                 gauge      1; ``source`` is ``monitor`` or ``push``,
-                                                              ``batch`` ``BATCH_NAME``, ``host`` this host's
-                                                              name: the key rules and panels join on, so
-                                                              a batch reported by the monitor and by a
-                                                              Pushgateway counts once
-=================================================  =========  ==========================================
-
-``gpu_cost_dollars`` and ``completed`` are counters: prometheus_client exposes them as
-``anthrasite_batch_gpu_cost_dollars_total`` and ``anthrasite_batch_completed_total``. The outbox
-gauges come from the ``outbox`` summary in the monitor's state file (absent without one).
-
-"Persisted" values come from the tracker's cumulative counters (:mod:`utils.counters`,
-``Snapshot.counters``), which the tracker updates in the same locked write that ends a
-batch or records a cost: a completed batch is counted once however many processes
-scrape or push, the GPU counter never drops when a new batch starts at $0, and a
-restarted monitor carries on from the file. While the tracker file cannot be read
-those families are left out rather than exported as zeros (a false counter reset).
+The families (all ``anthrasite_batch_*``) and their meaning are the HELP texts below;
+:func:`exported_sample_names` lists every sample name. A "current batch" is the one in
+the tracker file: running, or the last one finished until the next starts. The
+completion-time histogram, ``completed_total{on_time}``, ``gpu_cost_dollars_total`` and
+the last success are the tracker's cumulative counters (:mod:`utils.counters`), updated
+in the same locked write that ends a batch or records a cost: a batch is counted once
+however many processes scrape or push, and the totals survive restarts and new batches.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -80,7 +27,7 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from utils.counters import DURATION_BUCKETS, Counters
+from utils.counters import Counters
 from utils.incidents import AT_RISK, LATE, MISSING, STALLED_STAGE, TOO_SHORT, UNREADABLE
 from utils.model import FAILED, Batch, Snapshot, is_valid_name
 from utils.projection import batch_deadline, on_time, project
@@ -89,16 +36,11 @@ from utils.state_store import StorageError, read_json_object
 LOGGER = logging.getLogger(__name__)
 
 PREFIX = "anthrasite_batch_"
-#: Histogram buckets (seconds): see :data:`utils.counters.DURATION_BUCKETS`.
-COMPLETION_TIME_BUCKETS = DURATION_BUCKETS
 BATCH_STATE_VALUES = ("none", "running", "completed", "failed", "abandoned")
 #: Incident kinds of :mod:`utils.incidents`.
 KNOWN_INCIDENT_KINDS = (LATE, FAILED, MISSING, UNREADABLE, AT_RISK, TOO_SHORT, STALLED_STAGE)
 MAX_STAGE_SERIES = 100
 MAX_LABEL_KINDS = 32
-
-# Label values (stage names, incident kinds, batch ids) must be tracker names: 1-64 of A-Z a-z 0-9 _ . -
-_is_label_value = is_valid_name
 
 
 def host_name() -> str:
@@ -112,11 +54,29 @@ def _number(value: object) -> float | None:
     return None
 
 
-# --------------------------------------------------------------------------- metric families
+#: HELP texts of the unlabelled gauges, by name without :data:`PREFIX`.
+GAUGE_HELP = {
+    "completion_percentage": "Completion of the current batch in percent (mean over its expected stages; 100 once completed).",
+    "completion_success": "1 when the newest decided batch completed by its deadline, else 0.",
+    "cost_per_lead": "Newest recorded cost per lead in dollars.",
+    "start_timestamp_seconds": "Start of the current batch (UTC epoch seconds).",
+    "end_timestamp_seconds": "End of the current batch (UTC epoch seconds); absent while it runs.",
+    "deadline_timestamp_seconds": "Deadline of the current batch (UTC epoch seconds); the next deadline when there is no batch.",
+    "next_deadline_timestamp_seconds": "The first deadline after now (UTC epoch seconds).",
+    "next_start_due_timestamp_seconds": "The deadline after the one the current batch covers: if no batch starts by then, it is missing.",
+    "last_success_timestamp_seconds": "End of the newest completed batch (UTC epoch seconds).",
+    "projected_completion_timestamp_seconds": "Projected finish of the running batch from stage rates and usual durations (UTC epoch seconds).",
+    "tracker_readable": "1 when the tracker file could be read and parsed, else 0.",
+    "monitor_last_check_timestamp_seconds": "When the monitor last evaluated the batch (UTC epoch seconds).",
+    "alerts_queued": "Alert and recovery e-mails waiting in the monitor's outbox.",
+    "alerts_failed": "E-mails the monitor gave up on, kept in the outbox's failed directory.",
+    "alerts_oldest_queued_age_seconds": "Age of the oldest e-mail waiting in the outbox (0 when none waits).",
+}
 
 
-def _gauge(name: str, documentation: str, value: float | None = None, labels: list[str] | None = None):
-    family = GaugeMetricFamily(PREFIX + name, documentation, labels=labels)
+def _gauge(name: str, value: float | None) -> Metric:
+    """The gauge ``name`` (see :data:`GAUGE_HELP`), with ``value`` unless it is None."""
+    family = GaugeMetricFamily(PREFIX + name, GAUGE_HELP[name])
     if value is not None:
         family.add_metric([], value)
     return family
@@ -168,7 +128,7 @@ def _stage_family(current: Batch | None) -> Metric:
         labels=["stage"],
     )
     if current:
-        for name in [n for n in current.ordered_stage_names() if _is_label_value(n)][:MAX_STAGE_SERIES]:
+        for name in [n for n in current.ordered_stage_names() if is_valid_name(n)][:MAX_STAGE_SERIES]:
             stage = current.stage(name)
             family.add_metric([name], stage.percentage if stage else 0.0)
     return family
@@ -186,13 +146,10 @@ def batch_metric_families(
 ) -> list[Metric]:
     """The metric families for ``snapshot`` at ``now`` (pure: no I/O).
 
-    The histogram, the completion and GPU counters and the last success come from
-    ``snapshot.counters``; when it is None (tracker unreadable) those families are left out
+    With ``snapshot.counters`` None (tracker unreadable) the persisted families are left out
     rather than exported as zeros (a false counter reset). ``include_monitor=False`` leaves
-    out the monitor's families (the Pushgateway path has no monitor). ``batch_name`` and
-    ``host`` (``BATCH_NAME`` and this host's name) label ``source_info``, the one series
-    the monitor and a Pushgateway export alike for the same tracker: rules and panels
-    join on it to count a batch once whichever way its series arrive.
+    out the monitor's families (the Pushgateway path). ``batch_name`` and ``host`` label
+    ``source_info``, which rules and panels join on to count a batch once however it arrives.
     """
     current = snapshot.current
     counters = snapshot.counters
@@ -205,58 +162,24 @@ def batch_metric_families(
     )
     source.add_metric(["monitor" if include_monitor else "push", batch_name, host], 1.0)
     families: list[Metric] = [source]
-    families.append(
-        _gauge(
-            "completion_percentage",
-            "Completion of the current batch in percent (mean over its expected stages; 100 once completed).",
-            current.overall_percentage() if current else 0.0,
-        )
-    )
+    families.append(_gauge("completion_percentage", current.overall_percentage() if current else 0.0))
     families.append(_stage_family(current))
     if counters is not None:
         families.extend(_counter_families(counters))
     next_deadline = deadline.first_after(now)
     watch_since = _number((monitor_state or {}).get("watch_since"))
-    for name, documentation, value in (
-        (
-            "completion_success",
-            "1 when the newest decided batch completed by its deadline, else 0.",
-            _completion_success(snapshot, deadline, now),
-        ),
-        (
-            "cost_per_lead",
-            "Newest recorded cost per lead in dollars.",
-            counters.last_cost_per_lead if counters is not None else None,
-        ),
-        ("start_timestamp_seconds", "Start of the current batch (UTC epoch seconds).", current and current.started_at),
-        (
-            "end_timestamp_seconds",
-            "End of the current batch (UTC epoch seconds); absent while it runs.",
-            current and current.ended_at,
-        ),
-        (
-            "deadline_timestamp_seconds",
-            "Deadline of the current batch (UTC epoch seconds); the next deadline when there is no batch.",
-            batch_deadline(current, deadline) if current else next_deadline,
-        ),
-        ("next_deadline_timestamp_seconds", "The first deadline after now (UTC epoch seconds).", next_deadline),
-        (
-            "next_start_due_timestamp_seconds",
-            "The deadline after the one the current batch covers: if no batch starts by then, it is missing.",
-            next_start_due(snapshot, deadline, now, watch_since),
-        ),
-        (
-            "last_success_timestamp_seconds",
-            "End of the newest completed batch (UTC epoch seconds).",
-            counters.last_success_at if counters is not None else None,
-        ),
-        (
-            "projected_completion_timestamp_seconds",
-            "Projected finish of the running batch from stage rates and usual durations (UTC epoch seconds).",
-            _projected_completion(snapshot, now),
-        ),
-    ):
-        families.append(_gauge(name, documentation, value))
+    gauges = {
+        "completion_success": _completion_success(snapshot, deadline, now),
+        "cost_per_lead": counters.last_cost_per_lead if counters is not None else None,
+        "start_timestamp_seconds": current and current.started_at,
+        "end_timestamp_seconds": current and current.ended_at,
+        "deadline_timestamp_seconds": batch_deadline(current, deadline) if current else next_deadline,
+        "next_deadline_timestamp_seconds": next_deadline,
+        "next_start_due_timestamp_seconds": next_start_due(snapshot, deadline, now, watch_since),
+        "last_success_timestamp_seconds": counters.last_success_at if counters is not None else None,
+        "projected_completion_timestamp_seconds": _projected_completion(snapshot, now),
+    }
+    families.extend(_gauge(name, value) for name, value in gauges.items())
     state_family = GaugeMetricFamily(
         PREFIX + "state", "1 for the current batch's state, 0 for the others.", labels=["state"]
     )
@@ -264,11 +187,10 @@ def batch_metric_families(
         state_family.add_metric([value], 1.0 if value == state else 0.0)
     families.append(state_family)
     info = GaugeMetricFamily(PREFIX + "info", "The current batch (always 1).", labels=["batch_id", "host"])
-    if current and _is_label_value(current.id):
+    if current and is_valid_name(current.id):  # label values must be tracker names
         info.add_metric([current.id, current.host or ""], 1.0)
     families.append(info)
-    readable = 1.0 if snapshot.readable else 0.0
-    families.append(_gauge("tracker_readable", "1 when the tracker file could be read and parsed, else 0.", readable))
+    families.append(_gauge("tracker_readable", 1.0 if snapshot.readable else 0.0))
     if include_monitor:
         families.extend(_monitor_families(monitor_state or {}, now))
     return families
@@ -277,11 +199,10 @@ def batch_metric_families(
 def next_start_due(snapshot: Snapshot, deadline, now: float, watch_since: float | None = None) -> float:
     """The deadline by which the next batch must start, else that deadline is "missing".
 
-    A deadline D covers the starts in (previous deadline, D]; the newest batch covers
-    the first deadline at or after its start, so the next start is due by the deadline
-    after that one. With no batch recorded: the first deadline after ``watch_since``
-    (the monitor's first start) if known, else the next deadline. Depends on the
-    batches, not on ``now``, so a value pushed hours ago is still right.
+    The newest batch covers the first deadline at or after its start, so the next start is
+    due by the deadline after that one; with no batch recorded, the first deadline after
+    ``watch_since`` (the monitor's first start) if known, else after ``now``. Depends on
+    the batches, not on ``now``, so a value pushed hours ago is still right.
     """
     if snapshot.current is not None:
         start = snapshot.current.started_at  # the newest batch: starts only move forward
@@ -318,7 +239,7 @@ def _monitor_families(monitor_state: dict, now: float) -> list[Metric]:
         PREFIX + "alerts_sent", "Alert e-mails the monitor sent, by incident kind.", labels=["kind"]
     )
     # Known kinds start at 0 so increase() sees the first alert of each kind.
-    kinds = sorted({*KNOWN_INCIDENT_KINDS, *(k for k in by_kind if _is_label_value(k))})[:MAX_LABEL_KINDS]
+    kinds = sorted({*KNOWN_INCIDENT_KINDS, *(k for k in by_kind if is_valid_name(k))})[:MAX_LABEL_KINDS]
     for kind in kinds:
         sent.add_metric([kind], _count(by_kind.get(kind)))
     families: list[Metric] = [sent]
@@ -331,48 +252,32 @@ def _monitor_families(monitor_state: dict, now: float) -> list[Metric]:
     incidents = GaugeMetricFamily(
         PREFIX + "open_incidents", "Incidents the monitor has open, by kind.", labels=["kind"]
     )
-    open_by_kind: dict[str, int] = {}
     raw_incidents = monitor_state.get("open_incidents")
-    for incident in (raw_incidents if isinstance(raw_incidents, dict) else {}).values():
-        kind = incident.get("kind") if isinstance(incident, dict) else None
-        if _is_label_value(kind):
-            open_by_kind[kind] = open_by_kind.get(kind, 0) + 1
+    records = raw_incidents.values() if isinstance(raw_incidents, dict) else ()
+    open_by_kind = collections.Counter(
+        r.get("kind") for r in records if isinstance(r, dict) and is_valid_name(r.get("kind"))
+    )
     for kind in sorted(open_by_kind)[:MAX_LABEL_KINDS]:
         incidents.add_metric([kind], float(open_by_kind[kind]))
     families.append(incidents)
-    families.append(
-        _gauge(
-            "monitor_last_check_timestamp_seconds",
-            "When the monitor last evaluated the batch (UTC epoch seconds).",
-            _number(monitor_state.get("last_check_at")),
-        )
-    )
+    families.append(_gauge("monitor_last_check_timestamp_seconds", _number(monitor_state.get("last_check_at"))))
     families.extend(_outbox_families(monitor_state.get("outbox"), now))
     return families
 
 
 def _outbox_families(summary: object, now: float) -> list[Metric]:
     """The outbox gauges from the monitor's ``outbox`` summary (``Outbox.summary()``); absent without one."""
-    summary = summary if isinstance(summary, dict) else None
-    pending = _number(summary.get("pending")) if summary else None
-    failed = _number(summary.get("failed")) if summary else None
-    oldest = _number(summary.get("oldest_pending_at")) if summary else None
+    summary = summary if isinstance(summary, dict) else {}
+    pending, failed, oldest = (_number(summary.get(key)) for key in ("pending", "failed", "oldest_pending_at"))
     age = None
     if pending is not None:
         # Nothing queued: age 0, so the series exists and "older than 15 min" reads as a plain comparison.
         age = max(0.0, now - oldest) if pending > 0 and oldest is not None else 0.0
     return [
-        _gauge("alerts_queued", "Alert and recovery e-mails waiting in the monitor's outbox.", pending),
-        _gauge("alerts_failed", "E-mails the monitor gave up on, kept in the outbox's failed directory.", failed),
-        _gauge(
-            "alerts_oldest_queued_age_seconds",
-            "Age of the oldest e-mail waiting in the outbox (0 when none waits).",
-            age,
-        ),
+        _gauge("alerts_queued", pending),
+        _gauge("alerts_failed", failed),
+        _gauge("alerts_oldest_queued_age_seconds", age),
     ]
-
-
-# --------------------------------------------------------------------------- reading the files
 
 
 def _file_key(path: str) -> bytes | str:
@@ -400,12 +305,6 @@ def read_monitor_state(path: str | os.PathLike | None) -> dict | None:
         return None
 
 
-def daily_deadline(config):
-    """The config's daily deadline (built once there); an attribute or, in older configs, a method."""
-    deadline = config.deadline
-    return deadline() if callable(deadline) else deadline
-
-
 class BatchMetricsCollector:
     """A prometheus_client collector: every ``collect()`` reads the files afresh and writes nothing."""
 
@@ -419,7 +318,7 @@ class BatchMetricsCollector:
         host: str | None = None,
     ):
         self.tracker = tracker
-        self.deadline = daily_deadline(tracker.config)  # validates the time zone once, at start-up
+        self.deadline = tracker.config.deadline()  # validates the time zone once, at start-up
         self.monitor_state_path = None if monitor_state_path is None else os.fspath(monitor_state_path)
         # The same identity the Pushgateway path groups by (job=BATCH_NAME, instance=host name).
         self.source_labels = {
@@ -432,9 +331,7 @@ class BatchMetricsCollector:
 
     def describe(self) -> Iterator[Metric]:
         # Names only: registration must not read files.
-        yield from batch_metric_families(
-            Snapshot(counters=Counters()), 0.0, self.deadline, {}, include_monitor=self.include_monitor
-        )
+        yield from _every_family(self.deadline, self.include_monitor)
 
     def snapshot(self) -> Snapshot:
         """``tracker.snapshot()``, parsed again only when the tracker or history file changed.
@@ -469,11 +366,14 @@ def exported_sample_names(include_monitor: bool = True) -> set[str]:
     """Every sample name the collector can export (``_total``/``_bucket``/``_sum``/``_count`` included)."""
     from utils.deadline import DailyDeadline
 
-    families = batch_metric_families(
-        Snapshot(counters=Counters()), 0.0, DailyDeadline(5, 0, "UTC"), {}, include_monitor=include_monitor
-    )
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    families = _every_family(DailyDeadline(5, 0, "UTC"), include_monitor)
     return {family.name + suffix for family in families for suffix in suffixes.get(family.type, ("",))}
+
+
+def _every_family(deadline, include_monitor: bool) -> list[Metric]:
+    """Every family, from an empty snapshot: their names and types, without reading a file."""
+    return batch_metric_families(Snapshot(counters=Counters()), 0.0, deadline, {}, include_monitor=include_monitor)
 
 
 def register_batch_metrics(

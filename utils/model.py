@@ -1,18 +1,15 @@
-"""The domain model: what the tracker's files hold, as frozen values.
+"""The domain model: what the tracker's files hold, as frozen values (stdlib only, no I/O).
 
-Stdlib only, no I/O. ``from_dict`` reads the JSON the tracker writes (and has written
-since the first release: missing optional keys take their defaults) and raises
-:class:`RecordError` naming the batch and field when a record is malformed; ``to_dict``
-writes it back unchanged, keys this release does not know included (``extra``), so an
-older and a newer release can share one file. Everything downstream reads attributes
-that were checked once here.
+``from_dict`` reads the JSON any release wrote (missing optional keys take their defaults)
+and raises :class:`RecordError` naming the batch and field when a record is malformed;
+``to_dict`` writes it back with unknown keys kept (``extra``), so releases can share a file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,22 +30,30 @@ def is_valid_name(name: object) -> bool:
     return isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and set(name) <= NAME_CHARACTERS
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def finite_number(value: object) -> float | None:
+    """``value`` as a float when it is a finite int or float (not a bool), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _number(record: Mapping, key: str, where: str, *, default: float | None = None, required: bool = False):
     value = record.get(key, default)
     if value is None and not required:
         return None
-    if not _is_number(value):
+    if finite_number(value) is None:
         raise RecordError(f"{where} has an invalid {key}")
     return float(value)
 
 
-def _extra(record: Mapping, known: Iterable[str]) -> dict:
-    known = set(known)
+def _extra(record: Mapping, cls: type, not_stored: tuple[str, ...] = ("extra",)) -> dict:
+    """The keys of ``record`` that no stored field of ``cls`` reads: kept and written back unchanged."""
+    known = {field.name for field in dataclasses.fields(cls)} - set(not_stored)
     return {key: value for key, value in record.items() if key not in known}
+
+
+def _pick(value: object, *names: str) -> dict:
+    return {name: getattr(value, name) for name in names}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,8 +67,6 @@ class Stage:
     completed_at: float | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
-    _KEYS = ("percentage", "first_seen_at", "updated_at", "completed_at")
-
     @classmethod
     def from_dict(cls, name: str, record: object, where: str) -> Stage:
         if not is_valid_name(name) or not isinstance(record, Mapping):
@@ -75,19 +78,13 @@ class Stage:
                 first_seen_at=_number(record, "first_seen_at", where, required=True),
                 updated_at=_number(record, "updated_at", where, required=True),
                 completed_at=_number(record, "completed_at", where),
-                extra=_extra(record, cls._KEYS),
+                extra=_extra(record, cls, ("name", "extra")),
             )
         except RecordError:
             raise RecordError(f"{where} stage {name!r} is malformed") from None
 
     def to_dict(self) -> dict:
-        return {
-            **self.extra,
-            "percentage": self.percentage,
-            "first_seen_at": self.first_seen_at,
-            "updated_at": self.updated_at,
-            "completed_at": self.completed_at,
-        }
+        return {**self.extra, **_pick(self, "percentage", "first_seen_at", "updated_at", "completed_at")}
 
     @property
     def done(self) -> bool:
@@ -104,8 +101,6 @@ class Failure:
     output_tail: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
-    _KEYS = ("at", "stage", "reason", "output_tail")
-
     @classmethod
     def from_dict(cls, record: object, where: str) -> Failure:
         if not isinstance(record, Mapping):
@@ -120,7 +115,7 @@ class Failure:
             stage=stage,
             reason=reason,
             output_tail=tail,
-            extra=_extra(record, cls._KEYS),
+            extra=_extra(record, cls),
         )
 
     def to_dict(self) -> dict:
@@ -165,29 +160,6 @@ class Batch:
     abandoned_by: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
-    _KEYS = (
-        "id",
-        "state",
-        "started_at",
-        "updated_at",
-        "ended_at",
-        "duration_seconds",
-        "expected_stages",
-        "stages",
-        "failure",
-        "failures",
-        "resumed_at",
-        "cost_per_lead",
-        "gpu_cost_dollars",
-        "host",
-        "deadline_at",
-        "deadline_timezone",
-        "deadline_time",
-        "abandoned_by",
-    )
-
-    # ----- reading and writing the JSON record
-
     @classmethod
     def from_dict(cls, record: object) -> Batch:
         """The batch in ``record``; :class:`RecordError` unless it has the shape this code writes."""
@@ -197,7 +169,7 @@ class Batch:
         if not isinstance(batch_id, str) or state not in BATCH_STATES:
             raise RecordError("batch record lacks a valid id or state")
         where = f"batch {batch_id!r}"
-        if not _is_number(record.get("started_at")):
+        if finite_number(record.get("started_at")) is None:
             raise RecordError(f"{where} has no valid started_at")
         stages = record.get("stages")
         if not isinstance(stages, Mapping):
@@ -217,7 +189,7 @@ class Batch:
         if state == FAILED and not (failure or failure_list):
             raise RecordError(f"{where} has an invalid failure record")
         resumed_at = record.get("resumed_at", [])
-        if not isinstance(resumed_at, list) or not all(map(_is_number, resumed_at)):
+        if not isinstance(resumed_at, list) or any(finite_number(t) is None for t in resumed_at):
             raise RecordError(f"{where} has an invalid resumed_at list")
         for key in ("host", "deadline_timezone", "deadline_time", "abandoned_by"):
             if not (record.get(key) is None or isinstance(record[key], str)):
@@ -241,37 +213,26 @@ class Batch:
             deadline_timezone=record.get("deadline_timezone"),
             deadline_time=record.get("deadline_time"),
             abandoned_by=record.get("abandoned_by"),
-            extra=_extra(record, cls._KEYS),
+            extra=_extra(record, cls),
         )
 
     def to_dict(self) -> dict:
         """The JSON record (``from_dict(b.to_dict()) == b``); optional keys absent when unset."""
-        record = {
+        optional = _pick(self, "host", "deadline_at", "deadline_timezone", "deadline_time", "abandoned_by")
+        return {
             **self.extra,
-            "id": self.id,
-            "state": self.state,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "duration_seconds": self.duration_seconds,
-            "updated_at": self.updated_at,
+            **_pick(self, "id", "state", "started_at", "ended_at", "duration_seconds", "updated_at"),
             "expected_stages": list(self.expected_stages),
             "stages": {stage.name: stage.to_dict() for stage in self.stages},
             "failure": None if self.failure is None else self.failure.to_dict(),
             "failures": [failure.to_dict() for failure in self.failures],
             "resumed_at": list(self.resumed_at),
-            "cost_per_lead": self.cost_per_lead,
-            "gpu_cost_dollars": self.gpu_cost_dollars,
+            **_pick(self, "cost_per_lead", "gpu_cost_dollars"),
+            **{key: value for key, value in optional.items() if value is not None},
         }
-        for key in ("host", "deadline_at", "deadline_timezone", "deadline_time", "abandoned_by"):
-            value = getattr(self, key)
-            if value is not None:
-                record[key] = value
-        return record
 
     def replace(self, **changes: Any) -> Batch:
         return dataclasses.replace(self, **changes)
-
-    # ----- queries
 
     @property
     def is_running(self) -> bool:
@@ -355,12 +316,10 @@ class StorageEvent:
 
     @classmethod
     def from_dict(cls, record: object) -> StorageEvent:
-        if not isinstance(record, Mapping) or not isinstance(record.get("event"), str):
+        valid = isinstance(record, Mapping) and isinstance(record.get("event"), str)
+        if not valid or finite_number(record.get("at")) is None:
             raise RecordError("tracker file has an invalid storage_events list")
-        at = record.get("at")
-        if not _is_number(at):
-            raise RecordError("tracker file has an invalid storage_events list")
-        return cls(event=record["event"], at=float(at), details=_extra(record, ("event", "at")))
+        return cls(event=record["event"], at=float(record["at"]), details=_extra(record, cls, ("details",)))
 
     def to_dict(self) -> dict:
         return {**self.details, "event": self.event, "at": self.at}
@@ -368,20 +327,15 @@ class StorageEvent:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Both tracker files at one moment.
-
-    ``error`` is set (and ``current`` is None) when the tracker file cannot be read or
-    does not parse; ``history_error`` likewise for the history file.
-    """
+    """Both tracker files at one moment. ``error`` is set (and ``current`` None) when the tracker
+    file cannot be read or parsed; ``history_error`` likewise for the history file."""
 
     current: Batch | None = None
     history: tuple[Batch, ...] = ()
     storage_events: tuple[StorageEvent, ...] = ()
     error: str | None = None
     history_error: str | None = None
-    #: The tracker's cumulative counters (:mod:`utils.counters`); None when the tracker file
-    #: cannot be read, so readers leave the totals out rather than report a false reset.
-    counters: Counters | None = None
+    counters: Counters | None = None  # None when unreadable: readers leave totals out, not report a reset
 
     @property
     def readable(self) -> bool:
@@ -415,10 +369,4 @@ class Incident:
         return f"{self.kind}:{self.key}"
 
     def to_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "key": self.key,
-            "summary": self.summary,
-            "since": self.since,
-            "batch_id": self.batch_id,
-        }
+        return _pick(self, "kind", "key", "summary", "since", "batch_id")

@@ -1,19 +1,11 @@
 """The completion monitor: detect incidents, alert each exactly once, send recoveries.
 
-:class:`Monitor` is built from a :class:`~utils.monitor_config.MonitorConfig` with the
-clock and mail transport passed in. :meth:`Monitor.check` detects incidents, plans the
-alerts, recoveries and reminders they call for (:mod:`utils.notifications`, where the
-precedence table is), puts them in the outbox and records them in the notification log
-(:mod:`utils.alert_log`); :meth:`Monitor.deliver` runs one delivery pass;
-:meth:`Monitor.next_wake_at` says when a check could next change something. The loop,
-signals, the watchdog and the HTTP server live in :mod:`utils.service`.
-
-A notification goes through two recorded steps under the log's lock: the planned notice
-(with its Message-ID) is persisted, then the message is put in the outbox and the notice
-is marked queued. A crash between the two leaves the notice, which the next check
-completes; the outbox ignores a Message-ID it already holds. So a restarted monitor
-neither repeats nor forgets an alert; only a crash between the SMTP server accepting a
-message and the outbox recording it can repeat one e-mail, with the same Message-ID.
+:meth:`Monitor.check` plans notifications (:mod:`utils.notifications`), puts them in the
+outbox and records them in the log (:mod:`utils.alert_log`) in two steps under the log's
+lock: the planned notice (with its stable Message-ID) is persisted, then queued and marked
+so. A crash between the two leaves the notice for the next check, and the outbox ignores a
+Message-ID it holds: a restart neither repeats nor forgets an alert. The loop is in
+:mod:`utils.service`.
 """
 
 from __future__ import annotations
@@ -25,7 +17,7 @@ from collections.abc import Callable
 
 from utils import notifications, status_report
 from utils.alert_log import AlertLog, AlertLogStore, IncidentRecord, Notice
-from utils.batch_tracker import BatchTracker, get_batch_status
+from utils.batch_tracker import BatchTracker
 from utils.config import MonitorConfig
 from utils.deadline import format_duration, format_utc
 from utils.mail_compose import RECOVERY, MailContext, compose_message
@@ -37,19 +29,16 @@ from utils.transports import FileTransport, SmtpTransport
 LOGGER = logging.getLogger(__name__)
 
 HEALTH_FACTOR = 3
+# MonitorConfig fields that MailContext takes as they are.
+MAIL_SETTINGS = "cli_command run_command resume_command log_dir status_page_url output_tail_lines under_systemd".split()
 CHART_NIGHTS = 30  # the status page charts the last 30 nights (utils.status_page); history.recent has 7
 
 
 @dataclasses.dataclass(frozen=True)
 class StepResult:
-    """What one check (and optionally one delivery pass) did.
-
-    ``open_incidents``: the log's records of the incidents open after the check.
-    ``opened`` / ``cleared`` / ``retired``: identities that opened, cleared (a recovery
-    was queued) or were dropped without a recovery (superseded, or a missing deadline
-    that aged out). ``notifications``: the notices put in the outbox by this check.
-    ``reason``: the tracker's own verdict, reworded (:func:`utils.notifications.verdict`).
-    """
+    """What one check (and optionally one delivery pass) did: the records open after it, the
+    identities that opened / cleared / were retired (:class:`utils.notifications.Plan`), the
+    notices it queued, and ``reason`` (:func:`utils.notifications.verdict`)."""
 
     now: float
     open_incidents: tuple[IncidentRecord, ...]
@@ -96,12 +85,8 @@ def make_transport(config: MonitorConfig, clock: Callable[[], float] = time.time
 
 
 class Monitor:
-    """Watches the tracker and alerts on-call; see the module docstring.
-
-    ``clock`` returns UTC epoch seconds (inject a fake one in tests). ``transport``
-    defaults to the one ``config`` asks for (:func:`make_transport`). ``early_warning``
-    adds at-risk, too-short and stalled-stage incidents.
-    """
+    """Watches the tracker and alerts on-call. ``clock``: UTC epoch seconds; ``transport``: by default
+    :func:`make_transport`; ``early_warning`` adds at-risk, too-short and stalled-stage incidents."""
 
     def __init__(self, config: MonitorConfig, *, clock=time.time, transport=None, early_warning: bool = True):
         self.config = config
@@ -118,19 +103,13 @@ class Monitor:
             sender=config.email_from,
             recipients=tuple(config.email_to),
             tracker_file=config.tracker.tracker_file,
-            cli_command=config.cli_command,
-            run_command=config.run_command,
-            resume_command=config.resume_command,
-            log_dir=config.log_dir,
-            status_page_url=config.status_page_url,
-            output_tail_lines=config.output_tail_lines,
-            under_systemd=config.under_systemd,
+            **{name: getattr(config, name) for name in MAIL_SETTINGS},
         )
         self._last_log: AlertLog | None = None
         self._current_due: float | None = None
         self._delivered_once = False
         self._last_result: StepResult | None = None
-        self._last_error: str | None = None
+        self.last_error: str | None = None  # why the last check failed; None when it completed (or none ran)
         self._last_ok_monotonic: float | None = None
 
     def step(self, *, deliver: bool = True) -> StepResult:
@@ -139,16 +118,14 @@ class Monitor:
         return dataclasses.replace(result, delivery=self.deliver()) if deliver else result
 
     def check(self) -> StepResult:
-        """Detect incidents, queue the alerts, recoveries and reminders they call for, record them.
-
-        Every check, failed or not, is noted for :meth:`health`; a failure is raised again.
-        """
+        """Detect incidents, queue and record the notifications they call for; a failure is noted
+        for :meth:`health` and raised again."""
         try:
             result = self._check()
         except Exception as exc:
-            self._last_error = str(exc) if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
+            self.last_error = str(exc) if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
             raise
-        self._last_error = None
+        self.last_error = None
         self._last_ok_monotonic = time.monotonic()
         self._last_result = result  # one reference swap: the HTTP thread reads it without a lock
         return result
@@ -224,11 +201,8 @@ class Monitor:
         return queued
 
     def deliver(self) -> DeliveryReport:
-        """One delivery pass over due outbox messages; failures are counted in the log.
-
-        The first pass of this monitor also tries messages still backing off: a restart
-        is often what follows fixing the SMTP settings.
-        """
+        """One delivery pass over due outbox messages; failures are counted in the log. The first pass
+        also tries messages still backing off: a restart often follows fixing the SMTP settings."""
         first_pass, self._delivered_once = not self._delivered_once, True
         report = self.outbox.deliver_due(self.transport, retry_waiting=first_pass)
         if report.delivered or report.attempt_failures:
@@ -248,15 +222,10 @@ class Monitor:
             candidates.append(reminder)
         return min(candidates)
 
-    @property
-    def last_error(self) -> str | None:
-        """Why the last check failed; None when it completed (or none ran yet)."""
-        return self._last_error
-
     def health(self) -> tuple[bool, str]:
         """(True, "ok") when a check completed recently; else (False, why)."""
-        if self._last_error is not None:
-            return False, f"the last check failed: {self._last_error}"
+        if self.last_error is not None:
+            return False, f"the last check failed: {self.last_error}"
         if self._last_ok_monotonic is None:
             return False, "no check has completed yet"
         age = time.monotonic() - self._last_ok_monotonic
@@ -266,16 +235,15 @@ class Monitor:
         return True, "ok"
 
     def status(self) -> dict:
-        """:func:`~utils.batch_tracker.get_batch_status` plus the monitor's view, JSON-ready (ISO times)."""
-        # One instant for the whole report: the page's headline is the last check's verdict, so the
-        # batch is described as of that check too (as of now before the first check or while checks fail).
-        last = self._last_result if self._last_error is None else None
+        """The status report (as ``get_batch_status``) plus the monitor's view, JSON-ready (ISO times)."""
+        # One instant for the whole report: that of the last check, whose verdict is the page's headline.
+        last = self._last_result if self.last_error is None else None
         now = self.clock() if last is None else last.now
-        report = get_batch_status(now, path=self.tracker.path, clock=self.clock, config=self.config.tracker)
-        report["history"]["nights"] = [
-            status_report.summarize_batch(b, self.deadline, now)
-            for b in self.tracker.snapshot().batches_newest_first()[:CHART_NIGHTS]
-        ]
+        snapshot = self.tracker.snapshot()
+        report = status_report.describe(snapshot, now, self.deadline)
+        report["tracker"]["path"] = self.tracker.path
+        nights = snapshot.batches_newest_first()[:CHART_NIGHTS]
+        report["history"]["nights"] = [status_report.summarize_batch(b, self.deadline, now) for b in nights]
         result = self._last_result
         report["monitor"] = {
             **self.log_store.read_view(format_utc),

@@ -45,12 +45,8 @@ def next_steps(ctx, kind: str, batch: Batch | None) -> list[tuple[str, str]]:
         what = f"the failed stage {stage}'s full output" if stage else "the failed run's full output"
         steps = [(f"grep -n -e ERROR -e '\\[{stage}\\]' {log}" if stage else f"grep -n ERROR {log}", what), status]
         if batch is None or batch.is_failed:  # once resumed, it is running again: nothing to resume
-            steps.append(
-                (
-                    ctx.resume_command,
-                    "after fixing the cause: re-run from the failed stage (finished stages are skipped)",
-                )
-            )
+            resume = "after fixing the cause: re-run from the failed stage (finished stages are skipped)"
+            steps.append((ctx.resume_command, resume))
         return steps
     if kind in ("late", "at_risk"):
         return [status, tail, history]
@@ -78,10 +74,6 @@ def next_steps(ctx, kind: str, batch: Batch | None) -> list[tuple[str, str]]:
     if kind == "too_short":
         return [history, (f"grep -n -i -e error -e warning {log}", "stages that did little or complained")]
     if kind == "stalled_stage":
-        alive = (
-            (f"systemctl status {RUNNER_UNITS}", "is the nightly run still alive")
-            if ctx.under_systemd
-            else ("pgrep -af run_nightly.sh", "is the nightly run still alive")
-        )
-        return [tail, status, alive]
+        alive = f"systemctl status {RUNNER_UNITS}" if ctx.under_systemd else "pgrep -af run_nightly.sh"
+        return [tail, status, (alive, "is the nightly run still alive")]
     return [status, tail, *monitor_log]

@@ -1,24 +1,12 @@
 """Planning notifications: reconcile the incidents detected now with the notification log.
 
-Pure: a snapshot, an instant, the deadline and an :class:`~utils.alert_log.AlertLog` in,
-the log updated in memory (open records, planned :class:`~utils.alert_log.Notice` values)
-and a :class:`Plan` out; no I/O. The monitor then puts the planned notices in the outbox.
-
-Incidents come from :func:`utils.incidents.open_incidents` (late, failed, missing,
-tracker_unreadable) and :func:`utils.incidents.early_warnings` (at_risk, too_short,
-stalled_stage); two one-shot reports come from here (:func:`one_shot_incidents`): a batch
-that started and completed late between two checks, and a corrupt tracker file a hook
-moved aside. Each is deduplicated against the log by its identity ``"<kind>:<key>"``: an
-incident alerts once when it opens, reminds every ``repeat_seconds`` (if set) and
-recovers once when it clears.
-
-Precedence is the table :data:`utils.incidents.PRECEDENCE`, applied here to the log too:
-a warning that an open record supersedes (late over at risk, failed over stalled stage,
-by the record's identity) is not detected; an open record that a detected incident
-supersedes is retired without a recovery (it did not get better); and when the rule says
-the chain continues (a late start answering a missing night) the new record inherits the
-old one's alert: no second alert, no recovery for the old one. A late incident clears only
-when its batch or a newer one completes, never because the clock stepped back.
+Pure (no I/O): updates the :class:`~utils.alert_log.AlertLog` in memory and plans
+:class:`~utils.alert_log.Notice` values. Each incident is deduplicated by its identity
+``"<kind>:<key>"``: it alerts once when it opens, reminds every ``repeat_seconds`` (if set),
+recovers once when it clears. :data:`utils.incidents.PRECEDENCE` applies to the log too: a
+superseded open record is retired without a recovery, and a late start answering a missing
+night continues its alert chain. A late incident clears only when its batch or a newer one
+completes, never because the clock stepped back.
 """
 
 from __future__ import annotations
@@ -48,9 +36,6 @@ class Plan:
     retired: tuple[str, ...] = ()
 
 
-# --------------------------------------------------------------------------- detection
-
-
 def detect(
     snapshot: Snapshot,
     now: float,
@@ -70,15 +55,9 @@ def detect(
 
 
 def one_shot_incidents(snapshot: Snapshot, now: float, deadline: DailyDeadline, log: AlertLog) -> list[Incident]:
-    """Problems that happened between two checks and left no open condition behind.
-
-    - the newest batch completed after its deadline and no late alert was ever opened
-      for it (it started late and finished before a ``--once`` check ran);
-    - a hook moved a corrupt tracker file aside and started afresh: the night's
-      progress is gone even though the file reads fine now.
-    Each is reported once: its identity is remembered when it opens, and the next check
-    clears it with a recovery.
-    """
+    """Problems between two checks that left no open condition: the newest batch completed late
+    with no late alert ever opened, or a hook moved a corrupt tracker file aside. Each is
+    reported once (its identity is remembered) and cleared with a recovery at the next check."""
     if not snapshot.readable:
         return []
     reported = log.ever_reported()
@@ -88,16 +67,11 @@ def one_shot_incidents(snapshot: Snapshot, now: float, deadline: DailyDeadline, 
         due = batch_deadline(current, deadline)
         ended = current.ended_at
         if ended is not None and ended > due and now - ended <= ONE_SHOT_WINDOW_SECONDS:
-            found.append(
-                Incident(
-                    LATE,
-                    current.id,
-                    f"batch {current.id} completed {format_duration(ended - due)} late, at "
-                    f"{format_local(ended, deadline)}, after its deadline {format_local(due, deadline)}",
-                    due,
-                    current.id,
-                )
+            summary = (
+                f"batch {current.id} completed {format_duration(ended - due)} late, at "
+                f"{format_local(ended, deadline)}, after its deadline {format_local(due, deadline)}"
             )
+            found.append(Incident(LATE, current.id, summary, due, current.id))
     tracker_ident = f"{UNREADABLE}:tracker"
     for event in snapshot.storage_events:
         if event.event != "corrupt_file_moved_aside" or now - event.at > ONE_SHOT_WINDOW_SECONDS:
@@ -112,21 +86,13 @@ def one_shot_incidents(snapshot: Snapshot, now: float, deadline: DailyDeadline, 
             log.open_incidents[tracker_ident] = tracker_record.replace(moved_to=moved_to, moved_at=event.at)
             log.remember(f"{UNREADABLE}:{key}")
             continue
-        found.append(
-            Incident(
-                UNREADABLE,
-                key,
-                f"the tracker file was corrupt ({event.details.get('error') or 'unreadable'}); at "
-                f"{format_local(event.at, deadline)} a hook moved it aside to {moved_to} "
-                "and started a fresh one: the progress recorded before then is gone",
-                event.at,
-                None,
-            )
+        summary = (
+            f"the tracker file was corrupt ({event.details.get('error') or 'unreadable'}); at "
+            f"{format_local(event.at, deadline)} a hook moved it aside to {moved_to} "
+            "and started a fresh one: the progress recorded before then is gone"
         )
+        found.append(Incident(UNREADABLE, key, summary, event.at, None))
     return found
-
-
-# --------------------------------------------------------------------------- reconciling with the log
 
 
 def stays_open(record: IncidentRecord, snapshot: Snapshot) -> bool:
@@ -136,9 +102,7 @@ def stays_open(record: IncidentRecord, snapshot: Snapshot) -> bool:
     if snapshot.history_error and record.batch_id:
         current = snapshot.current
         return current is None or current.id != record.batch_id
-    if record.kind == LATE:
-        # A late batch is late until it (or a newer batch) completes: a clock stepped back
-        # to before the deadline does not make it on time.
+    if record.kind == LATE:  # late until it (or a newer batch) completes, whatever the clock says
         for batch in snapshot.batches_newest_first():
             if batch.is_completed:
                 return False
@@ -199,19 +163,14 @@ def plan(
     """
     records = log.open_incidents
     planned = {(n.identity, n.type) for n in log.pending}
-    opened: list[str] = []
-    cleared: list[str] = []
-    retired: list[str] = []
-    seen = set()
+    opened, cleared, retired, seen = [], [], [], set()
     for incident in detected:
         ident = incident.identity
         seen.add(ident)
         record = records.get(ident)
         earlier = _continued(log, incident) if record is None else None
         if earlier is not None:
-            # A missing night that a late start answers becomes late -- one alert chain. The late
-            # record inherits the missing one's alert; no second alert, no "missing" recovery;
-            # the late recovery will say how late the batch finished.
+            # One alert chain: the late record inherits the missing one's alert; no "missing" recovery.
             del records[earlier.identity]
             records[ident] = dataclasses.replace(earlier, incident=incident, continues=earlier.identity)
             log.remember(ident)

@@ -1,11 +1,8 @@
 """Values of the status dict as safe HTML fragments, shared by the status page and its chart.
 
-The status dict is JSON-shaped and may come from an older or hand-edited file: every
-helper here accepts any value and degrades to a dash (or the value, escaped), never an
-error. Every string leaves :func:`escape` HTML-escaped with control characters,
-bidirectional overrides and lone surrogates replaced by visible stand-ins
-(:func:`utils.text_safety.control_pictures`). :class:`PageTimes` formats instants in the
-deadline's zone, relative times against the page's one instant (``status["now"]``).
+Every helper accepts any value (the dict may come from an older or hand-edited file) and degrades to
+a dash, never an error; every string leaves :func:`escape` HTML-escaped with control characters as
+visible stand-ins. :class:`PageTimes` formats instants in the deadline's zone against ``status["now"]``.
 """
 
 from __future__ import annotations
@@ -24,9 +21,7 @@ DASH = "\u2013"
 
 def escape(value: object) -> str:
     """Escape anything for HTML text or attribute context; None shows as a dash."""
-    if value is None:
-        return DASH
-    return html.escape(control_pictures(value), quote=True)
+    return DASH if value is None else html.escape(control_pictures(value), quote=True)
 
 
 def is_number(value: object) -> bool:
@@ -75,9 +70,8 @@ class PageTimes:
     """Formats instants for people in the deadline's zone; ``now`` is the page's one instant."""
 
     def __init__(self, status: dict):
-        zone_name = as_dict(status.get("deadline")).get("timezone") or as_dict(status.get("next_deadline")).get(
-            "timezone"
-        )
+        deadline, upcoming = as_dict(status.get("deadline")), as_dict(status.get("next_deadline"))
+        zone_name = deadline.get("timezone") or upcoming.get("timezone")
         try:
             self.zone = pytz.timezone(str(zone_name)) if zone_name else pytz.utc
         except (pytz.UnknownTimeZoneError, ValueError):

@@ -1,9 +1,7 @@
 """Projection of a running batch's finish, from the batch and recent history.
 
 Pure functions of :class:`utils.model.Batch` values, an instant and a
-:class:`utils.deadline.DailyDeadline`; no I/O. The batch queries themselves (overall
-percentage, stage order, active stage, stage windows and durations) are methods of
-:class:`~utils.model.Batch`.
+:class:`utils.deadline.DailyDeadline`; no I/O (the batch queries are methods of ``Batch``).
 
 Stage timing model. A stage *starts* at the earlier of its first record and the
 moment the stages before it had all finished (the batch start for the first
@@ -135,6 +133,4 @@ def project(batch: Batch, history: Iterable[Batch], now: float) -> Projection | 
                 return None
             left = typical
         remaining += left
-    if slow is None:
-        return Projection(now + remaining, remaining)
-    return Projection(now + remaining, remaining, slow[1], slow[2], slow[3])
+    return Projection(now + remaining, remaining, *(slow[1:] if slow else ()))

@@ -6,9 +6,9 @@ the same outside systemd.
 
 The message is newline-separated ``KEY=VALUE`` assignments, so a line break inside
 a value (say a failure reason in ``STATUS=``) would add an assignment of its own,
-e.g. ``MAINPID=1``. This module is safe by itself, whatever callers pass: values are
-flattened to one printable line (:func:`one_line`) and :meth:`SystemdNotifier.notify`
-refuses a message whose lines are not all ``KEY=VALUE`` with an upper-case key.
+e.g. ``MAINPID=1``. So, whatever callers pass, ``STATUS`` values are flattened to one
+printable line and :meth:`SystemdNotifier.notify` refuses a message whose lines are not
+all ``KEY=VALUE`` with an upper-case key.
 """
 
 from __future__ import annotations
@@ -16,24 +16,21 @@ from __future__ import annotations
 import os
 import socket
 
+from utils.text_safety import blank_controls
+
 MAX_STATUS_LENGTH = 1000
 _KEY_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
-def one_line(value: object, limit: int = MAX_STATUS_LENGTH) -> str:
-    """``value`` as one printable line: every non-printable character (line breaks, NUL,
-    ESC, other controls) becomes a space, then it is cut to ``limit`` characters."""
-    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
-    return text[:limit]
+def _status(text: object) -> str:
+    """A ``STATUS=`` assignment: every non-printable character a space, cut to :data:`MAX_STATUS_LENGTH`."""
+    return "STATUS=" + blank_controls(text)[:MAX_STATUS_LENGTH]
 
 
 def is_assignment_message(message: str) -> bool:
     """True when every line of ``message`` is ``KEY=VALUE`` with KEY of A-Z 0-9 _ and a printable VALUE."""
-    for line in message.split("\n"):
-        key, sep, value = line.partition("=")
-        if not sep or not key or not _KEY_CHARACTERS.issuperset(key) or not value.isprintable():
-            return False
-    return True
+    lines = (line.partition("=") for line in message.split("\n"))
+    return all(sep and key and _KEY_CHARACTERS.issuperset(key) and value.isprintable() for key, sep, value in lines)
 
 
 class SystemdNotifier:
@@ -61,8 +58,7 @@ class SystemdNotifier:
         """Send ``message`` (``KEY=VALUE`` lines); True when delivered.
 
         Never raises: systemd may be gone. A message with a line that is not a
-        ``KEY=VALUE`` assignment with a printable value is not sent (False): build
-        values with :func:`one_line`, as :meth:`ready` and :meth:`status` do.
+        ``KEY=VALUE`` assignment with a printable value is not sent (False).
         """
         if not self.address or not is_assignment_message(message):
             return False
@@ -75,13 +71,13 @@ class SystemdNotifier:
         return True
 
     def ready(self, status: str = "") -> bool:
-        return self.notify("READY=1" + (f"\nSTATUS={one_line(status)}" if status else ""))
+        return self.notify("READY=1" + ("\n" + _status(status) if status else ""))
 
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
 
     def status(self, text: str) -> bool:
-        return self.notify(f"STATUS={one_line(text)}")
+        return self.notify(_status(text))
 
     def stopping(self) -> bool:
         return self.notify("STOPPING=1")

@@ -1,22 +1,17 @@
 """The monitor as a service: the loop, signals, the watchdog, file wake-ups, HTTP, and ``main``.
 
-:class:`Service` runs a :class:`~utils.monitor.Monitor` in the style of healthchecks'
-``sendalerts``: one step (a check), then a wait until the next relevant instant, until a
-stop flag set by SIGTERM/SIGINT ends it. The wait ends at the check interval, at the next
-deadline, at the next reminder (:meth:`Monitor.next_wake_at`), and within half a second
-of the tracker file changing (a cheap ``os.stat`` twice a second). Delivery runs in a
-background thread so a slow SMTP server delays neither checks nor shutdown. systemd is
-told READY, STATUS, STOPPING, and WATCHDOG only while checks complete: a monitor whose
-every check fails goes quiet and systemd restarts it.
-
-:func:`main` is the command line of ``bin/batch_completion_monitor.py`` (and the
-``batch-completion-monitor`` script): run until stopped, ``--once``, or ``outbox
-list|retry``. Domain errors become exit codes in one place (:data:`EXIT_CODES`).
+:class:`Service` steps a :class:`~utils.monitor.Monitor`, then waits until the next relevant
+instant (:meth:`Monitor.next_wake_at`), a tracker file change (polled twice a second) or a
+SIGTERM/SIGINT. Delivery runs in a background thread so a slow SMTP server delays neither
+checks nor shutdown. systemd gets WATCHDOG only while checks complete, so a monitor whose
+every check fails is restarted. :func:`main` is the command line; domain errors become exit
+codes in one place (:data:`EXIT_CODES`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -49,9 +44,6 @@ WORKER_IDLE_SECONDS = 60.0  # the delivery thread also looks for messages other 
 _SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
 
-# --------------------------------------------------------------------------- waking up
-
-
 class Waker:
     """Sleep that a signal handler or another thread can cut short.
 
@@ -66,30 +58,23 @@ class Waker:
 
     def set(self) -> None:
         self.is_set = True
-        try:
+        with contextlib.suppress(OSError):  # the pipe is full (already woken) or closed (shutting down)
             os.write(self._write_fd, b"!")
-        except OSError:
-            pass  # the pipe is full (already woken) or closed (shutting down)
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` seconds; True when :meth:`set` was called."""
         if self.is_set:
             return True
         readable, _, _ = select.select([self._read_fd], [], [], max(0.0, timeout))
-        if readable:
-            try:
-                while os.read(self._read_fd, 512):
-                    pass
-            except OSError:
+        with contextlib.suppress(OSError):
+            while readable and os.read(self._read_fd, 512):
                 pass
         return self.is_set
 
     def close(self) -> None:
         for fd in (self._read_fd, self._write_fd):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 class FileWatcher:
@@ -109,11 +94,8 @@ class FileWatcher:
         return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
     def changed(self) -> bool:
-        signature = self._stat()
-        if signature != self._signature:
-            self._signature = signature
-            return True
-        return False
+        previous, self._signature = self._signature, self._stat()
+        return previous != self._signature
 
 
 class DeliveryWorker(threading.Thread):
@@ -144,13 +126,8 @@ class DeliveryWorker(threading.Thread):
                 LOGGER.exception("alert delivery pass failed")
             if self._stopping:
                 break
-            timeout = WORKER_IDLE_SECONDS
-            if next_at is not None:
-                timeout = min(WORKER_IDLE_SECONDS, max(1.0, next_at - self.monitor.clock()))
-            self._nudge.wait(timeout)
-
-
-# --------------------------------------------------------------------------- the loop
+            wait = WORKER_IDLE_SECONDS if next_at is None else max(1.0, next_at - self.monitor.clock())
+            self._nudge.wait(min(WORKER_IDLE_SECONDS, wait))
 
 
 class Service:
@@ -307,9 +284,6 @@ def start_http(monitor: Monitor):
         return None
     LOGGER.info("serving /metrics, /healthz, /status.json and / on %s:%s", server.address, server.port)
     return server
-
-
-# --------------------------------------------------------------------------- the command line
 
 
 class _JournalFormatter(logging.Formatter):

@@ -91,46 +91,43 @@ def ensure_directory(directory: str, mode: int = STATE_DIRECTORY_MODE) -> None:
             continue  # another process made it first
 
 
-def _encode_json(path: str, document: Any) -> bytes:
+def write_json_atomically(path: str, document: Any) -> None:
+    """Replace ``path`` with ``document`` as JSON so no reader ever sees a torn file.
+
+    Raises :class:`StorageError` as :func:`write_bytes_atomically` does. A document holding
+    NaN or Infinity raises :class:`UnwritableValueError` before anything is touched.
+    """
     try:
         # allow_nan=False: NaN/Infinity are not JSON; a reader would take the file for corrupt.
-        return json.dumps(document, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+        payload = json.dumps(document, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
     except ValueError as exc:
         raise UnwritableValueError(
             f"refusing to write {path}: it would hold a number JSON cannot represent (NaN or Infinity)"
         ) from exc
+    write_bytes_atomically(path, payload)
 
 
-def write_json_atomically(path: str, document: Any) -> None:
-    """Replace ``path`` with ``document`` as JSON so no reader ever sees a torn file.
+def write_bytes_atomically(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data``: temporary file in the same directory, fsync, rename, fsync the directory.
 
     Raises :class:`StorageError`; on failure the previous file is unchanged and no
-    temporary file is left behind. A document holding NaN or Infinity raises
-    :class:`UnwritableValueError` before anything is touched.
+    temporary file is left behind.
     """
-    directory = os.path.dirname(path) or "."
-    payload = _encode_json(path, document)
     temp_path = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, STATE_FILE_MODE)
-    except OSError as exc:
-        raise StorageError(_describe_os_error("write", path, exc)) from exc
-    try:
         try:
-            view = memoryview(payload)
+            view = memoryview(data)
             while view:
-                written = os.write(fd, view)
-                view = view[written:]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temp_path, path)
-        _fsync_directory(directory)
+        _fsync_directory(os.path.dirname(path) or ".")
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(temp_path)
-        except OSError:
-            pass
         raise StorageError(_describe_os_error("write", path, exc)) from exc
 
 
@@ -215,7 +212,7 @@ def _process_exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # it exists, owned by another user
     return True
 
 
@@ -269,28 +266,3 @@ class JsonStateStore:
         except OSError as exc:
             raise StorageError(_describe_os_error("move aside", self.path, exc)) from exc
         return target
-
-
-def write_bytes_atomically(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` (temp file, fsync, rename, fsync dir); raise StorageError."""
-    directory = os.path.dirname(path) or "."
-    temp_path = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
-    try:
-        fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, STATE_FILE_MODE)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp_path, path)
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_path)
-        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -1,12 +1,10 @@
 """The status page's chart: the last nights' finish times against their deadlines, as inline SVG.
 
-Contract of :func:`render_chart`: input the status dict of :mod:`utils.status_page`
-(``history.nights``, else ``history.recent``, as :func:`utils.status_report.summarize_batch`
-dicts newest first, plus the current batch); output one ``<svg>`` element, no JavaScript:
-one ``.point`` per batch (``data-batch`` = its id, a ``<title>`` saying when it finished),
-a dashed ``.deadline`` line, and late, failed and unfinished batches marked by shape and
-colour. The last :data:`CHART_NIGHTS` batches are charted; a running batch is placed at
-the page's instant (``status["now"]``). Every text is escaped (:func:`utils.page_format.escape`).
+:func:`render_chart` reads the status dict of :mod:`utils.status_page` (``history.nights``, else
+``history.recent``, newest first, plus the current batch) and returns one ``<svg>``, no JavaScript:
+one ``.point`` per batch (``data-batch`` = its id, a ``<title>`` saying when it finished), a dashed
+``.deadline`` line, late, failed and unfinished batches marked by shape and colour. A running batch
+sits at ``status["now"]``. Every text is escaped (:func:`utils.page_format.escape`).
 """
 
 from __future__ import annotations
@@ -23,13 +21,7 @@ HOUR = 3600
 CHART_WIDTH, CHART_HEIGHT = 760, 300
 CHART_LEFT, CHART_RIGHT, CHART_TOP, CHART_BOTTOM = 88, 24, 34, 44
 COLOURS = {"on-time": "#1a7f37", "late": "#b42318", "failed": "#7a0e0e", "unfinished": "#667085", "running": "#175cd3"}
-LEGEND = (
-    ("on-time", "on time"),
-    ("late", "late"),
-    ("failed", "failed"),
-    ("unfinished", "abandoned"),
-    ("running", "running"),
-)
+LEGEND = {"on-time": "on time", "late": "late", "failed": "failed", "unfinished": "abandoned", "running": "running"}
 
 
 def _nights(status: dict) -> list[dict]:
@@ -59,20 +51,15 @@ def _marker(kind: str, x: float, y: float, title: str, batch_id: object) -> str:
     colour = COLOURS[kind]
     attributes = f"class='point {kind}' data-batch='{escape(batch_id)}'"
     if kind == "late":  # a bigger diamond: the eye finds the misses first
-        shape = f"<path {attributes} d='M{x:.1f},{y - 8:.1f} l8,8 l-8,8 l-8,-8 z' fill='{colour}'>"
+        tag, shape = "path", f"d='M{x:.1f},{y - 8:.1f} l8,8 l-8,8 l-8,-8 z' fill='{colour}'"
     elif kind == "failed":
-        shape = (
-            f"<path {attributes} d='M{x - 6:.1f},{y - 6:.1f} l12,12 m0,-12 l-12,12' stroke='{colour}' "
-            "stroke-width='3' fill='none'>"
-        )
+        cross = f"M{x - 6:.1f},{y - 6:.1f} l12,12 m0,-12 l-12,12"
+        tag, shape = "path", f"d='{cross}' stroke='{colour}' stroke-width='3' fill='none'"
     elif kind in ("unfinished", "running"):
-        shape = (
-            f"<circle {attributes} cx='{x:.1f}' cy='{y:.1f}' r='5.5' fill='#fff' stroke='{colour}' stroke-width='2.5'>"
-        )
+        tag, shape = "circle", f"cx='{x:.1f}' cy='{y:.1f}' r='5.5' fill='#fff' stroke='{colour}' stroke-width='2.5'"
     else:
-        shape = f"<circle {attributes} cx='{x:.1f}' cy='{y:.1f}' r='5' fill='{colour}'>"
-    closing = "</path>" if shape.startswith("<path") else "</circle>"
-    return f"{shape}<title>{escape(title)}</title>{closing}"
+        tag, shape = "circle", f"cx='{x:.1f}' cy='{y:.1f}' r='5' fill='{colour}'"
+    return f"<{tag} {attributes} {shape}><title>{escape(title)}</title></{tag}>"
 
 
 def render_chart(status: dict, times: PageTimes | None = None) -> str:
@@ -83,11 +70,8 @@ def render_chart(status: dict, times: PageTimes | None = None) -> str:
     same local time every night). A batch without a known deadline is left out.
     """
     times = times or PageTimes(status)
-    nights = []
-    for batch in _nights(status):
-        kind, due, finish = _point(batch, times.now)
-        if due is not None:
-            nights.append((batch, kind, due, finish))
+    points = ((batch, *_point(batch, times.now)) for batch in _nights(status))
+    nights = [(batch, kind, due, finish) for batch, kind, due, finish in points if due is not None]
     if not nights:
         return "<p class='empty'>no batches to chart yet</p>"
     first_day = times.local(nights[0][2]).date()
@@ -152,7 +136,7 @@ def render_chart(status: dict, times: PageTimes | None = None) -> str:
         title = f"{batch.get('id')}: {label.get(kind, str(batch.get('state')))} {when}"
         parts.append(_marker(kind, x, y, title, batch.get("id")))
     legend_x = CHART_LEFT
-    for kind, text in LEGEND:
+    for kind, text in LEGEND.items():
         parts.append(_marker(kind, legend_x + 6, 16, text, "legend").replace("class='point ", "class='key "))
         parts.append(f"<text x='{legend_x + 16}' y='20'>{escape(text)}</text>")
         legend_x += 24 + 8 * len(text)

@@ -1,25 +1,11 @@
 """The monitor's HTML status page for people, rendered on the server from one status dict.
 
-Contract of :func:`render_status_page`:
-
-- Input: a dict shaped like :func:`utils.batch_tracker.get_batch_status` (plus the
-  monitor's ``monitor`` section and, optionally, ``history.nights``: the last batches
-  as :func:`utils.status_report.summarize_batch` dicts, newest first). Unknown shapes
-  degrade to dashes, never errors.
-- One instant per page: every relative time ("in 2 h", "47 min ago", the age of the
-  oldest queued alert, a running batch on the chart) is computed from ``status["now"]``,
-  never from a clock read while rendering.
-- Human-facing times are shown in the deadline's zone with its abbreviation
-  (``05:00 EST, Tue 1 Dec``); the UTC ISO-8601 instant is in the ``title`` (hover) and
-  ``datetime`` attributes of a ``<time>`` element.
-- Safe by itself: every value is HTML-escaped, control characters (escape sequences
-  included), bidirectional overrides and lone surrogates are replaced by visible
-  stand-ins (:func:`utils.page_format.escape`), and a Content-Security-Policy forbids
-  scripts and external assets.
-- The last :data:`CHART_NIGHTS` batches' finish times against their deadlines are an
-  inline SVG chart (no JavaScript, :func:`utils.status_chart.render_chart`): one
-  ``.point`` per batch, a deadline line, late, failed and unfinished batches marked by
-  shape and colour.
+:func:`render_status_page` takes a dict shaped like :func:`utils.batch_tracker.get_batch_status`
+(plus the monitor's ``monitor`` section and optional ``history.nights``); unknown shapes degrade to
+dashes, never errors. Every relative time is computed from ``status["now"]``, never a clock read
+while rendering; times show in the deadline's zone, the UTC instant in ``<time>`` attributes. Every
+value is escaped (:func:`utils.page_format.escape`) and a Content-Security-Policy forbids scripts and
+external assets; the last nights' chart is inline SVG (:mod:`utils.status_chart`).
 """
 
 from __future__ import annotations
@@ -31,6 +17,7 @@ from utils.status_chart import CHART_NIGHTS, render_chart
 
 MAX_ALERTS_ON_PAGE = 10
 OUTBOX_STALE_SECONDS = 600  # the outbox backs off to one attempt every 10 min: older means it is stuck
+PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'"  # no scripts, no external assets
 
 
 def _deadline_text(deadline: object, times: PageTimes) -> str:
@@ -53,9 +40,8 @@ def _monitor(status: dict) -> dict:
 def _monitor_view(status: dict) -> list[dict] | None:
     """The monitor's open incidents when its view is current (it has checked and is healthy), else None.
 
-    The monitor's view is the one that alerts: it counts deadlines only from when it
-    started watching and adds the early warnings, so the page follows it. A monitor
-    whose checks fail has a stale view; then the tracker's own verdict speaks.
+    The page follows the monitor's view, the one that alerts (it adds early warnings); a monitor
+    whose checks fail has a stale view, and then the tracker's own verdict speaks.
     """
     monitor = _monitor(status)
     incidents = monitor.get("open_incidents")
@@ -121,13 +107,8 @@ def _projection_rows(status: dict, incidents: list[dict], times: PageTimes) -> l
         risk = _e(None)
     rows = [("Projected finish", finish), ("At risk", risk)]
     if projection.get("slow_stage"):
-        rows.append(
-            (
-                "Slow stage",
-                f"{_e(projection['slow_stage'])}: {duration(projection.get('slow_stage_elapsed_seconds'))} so far, "
-                f"usually {duration(projection.get('slow_stage_usual_seconds'))}",
-            )
-        )
+        so_far, usual = (duration(projection.get(f"slow_stage_{n}_seconds")) for n in ("elapsed", "usual"))
+        rows.append(("Slow stage", f"{_e(projection['slow_stage'])}: {so_far} so far, usually {usual}"))
     return rows
 
 
@@ -209,18 +190,11 @@ def _on_time_text(value: object) -> str:
     return {True: "on time", False: "LATE"}.get(value, "pending") if isinstance(value, bool | None) else _e(value)
 
 
-# --------------------------------------------------------------------------- the page
-
-
 def render_status_page(status: dict) -> str:
-    """The HTML status page for a status dict shaped like ``get_batch_status()``.
+    """The HTML status page for a status dict shaped like ``get_batch_status()`` (see the module docstring).
 
-    Shows the verdict, the current batch (state, overall and per-stage percentages,
-    elapsed, deadline and time left, projected finish or why there is none, at risk,
-    failure), the alert outbox, open incidents, recent alerts, the chart of the last
-    nights and the last batches. Optional keys ``recent_alerts`` / ``open_incidents``
-    (top level or under ``monitor``) add the alert sections; a ``monitor`` section that
-    has checked and is healthy decides the verdict and the incidents shown.
+    Optional keys ``recent_alerts`` / ``open_incidents`` (top level or under ``monitor``) add the alert
+    sections; a ``monitor`` section that has checked and is healthy decides the verdict and incidents.
     """
     status = status if isinstance(status, dict) else {}
     times = PageTimes(status)
@@ -278,7 +252,7 @@ def render_status_page(status: dict) -> str:
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy" content="{PAGE_POLICY}">
 <meta http-equiv="refresh" content="30">
 <title>Batch completion: {_e(verdict)}</title>
 <style>

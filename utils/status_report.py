@@ -12,27 +12,24 @@ import statistics
 
 from utils.deadline import DailyDeadline, format_utc
 from utils.incidents import check, open_incidents
-from utils.model import ABANDONED, COMPLETED, FAILED, Batch, Failure, Snapshot
+from utils.model import ABANDONED, COMPLETED, FAILED, Batch, Failure, Snapshot, Stage
 from utils.projection import batch_deadline, on_time, project
 
 
 def _stage_details(batch: Batch) -> list[dict]:
-    details = []
-    durations = batch.stage_durations()
-    stages = batch.stage_map()
-    for name in batch.ordered_stage_names():
-        stage = stages.get(name)
-        details.append(
-            {
-                "name": name,
-                "percentage": stage.percentage if stage else 0.0,
-                "first_seen_at": format_utc(stage.first_seen_at) if stage else None,
-                "updated_at": format_utc(stage.updated_at) if stage else None,
-                "completed_at": format_utc(stage.completed_at) if stage else None,
-                "duration_seconds": durations.get(name),
-            }
-        )
-    return details
+    durations, stages = batch.stage_durations(), batch.stage_map()
+    return [_stage_view(name, stages.get(name), durations.get(name)) for name in batch.ordered_stage_names()]
+
+
+def _stage_view(name: str, stage: Stage | None, duration: float | None) -> dict:
+    return {
+        "name": name,
+        "percentage": stage.percentage if stage else 0.0,
+        "first_seen_at": format_utc(stage.first_seen_at) if stage else None,
+        "updated_at": format_utc(stage.updated_at) if stage else None,
+        "completed_at": format_utc(stage.completed_at) if stage else None,
+        "duration_seconds": duration,
+    }
 
 
 def summarize_batch(batch: Batch, deadline: DailyDeadline, now: float) -> dict:

@@ -1,24 +1,10 @@
-"""Character rules for text read from files or hooks on its way to a person or a protocol.
+"""Character rules for text from files or hooks on its way to a person or a protocol (stdlib, no I/O).
 
-Stdlib only, no I/O. One place for what the tracker, the mails, the terminal views and
-the status page do with characters they must not pass on as they are:
-
-- :func:`visible_line`: the tracker's rule where free text enters (failure reasons):
-  line breaks and tabs become spaces, other non-printable characters visible escapes
-  (``\\x1b``), stripped and cut; what is stored is one printable line.
-- :func:`one_line` / :func:`header_safe` / :func:`body_safe`: mail text: every
-  non-printable character (CR and LF included) becomes a space, runs of whitespace one
-  space, so a value can never add a header or fake a line of the body.
-- :func:`blank_controls`: the same per character, without touching whitespace runs
-  (an indented line of stage output keeps its shape).
-- :func:`visible_controls` / :func:`terminal_safe`: each non-printable character shown
-  as an escape, so a terminal prints it literally and never obeys it.
-- :func:`control_pictures`: for HTML, where tab and newline are harmless whitespace:
-  C0/C1 controls, DEL, bidirectional overrides and isolates, lone surrogates become
-  visible stand-ins (ESC shows as U+241B); HTML escaping itself stays with the page.
-
-"Printable" is :meth:`str.isprintable`: controls, line and paragraph separators,
-format characters (bidi overrides, zero-width joiners) and unassigned code points are not.
+Tracker free text is stored as one printable line (:func:`visible_line`); mail text turns every
+non-printable character into a space (:func:`header_safe`, :func:`body_safe`); a terminal sees each
+as an escape (:func:`terminal_safe`); HTML gets visible stand-ins (:func:`control_pictures`).
+"Printable" is :meth:`str.isprintable`: controls, line and paragraph separators, format characters
+(bidi overrides, zero-width joiners) and unassigned code points are not.
 """
 
 from __future__ import annotations
@@ -45,34 +31,23 @@ def escape_char(char: str) -> str:
 
 
 def visible_controls(value: object, *, line_break: str | None = None) -> str:
-    """``value`` (None: ``""``) with each non-printable character as a visible escape.
-
-    With ``line_break`` set, the characters of :data:`LINE_BREAKS` become it instead.
-    """
+    """``value`` (None: ``""``) with each non-printable character as a visible escape, or with
+    ``line_break`` set, the characters of :data:`LINE_BREAKS` as it."""
     text = _text(value)
     if text.isprintable():
         return text
-    out = []
-    for char in text:
-        if char.isprintable():
-            out.append(char)
-        elif line_break is not None and char in LINE_BREAKS:
-            out.append(line_break)
-        else:
-            out.append(escape_char(char))
-    return "".join(out)
+    breaks = LINE_BREAKS if line_break is not None else frozenset()
+    return "".join(ch if ch.isprintable() else line_break if ch in breaks else escape_char(ch) for ch in text)
 
 
 def visible_line(value: object, limit: int) -> str:
-    """One printable line of at most ``limit`` characters: line breaks and tabs become one
-    space each, other non-printable characters escapes; stripped. (The tracker's rule for
-    free text from hooks: stored text can add no line to a log, a notify message or a header.)"""
+    """One printable line of at most ``limit`` characters: line breaks and tabs become one space
+    each, other non-printable characters escapes; stripped. It can add no line to a log or header."""
     return visible_controls(_text(value)[: limit * 2], line_break=" ").strip()[:limit]
 
 
 def terminal_safe(value: object) -> str:
-    """``value`` as text a terminal shows literally: each non-printable character (ESC, CR,
-    LF, other controls, bidi overrides) becomes an escape such as ``\\x1b``; None is ``""``."""
+    """``value`` as text a terminal shows literally (:func:`visible_controls`); None is ``""``."""
     return visible_controls(value)
 
 
@@ -87,37 +62,30 @@ def one_line(value: object) -> str:
     return " ".join(blank_controls(value).split())
 
 
-def shorten(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, the cut marked with ``...``."""
+def header_safe(value: object, limit: int = MAX_HEADER) -> str:
+    """``value`` as one header-safe line (:func:`one_line`) of at most ``limit`` characters, a cut marked ``...``."""
+    text = one_line(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def header_safe(value: object, limit: int = MAX_HEADER) -> str:
-    """``value`` as one header-safe line of at most ``limit`` characters (:func:`one_line`, shortened)."""
-    return shorten(one_line(value), limit)
-
-
 def body_safe(value: object) -> str:
-    """``value`` for one line of a mail body (:func:`one_line`): a reason cannot fake a section."""
+    """``value`` for one line of a mail body (:func:`one_line`): it cannot fake a section."""
     return one_line(value)
 
 
 def _picture(code: int) -> str:
-    if code < 0x20:
-        return chr(0x2400 + code)  # the Unicode control pictures: ESC shows as ␛
-    if code == 0x7F:
-        return "\u2421"
-    return "\ufffd"
+    """The Unicode control picture (ESC shows as U+241B, DEL as U+2421), else U+FFFD."""
+    return chr(0x2400 + code) if code < 0x20 else "\u2421" if code == 0x7F else "\ufffd"
 
 
 @functools.cache
 def _html_stand_ins() -> dict[int, str]:
-    """The table for str.translate, built on first use (no regular expression, nothing at
-    import: the tracker's hooks import this module and never render HTML)."""
+    """The str.translate table, built on first use: the tracker's hooks import this module, never render HTML."""
     ranges = (*_HTML_UNSAFE_RANGES, _SURROGATES)
     return {code: _picture(code) for low, high in ranges for code in range(low, high + 1)}
 
 
 def control_pictures(value: object) -> str:
-    """``str(value)`` with HTML-unsafe characters (see the module docstring) as visible stand-ins."""
+    """``str(value)`` for HTML: C0/C1 controls (not tab, newline), DEL, bidi overrides and isolates and lone
+    surrogates as visible stand-ins; HTML escaping itself stays with the page."""
     return str(value).translate(_html_stand_ins())

@@ -1,13 +1,11 @@
 """The tracker's command line: ``bin/batch_tracker`` / ``python -m utils.batch_tracker``.
 
-Write commands (the nightly hooks) call :class:`utils.batch_tracker.BatchTracker`;
-``status``, ``history`` and ``check`` are rendered by :mod:`utils.tracker_views`. With
-``BATCH_PUSHGATEWAY_URL`` set, every write is followed by a push of the batch's metrics
-(:mod:`utils.pushgateway`); a failed push is a warning, never a failed hook.
-
-Errors are mapped to exit codes at one boundary, :func:`main`: every
-:class:`utils.errors.TrackerError` carries its exit code (2 bad usage or value, 3 storage)
-and is reported as one line, ``batch_tracker: <label>: <message>``.
+Write commands (the nightly hooks) call :class:`utils.batch_tracker.BatchTracker`, then push
+the batch's metrics when ``BATCH_PUSHGATEWAY_URL`` is set (a failed push is a warning, never
+a failed hook); ``status``, ``history`` and ``check`` are rendered by :mod:`utils.tracker_views`.
+:func:`main` is the one place errors become exit codes: a :class:`utils.errors.TrackerError`
+carries its own (2 bad usage or value, 3 storage) and is reported as one line,
+``batch_tracker: <label>: <message>``.
 
 The hooks run on the nightly critical path: the grammar is parsed by hand (argparse's
 import alone costs a noticeable share of the hook's time budget), and nothing heavy
@@ -48,11 +46,7 @@ environment: BATCH_TRACKER_FILE, BATCH_COMPLETION_DEADLINE_HOUR, BATCH_COMPLETIO
 
 
 def _take_options(args: list[str], allowed: dict[str, bool]) -> tuple[list[str], dict[str, str | bool]]:
-    """Split ``args`` into positionals and options; ``allowed`` maps option -> takes a value.
-
-    Hand-rolled rather than argparse: argparse's import alone costs a noticeable
-    share of the hook's time budget, and the grammar here is tiny.
-    """
+    """Split ``args`` into positionals and options; ``allowed`` maps option -> takes a value."""
     positionals: list[str] = []
     options: dict[str, str | bool] = {}
     index = 0

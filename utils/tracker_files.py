@@ -1,26 +1,19 @@
 """The tracker's two files, as model values: read, checked once, repaired, written.
 
-The tracker file holds the current batch (plus storage events and the cumulative
-counters of :mod:`utils.counters`); finished batches live in a bounded history file
-beside it. A record is checked once, by :meth:`utils.model.Batch.from_dict`, wherever a
-file is read; :class:`utils.model.RecordError` becomes :class:`CorruptStateError`, so a
-writer moves a file aside exactly when readers would call it corrupt. Readers
-(:meth:`TrackerFiles.snapshot`) never repair; writers hold :meth:`TrackerFiles.locked`.
-
-Used by :mod:`utils.batch_tracker` (the library API); on the hook's critical path.
+The tracker file holds the current batch, storage events and the counters of :mod:`utils.counters`;
+finished batches live in a bounded history file beside it. :class:`utils.model.RecordError` becomes
+:class:`CorruptStateError`, so a writer moves a file aside exactly when readers would call it corrupt.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from utils import counters
 from utils.config import TrackerConfig
+from utils.counters import Counters
 from utils.model import Batch, RecordError, Snapshot, StorageEvent
 from utils.state_store import CorruptStateError, JsonStateStore, StorageError, sibling_file
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any
-
-    from utils.counters import Counters
 
 SCHEMA_VERSION = 1
 
@@ -71,11 +64,8 @@ def _parse_history(document: dict) -> tuple[Batch, ...]:
 
 
 class TrackerFiles:
-    """The tracker file and its history file: read, checked, repaired and written as model values.
-
-    Readers get a :class:`utils.model.Snapshot` and never repair; writers (holding
-    :meth:`locked`) read with :meth:`read_for_update`, which moves a corrupt file aside.
-    """
+    """Readers get a :class:`utils.model.Snapshot` and never repair; writers hold :meth:`locked` and read
+    with :meth:`read_for_update`, which moves a corrupt file aside."""
 
     def __init__(self, path: str, config: TrackerConfig):
         self.path = path
@@ -129,8 +119,7 @@ class TrackerFiles:
     def archive(self, batch: Batch, now: float) -> None:
         """Append a finished batch to the bounded history file. Caller holds the lock."""
         try:
-            document = self.history_store.read()
-            batches = _parse_history(document) if document is not None else ()
+            batches = self.history()
         except CorruptStateError as exc:
             moved_to = self.history_store.move_aside(now)
             _log("error", "history file %s is corrupt (%s); moved aside to %s", self.history_store.path, exc, moved_to)
@@ -139,28 +128,21 @@ class TrackerFiles:
         records = [b.to_dict() for b in kept[-self.config.history_limit :]]
         self.history_store.write({"schema_version": SCHEMA_VERSION, "batches": records})
 
-    # ----- cumulative counters (utils.counters): in the tracker file, changed under its lock
-
     def counted(self, document: dict, before: Batch | None, after: Batch | None) -> dict:
         """``document`` with its counters moved on by the write of ``after`` over ``before``; a document
         without counters (an older release's) gets them built once, here, under the caller's lock."""
-        from utils import counters
-
         value = counters.after_change(self.counters_in(document, before, None), before, after, self._on_time)
         return {**document, "counters": value.to_dict()}
 
     def counters_in(self, document: dict | None, current: Batch | None, history: tuple | None) -> Counters:
         """The counters ``document`` holds, else rebuilt from the batches on file and an older
         release's metrics state file (:func:`utils.counters.rebuild`). Reads only."""
-        from utils import counters
-
         found = counters.stored(document)
         if found is not None:
             return found
         if history is None:
             try:
-                history_document = self.history_store.read()
-                history = _parse_history(history_document) if history_document is not None else ()
+                history = self.history()
             except StorageError:
                 history = ()  # the next start moves it aside; its batches cannot be counted
         legacy = counters.load_legacy_metrics_state(sibling_file(self.path, "metrics"))
@@ -168,8 +150,6 @@ class TrackerFiles:
 
     def _on_time(self, batch: Batch) -> bool:
         """Whether a finished batch completed by its own deadline."""
-        from utils import counters
-
         return counters.finished_on_time(batch, self.config.deadline)
 
     def snapshot(self) -> Snapshot:
@@ -184,10 +164,8 @@ class TrackerFiles:
             error = str(exc)
         history, history_error = (), None
         try:
-            history_document = self.history_store.read()
-            if history_document is not None:
-                history = _parse_history(history_document)
+            history = self.history()
         except StorageError as exc:
             history_error = str(exc)
-        counters = None if error is not None else self.counters_in(document, current, history)
-        return Snapshot(current, history, events, error, history_error, counters)
+        totals = None if error is not None else self.counters_in(document, current, history)
+        return Snapshot(current, history, events, error, history_error, totals)

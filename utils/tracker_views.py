@@ -1,14 +1,9 @@
-"""The read-only CLI commands: ``status``, ``history`` and ``check``.
+"""The read-only CLI commands ``status``, ``history`` and ``check``, apart from :mod:`utils.batch_tracker`
+so the write hooks never pay for rendering.
 
-Kept apart from :mod:`utils.batch_tracker` so the write hooks never pay for
-rendering (or for pytz, which these commands need for local times).
-
-Human-facing output: every time is shown in the deadline's zone with its
-abbreviation (``2026-12-01 05:00 EST``), every relative time is taken from the one
-"now" of the render, and every field read from the state passes :func:`terminal_safe`
-(:mod:`utils.text_safety`), so a hand-edited or old tracker file cannot drive the
-terminal or break a line.
-``--json`` output keeps UTC ISO-8601 times.
+Times show in the deadline's zone with its abbreviation (``2026-12-01 05:00 EST``), relative times
+from the render's one "now"; every field read from the state passes :func:`terminal_safe`, so a
+hand-edited tracker file cannot drive the terminal or break a line. ``--json`` keeps UTC ISO-8601.
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ import json
 from utils import incidents, status_report
 from utils.batch_tracker import get_batch_status
 from utils.config import is_plain_whole_number
-from utils.deadline import format_duration, format_utc
+from utils.deadline import format_duration
 from utils.errors import EXIT_OK, EXIT_PROBLEM, UsageError
 from utils.text_safety import terminal_safe
 
@@ -38,29 +33,23 @@ def run(command, args, tracker, out, take_options, expect_positionals) -> int:
     if command == "status":
         positionals, options = take_options(args, {"--json": False, "--color": False, "--no-color": False})
         expect_positionals(positionals, [], command)
-        status = _status(tracker)
+        status = get_batch_status(path=tracker.path, clock=tracker.clock, config=tracker.config)
         if options.get("--json"):
             out.write(json.dumps(status, indent=2, sort_keys=True) + "\n")
         else:
-            colour = _want_colour(out, options)
-            out.write(render_status(status, colour))
+            out.write(render_status(status, _want_colour(out, options)))
         return EXIT_OK
     positionals, options = take_options(args, {"--json": False, "--limit": True})
     expect_positionals(positionals, [], command)
     limit = _positive_int(options.get("--limit", "20"), "--limit")
-    snapshot = tracker.snapshot()
-    deadline = tracker.config.deadline()
-    now = tracker.clock()
-    batches = [status_report.summarize_batch(b, deadline, now) for b in snapshot.batches_newest_first()[:limit]]
+    deadline, now = tracker.config.deadline(), tracker.clock()
+    newest = tracker.snapshot().batches_newest_first()[:limit]
+    batches = [status_report.summarize_batch(b, deadline, now) for b in newest]
     if options.get("--json"):
         out.write(json.dumps(batches, indent=2, sort_keys=True) + "\n")
     else:
         out.write(render_history(batches, _want_colour(out, options), deadline.zone.zone))
     return EXIT_OK
-
-
-def _status(tracker) -> dict:
-    return get_batch_status(path=tracker.path, clock=tracker.clock, config=tracker.config)
 
 
 def _positive_int(raw, name: str) -> int:
@@ -73,10 +62,8 @@ def _positive_int(raw, name: str) -> int:
 
 
 def _want_colour(out, options) -> bool:
-    if options.get("--no-color"):
-        return False
-    if options.get("--color"):
-        return True
+    if options.get("--no-color") or options.get("--color"):
+        return not options.get("--no-color")  # --no-color wins
     isatty = getattr(out, "isatty", None)
     return bool(isatty and isatty())
 
@@ -108,11 +95,10 @@ def progress_bar(percentage: float, width: int = BAR_WIDTH) -> str:
 
 
 def _on_time_mark(on_time, colour: bool) -> str:
-    if on_time is True:
-        return _paint("on time", "green", colour)
-    if on_time is False:
-        return _paint("LATE", "red", colour)
-    return _paint("pending", "yellow", colour)
+    text, tint = (
+        ("on time", "green") if on_time is True else ("LATE", "red") if on_time is False else ("pending", "yellow")
+    )
+    return _paint(text, tint, colour)
 
 
 def render_status(status: dict, colour: bool = False) -> str:
@@ -183,6 +169,3 @@ def render_history(batches: list[dict], colour: bool = False, zone: str = "UTC")
         return "no batches recorded\n"
     header = f"  {'id':<28} {'state':<10} {'started':<22} {'duration':>12}  on time"
     return "\n".join([header, *_history_lines(batches, colour, zone)]) + "\n"
-
-
-__all__ = ["format_utc", "local_time", "progress_bar", "render_history", "render_status", "run", "terminal_safe"]

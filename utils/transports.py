@@ -1,16 +1,10 @@
 """Mail transports: SMTP with TLS and login, or ``.eml`` files when no server is configured.
 
-A transport's ``send`` either returns a description of where the message went or raises
-:class:`TransientDeliveryError` (worth retrying: connection refused, timeouts, 4xx,
-disconnects, login or TLS problems) or :class:`PermanentDeliveryError` (5xx).
-
-Once the server accepted DATA (250) the message is delivered: whatever QUIT answers
-(421, 500, a disconnect) or closing the connection raises is logged and ignored, so a
-relay with a broken QUIT never gets the same alert twice nor has it filed as refused.
-
-Every server reply is scrubbed of the password, and of the base64 forms AUTH PLAIN and
-AUTH LOGIN send it in, before it reaches an exception, a log line or the outbox: a
-relay that echoes the credentials in its 535 cannot leak them.
+A transport's ``send`` returns where the message went or raises :class:`TransientDeliveryError`
+(worth retrying) or :class:`PermanentDeliveryError` (5xx). Once the server accepted DATA the
+message is delivered: whatever QUIT or closing the connection raises is logged and ignored, so a
+broken QUIT never repeats an alert nor files it as refused. Server replies are scrubbed of the
+password and its AUTH PLAIN/LOGIN base64 forms before they reach an exception, a log line or the outbox.
 """
 
 from __future__ import annotations
@@ -36,9 +30,7 @@ AUTH_CODES = frozenset({530, 534, 535, 538})  # RFC 4954: a login problem, not a
 
 
 class DeliveryError(Exception):
-    """A transport could not deliver; ``permanent`` says whether retrying can help."""
-
-    permanent = False
+    """A transport could not deliver."""
 
     def __init__(self, message: str, *, loud: bool = False):
         super().__init__(message)
@@ -52,26 +44,19 @@ class TransientDeliveryError(DeliveryError):
 class PermanentDeliveryError(DeliveryError):
     """The server refused the message for good (5xx)."""
 
-    permanent = True
-
 
 def ensure_private_dir(path: str, mode: int = PRIVATE_DIR_MODE) -> None:
-    """Create ``path`` (and missing parents) with ``mode`` whatever the umask; raise OSError.
+    """Create ``path`` (and missing parents) with exactly ``mode`` whatever the umask; raise OSError.
 
-    ``os.makedirs`` creates missing parents with 0777 & ~umask (0777 under ``umask 000``),
-    and ``mode`` itself is masked by the umask, so every directory created here is chmod-ed
-    explicitly. An existing ``path`` that we own and that is more open than ``mode``
-    (left by an older version under a loose umask) is tightened too.
+    An existing ``path`` that we own and that is more open than ``mode`` (left by an older
+    version under a loose umask) is tightened too.
     """
     path = os.path.abspath(path)
     missing: list[str] = []
     probe = path
-    while not os.path.isdir(probe):
+    while not os.path.isdir(probe) and probe != os.path.dirname(probe):
         missing.append(probe)
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
+        probe = os.path.dirname(probe)
     for directory in reversed(missing):
         try:
             os.mkdir(directory, mode)
@@ -87,12 +72,9 @@ def ensure_private_dir(path: str, mode: int = PRIVATE_DIR_MODE) -> None:
 
 
 class FileTransport:
-    """ "Delivers" by writing the message as an ``.eml`` file into ``directory`` (no SMTP server).
+    """ "Delivers" by writing the message as an ``.eml`` file into ``directory`` (no SMTP server)."""
 
-    ``keeps_copy``: the file is the delivered message, so the outbox keeps no second copy in ``sent/``.
-    """
-
-    keeps_copy = True
+    keeps_copy = True  # the file is the delivered message: the outbox keeps no second copy in sent/
 
     def __init__(self, directory: str, *, clock: Callable[[], float] = time.time, keep: int = KEEP_DELIVERED):
         self.directory = directory
@@ -169,28 +151,25 @@ class SmtpTransport:
         reveal = getattr(self._password, "reveal", None)
         return reveal() if reveal else str(self._password)
 
-    def _secret_forms(self) -> list[str]:
-        """The password and the base64 forms AUTH LOGIN and AUTH PLAIN send it in, longest first."""
+    def _scrub(self, text: str) -> str:
+        """``text`` without the password or the base64 forms AUTH LOGIN and AUTH PLAIN send it in.
+
+        Call before truncating: no fragment of a secret stays.
+        """
         password = self._password_text()
         if not password:
-            return []
-        plain = f"\0{self.username or ''}\0{password}"  # smtplib's AUTH PLAIN: empty authzid
-        blobs = [password, f"{self.username or ''}\0{self.username or ''}\0{password}", plain]
-        forms = {password}
-        for blob in blobs:
-            encoded = base64.b64encode(blob.encode("utf-8")).decode("ascii")
-            forms.update({encoded, encoded.rstrip("=")})
-        return sorted((f for f in forms if f), key=len, reverse=True)
-
-    def _scrub(self, text: str) -> str:
-        """``text`` without the password or its base64 forms (call before truncating: no fragment stays)."""
-        for form in self._secret_forms():
+            return text
+        user = self.username or ""
+        blobs = (password, f"{user}\0{user}\0{password}", f"\0{user}\0{password}")  # AUTH PLAIN: empty authzid
+        encoded = [base64.b64encode(blob.encode("utf-8")).decode("ascii") for blob in blobs]
+        for form in sorted({password, *encoded, *(e.rstrip("=") for e in encoded)}, key=len, reverse=True):
             text = text.replace(form, "********")
         return text
 
-    def _reply(self, exc: smtplib.SMTPResponseException) -> str:
-        """The server's reply text of ``exc``, scrubbed, then made one short safe line."""
-        return header_safe(self._scrub(_decode(exc.smtp_error)), 300)
+    def _safe(self, reply: object) -> str:
+        """A server reply (bytes or str), scrubbed, then made one short safe line."""
+        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+        return header_safe(self._scrub(text), 300)
 
     def _context(self) -> ssl.SSLContext:
         return self.ssl_context or ssl.create_default_context()
@@ -198,60 +177,51 @@ class SmtpTransport:
     def send(self, raw: bytes, *, sender: str, recipients: list[str], meta: dict) -> str:
         try:
             return self._send(raw, sender, recipients)
-        except DeliveryError as exc:
-            raise type(exc)(self._scrub(str(exc)), loud=exc.loud) from None
-        except smtplib.SMTPAuthenticationError as exc:
-            raise TransientDeliveryError(
-                f"{self.describe()}: login refused ({exc.smtp_code} {self._reply(exc)})", loud=True
-            ) from None
-        except smtplib.SMTPNotSupportedError as exc:
-            raise TransientDeliveryError(f"{self.describe()}: {self._scrub(str(exc))}", loud=True) from None
-        except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _ in exc.recipients.values()]
-            detail = "; ".join(
-                f"{rcpt}: {code} {header_safe(self._scrub(_decode(text)), 300)}"
-                for rcpt, (code, text) in exc.recipients.items()
-            )
-            cls = TransientDeliveryError if codes and all(400 <= c < 500 for c in codes) else PermanentDeliveryError
-            raise cls(self._scrub(f"{self.describe()}: every recipient refused ({detail})")) from None
-        except smtplib.SMTPResponseException as exc:
-            text = f"{self.describe()}: {exc.smtp_code} {self._reply(exc)}"
+        except (DeliveryError, OSError) as exc:  # smtplib's and ssl's errors are OSErrors
+            cls, reason, loud = self._classify(exc)
+        raise cls(self._scrub(f"{self.describe()}: {reason}"), loud=loud) from None
+
+    def _classify(self, exc: Exception) -> tuple[type[DeliveryError], str, bool]:
+        """The error to raise for ``exc``: its class, the reason (unscrubbed) and whether it is loud."""
+        if isinstance(exc, DeliveryError):
+            return type(exc), str(exc), exc.loud
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            return TransientDeliveryError, f"login refused ({exc.smtp_code} {self._safe(exc.smtp_error)})", True
+        if isinstance(exc, smtplib.SMTPNotSupportedError):
+            return TransientDeliveryError, str(exc), True
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            detail = "; ".join(f"{rcpt}: {code} {self._safe(text)}" for rcpt, (code, text) in exc.recipients.items())
+            transient = exc.recipients and all(400 <= code < 500 for code, _ in exc.recipients.values())
+            cls = TransientDeliveryError if transient else PermanentDeliveryError
+            return cls, f"every recipient refused ({detail})", False
+        if isinstance(exc, smtplib.SMTPResponseException):
+            text = f"{exc.smtp_code} {self._safe(exc.smtp_error)}"
             if exc.smtp_code in AUTH_CODES:
                 # "Authentication required/failed": fix the settings and restart; the alert must wait for that.
-                raise TransientDeliveryError(text, loud=True) from None
-            cls = PermanentDeliveryError if 500 <= exc.smtp_code < 600 else TransientDeliveryError
-            raise cls(text) from None
-        except smtplib.SMTPServerDisconnected as exc:
-            raise TransientDeliveryError(self._scrub(f"{self.describe()}: disconnected ({exc})")) from None
-        except (ssl.SSLError, ssl.CertificateError) as exc:
-            raise TransientDeliveryError(self._scrub(f"{self.describe()}: TLS error: {exc}"), loud=True) from None
-        except smtplib.SMTPException as exc:
-            raise TransientDeliveryError(self._scrub(f"{self.describe()}: {type(exc).__name__}: {exc}")) from None
-        except TimeoutError as exc:
-            raise TransientDeliveryError(self._scrub(f"{self.describe()}: timed out ({exc})")) from None
-        except OSError as exc:
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise TransientDeliveryError(self._scrub(f"{self.describe()}: {reason}")) from None
-
-    def _connect(self) -> smtplib.SMTP:
-        if self.security == "ssl":
-            return smtplib.SMTP_SSL(
-                self.host,
-                self.port,
-                local_hostname=self.local_hostname,
-                timeout=self.timeout,
-                context=self._context(),
-            )
-        return smtplib.SMTP(self.host, self.port, local_hostname=self.local_hostname, timeout=self.timeout)
+                return TransientDeliveryError, text, True
+            return PermanentDeliveryError if 500 <= exc.smtp_code < 600 else TransientDeliveryError, text, False
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            return TransientDeliveryError, f"disconnected ({exc})", False
+        if isinstance(exc, ssl.SSLError):  # ssl.CertificateError too
+            return TransientDeliveryError, f"TLS error: {exc}", True
+        if isinstance(exc, smtplib.SMTPException):
+            return TransientDeliveryError, f"{type(exc).__name__}: {exc}", False
+        if isinstance(exc, TimeoutError):
+            return TransientDeliveryError, f"timed out ({exc})", False
+        return TransientDeliveryError, exc.strerror or str(exc) or type(exc).__name__, False
 
     def _send(self, raw: bytes, sender: str, recipients: list[str]) -> str:
-        client = self._connect()
+        options = {"local_hostname": self.local_hostname, "timeout": self.timeout}
+        if self.security == "ssl":
+            client = smtplib.SMTP_SSL(self.host, self.port, context=self._context(), **options)
+        else:
+            client = smtplib.SMTP(self.host, self.port, **options)
         try:
             client.ehlo()
             if self.security == "starttls":
                 if not client.has_extn("starttls"):
                     raise TransientDeliveryError(
-                        f"{self.describe()}: the server does not offer STARTTLS; refusing to send in the clear "
+                        "the server does not offer STARTTLS; refusing to send in the clear "
                         "(set SMTP_SECURITY=plain to allow it)",
                         loud=True,
                     )
@@ -270,36 +240,19 @@ class SmtpTransport:
         self._quit(client)
         if refused:
             # Accepted for some recipients: resending would duplicate it for the others.
-            LOGGER.error(
-                "%s refused some recipients of an alert: %s",
-                self.describe(),
-                "; ".join(f"{r}: {c} {header_safe(self._scrub(_decode(t)), 300)}" for r, (c, t) in refused.items()),
-            )
+            detail = "; ".join(f"{r}: {c} {self._safe(t)}" for r, (c, t) in refused.items())
+            LOGGER.error("%s refused some recipients of an alert: %s", self.describe(), detail)
         return f"{self.host}:{self.port}"
 
     def _quit(self, client: smtplib.SMTP) -> None:
         """Say QUIT after an accepted message; whatever goes wrong here is logged, never raised."""
         try:
             code, reply = client.docmd("QUIT")
-            if code != 221:
-                LOGGER.info(
-                    "%s answered QUIT with %s %s after accepting the message; it counts as delivered",
-                    self.describe(),
-                    code,
-                    header_safe(self._scrub(_decode(reply)), 300),
-                )
+            problem = "" if code == 221 else f"answered QUIT with {code} {self._safe(reply)}"
         except (smtplib.SMTPException, OSError) as exc:
-            LOGGER.info(
-                "%s: closing the connection after an accepted message failed (%s); it counts as delivered",
-                self.describe(),
-                header_safe(self._scrub(f"{type(exc).__name__}: {exc}"), 300),
-            )
+            problem = f"failed to close the connection ({self._safe(f'{type(exc).__name__}: {exc}')})"
         finally:
             with contextlib.suppress(Exception):
                 client.close()
-
-
-def _decode(text: object) -> str:
-    if isinstance(text, bytes):
-        return text.decode("utf-8", "replace")
-    return str(text)
+        if problem:
+            LOGGER.info("%s %s after accepting the message; it counts as delivered", self.describe(), problem)

@@ -30,11 +30,9 @@ from hypothesis import strategies as st
 
 from utils.batch_tracker import (
     MAX_REASON_LENGTH,
-    NAME_CHARACTERS,
     BatchTracker,
     TrackerConfig,
     clean_text,
-    sibling_file,
 )
 from utils.config import MonitorConfig
 from utils.deadline import DailyDeadline
@@ -49,9 +47,9 @@ from utils.mail_compose import (
     header_safe,
     message_id_for,
 )
-from utils.model import Snapshot
+from utils.model import NAME_CHARACTERS, Snapshot
 from utils.monitor import Monitor
-from utils.state_store import StorageError
+from utils.state_store import StorageError, sibling_file
 
 MONITOR = str(PROJECT_ROOT / "bin" / "batch_completion_monitor.py")
 SENDER_DOMAIN = "example.com"
