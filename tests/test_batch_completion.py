@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 
 import pytest
+from helpers import ny_epoch
 from pytest_bdd import given, parsers, scenarios, then, when
 
 from utils.batch_tracker import (
@@ -27,8 +27,7 @@ def world(tracker_file, clock) -> dict:
 
 def local_instant(world, text: str) -> float:
     """``YYYY-MM-DD HH:MM`` in the deadline's zone as a UTC epoch."""
-    wall = dt.datetime.strptime(text, "%Y-%m-%d %H:%M")
-    return world["config"].deadline().zone.localize(wall, is_dst=None).timestamp()
+    return ny_epoch(text, world["config"].timezone)
 
 
 def tracker(world) -> BatchTracker:

@@ -20,6 +20,7 @@ import uuid
 
 import pytest
 from conftest import PROJECT_ROOT, VENV_PYTHON, free_port, run_tracker_cli, wait_until
+from helpers import ny_epoch
 
 from utils.batch_tracker import BatchTracker, TrackerConfig
 from utils.config import MonitorConfig, Secret
@@ -31,14 +32,6 @@ from utils.state_store import sibling_file
 
 MONITOR = str(PROJECT_ROOT / "bin" / "batch_completion_monitor.py")
 BATCH = "20261123T060000Z-ab12"
-
-
-def ny(text: str, zone: str = "America/New_York") -> float:
-    """``YYYY-MM-DD HH:MM[:SS]`` wall time in ``zone`` as a UTC epoch (a valid, unambiguous time)."""
-    import pytz
-
-    fmt = "%Y-%m-%d %H:%M:%S" if text.count(":") == 2 else "%Y-%m-%d %H:%M"
-    return pytz.timezone(zone).localize(dt.datetime.strptime(text, fmt), is_dst=None).timestamp()
 
 
 def utc(text: str) -> float:
@@ -92,7 +85,7 @@ def world(tmp_path, tracker_file, clock, smtp_server) -> World:
 
 
 def start_batch(world: World, when: str, batch_id: str = BATCH) -> None:
-    world.at(ny(when))
+    world.at(ny_epoch(when))
     world.tracker.start(batch_id=batch_id)
 
 
@@ -100,31 +93,31 @@ def start_batch(world: World, when: str, batch_id: str = BATCH) -> None:
 
 
 def test_it_alerts_a_late_batch_once_and_then_its_recovery(world):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor()
     assert monitor.step().notifications == ()
     start_batch(world, "2026-11-23 01:00")
-    world.at(ny("2026-11-23 02:00"))
+    world.at(ny_epoch("2026-11-23 02:00"))
     world.tracker.stage("scrape", 100)
-    world.at(ny("2026-11-23 04:59:59"))
+    world.at(ny_epoch("2026-11-23 04:59:59"))
     assert monitor.step().ok
-    world.at(ny("2026-11-23 05:00"))
+    world.at(ny_epoch("2026-11-23 05:00"))
     result = monitor.step()
     assert result.opened == (f"late:{BATCH}",) and not result.ok
     assert [n.type for n in result.notifications] == ["alert"]
     assert len(result.delivery.delivered) == 1
     assert world.subjects() == [f"[LATE] nightly batch {BATCH} missed its 05:00 EST deadline (Mon 2026-11-23)"]
     for minutes in (5, 10, 30):
-        world.at(ny("2026-11-23 05:00") + minutes * 60)
+        world.at(ny_epoch("2026-11-23 05:00") + minutes * 60)
         assert monitor.step().notifications == ()
-    world.at(ny("2026-11-23 05:47"))
+    world.at(ny_epoch("2026-11-23 05:47"))
     world.tracker.end()
     result = monitor.step()
     assert result.cleared == (f"late:{BATCH}",) and result.ok
     assert (
         world.subjects()[1] == f"[RECOVERED] nightly LATE: batch {BATCH} completed 47 min late, at 2026-11-23 05:47 EST"
     )
-    world.at(ny("2026-11-23 09:00"))
+    world.at(ny_epoch("2026-11-23 09:00"))
     monitor.step()
     assert len(world.sink.received()) == 2
     rcpts, message = world.sink.messages[0]
@@ -134,21 +127,21 @@ def test_it_alerts_a_late_batch_once_and_then_its_recovery(world):
 
 
 def test_it_alerts_a_failed_batch_at_once_with_its_reason_and_recovers_after_resume(world):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor()
     monitor.step()
     start_batch(world, "2026-11-23 01:00")
-    world.at(ny("2026-11-23 02:10"))
+    world.at(ny_epoch("2026-11-23 02:10"))
     world.tracker.fail("enrich", "exit code 3")
     result = monitor.step()
     assert result.opened == (f"failed:{BATCH}",)
     assert world.subjects() == [f"[FAILED] nightly batch {BATCH} failed at stage enrich (2026-11-23 02:10 EST)"]
     assert "Failure:       stage enrich: exit code 3" in world.sink.received()[0].get_content()
     assert result.status_line() == f"PROBLEM: failed: batch {BATCH} failed at stage enrich: exit code 3"
-    world.at(ny("2026-11-23 02:30"))
+    world.at(ny_epoch("2026-11-23 02:30"))
     world.tracker.resume()
     assert monitor.step().notifications == ()  # resumed is not yet recovered
-    world.at(ny("2026-11-23 04:00"))
+    world.at(ny_epoch("2026-11-23 04:00"))
     world.tracker.end()
     result = monitor.step()
     assert result.cleared == (f"failed:{BATCH}",)
@@ -157,13 +150,13 @@ def test_it_alerts_a_failed_batch_at_once_with_its_reason_and_recovers_after_res
 
 
 def test_it_clears_a_failed_batch_when_a_new_batch_completes(world):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor()
     start_batch(world, "2026-11-23 01:00", "b1")
     world.tracker.fail("score", "killed")
     monitor.step()
     start_batch(world, "2026-11-23 04:00", "b2")
-    world.at(ny("2026-11-23 04:30"))
+    world.at(ny_epoch("2026-11-23 04:30"))
     world.tracker.end()
     result = monitor.step()
     assert result.cleared == ("failed:b1",)
@@ -172,15 +165,15 @@ def test_it_clears_a_failed_batch_when_a_new_batch_completes(world):
 
 def test_it_alerts_a_missing_batch_on_a_fresh_install_and_recovers_when_one_starts(world, tracker_file):
     assert not tracker_file.exists()
-    world.at(ny("2026-11-22 12:00"))
+    world.at(ny_epoch("2026-11-22 12:00"))
     monitor = world.monitor()
     assert monitor.step().ok
-    assert world.state()["watch_since"] == ny("2026-11-22 12:00")
-    world.at(ny("2026-11-23 04:59:59"))
+    assert world.state()["watch_since"] == ny_epoch("2026-11-22 12:00")
+    world.at(ny_epoch("2026-11-23 04:59:59"))
     assert monitor.step().ok
-    world.at(ny("2026-11-23 05:00"))
+    world.at(ny_epoch("2026-11-23 05:00"))
     result = monitor.step()
-    key = f"{ny('2026-11-23 05:00'):.0f}"
+    key = f"{ny_epoch('2026-11-23 05:00'):.0f}"
     assert result.opened == (f"missing:{key}",)
     assert world.subjects() == ["[MISSING] no nightly batch started before the 05:00 EST deadline (Mon 2026-11-23)"]
     start_batch(world, "2026-11-23 06:10", "late-start")
@@ -193,27 +186,27 @@ def test_it_alerts_a_missing_batch_on_a_fresh_install_and_recovers_when_one_star
 
 
 def test_it_does_not_call_deadlines_before_it_watched_missing(world):
-    world.at(ny("2026-11-23 10:00"))  # installed after this morning's deadline, no batch ever
+    world.at(ny_epoch("2026-11-23 10:00"))  # installed after this morning's deadline, no batch ever
     result = world.monitor().step()
     assert result.ok and result.notifications == ()
     assert result.status_line().startswith("OK: no batch recorded yet; watching since 2026-11-23 10:00 EST")
 
 
 def test_it_alerts_an_unreadable_tracker_without_clearing_other_incidents(world, tracker_file):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor()
     monitor.step()
     start_batch(world, "2026-11-23 01:00")
-    world.at(ny("2026-11-23 05:01"))
+    world.at(ny_epoch("2026-11-23 05:01"))
     monitor.step()
     good = tracker_file.read_bytes()
     tracker_file.write_text("{not json")
-    world.at(ny("2026-11-23 05:02"))
+    world.at(ny_epoch("2026-11-23 05:02"))
     result = monitor.step()
     assert result.opened == ("tracker_unreadable:tracker",) and result.cleared == ()
     assert {r.kind for r in result.open_incidents} == {"late", "tracker_unreadable"}
     tracker_file.write_bytes(good)
-    world.at(ny("2026-11-23 05:03"))
+    world.at(ny_epoch("2026-11-23 05:03"))
     result = monitor.step()
     assert result.cleared == ("tracker_unreadable:tracker",)
     assert [r.kind for r in result.open_incidents] == ["late"]
@@ -227,11 +220,11 @@ def test_it_alerts_an_unreadable_tracker_without_clearing_other_incidents(world,
 
 
 def test_it_delivers_exactly_once_through_an_smtp_outage(world):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor()
     start_batch(world, "2026-11-23 01:00")
     world.sink.reject_with = "451 4.3.0 mail system busy"
-    world.at(ny("2026-11-23 05:00"))
+    world.at(ny_epoch("2026-11-23 05:00"))
     result = monitor.step()
     assert len(result.delivery.deferred) == 1 and world.sink.received() == []
     assert world.state()["counters"]["delivery_failures"] == 1
@@ -256,11 +249,11 @@ def test_it_delivers_once_when_the_smtp_server_was_down_and_comes_back(tmp_path,
 
     first = SmtpSink().start()
     world = World(tmp_path, tracker_file, clock, first)
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor()
     start_batch(world, "2026-11-23 01:00")
     first.stop()  # the server goes away: connection refused
-    world.at(ny("2026-11-23 02:00"))
+    world.at(ny_epoch("2026-11-23 02:00"))
     world.tracker.fail("enrich", "exit code 3")
     result = monitor.step()
     assert len(result.delivery.deferred) == 1 and "Connection refused" in result.delivery.deferred[0].last_error
@@ -278,11 +271,11 @@ def test_it_delivers_once_when_the_smtp_server_was_down_and_comes_back(tmp_path,
 
 
 def test_it_retries_a_backing_off_alert_at_once_after_a_restart(world):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor()
     start_batch(world, "2026-11-23 01:00")
     world.sink.reject_with = "451 4.3.0 mail system busy"
-    world.at(ny("2026-11-23 02:00"))
+    world.at(ny_epoch("2026-11-23 02:00"))
     world.tracker.fail("enrich", "exit code 3")
 
     def waiting() -> dict:
@@ -303,29 +296,29 @@ def test_it_retries_a_backing_off_alert_at_once_after_a_restart(world):
 
 
 def test_it_neither_repeats_nor_forgets_an_alert_after_a_restart(world):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     world.monitor().step()
     start_batch(world, "2026-11-23 01:00")
-    world.at(ny("2026-11-23 05:00"))
+    world.at(ny_epoch("2026-11-23 05:00"))
     world.monitor().step()
     assert len(world.sink.received()) == 1
     for minutes in (1, 2, 3):
-        world.at(ny("2026-11-23 05:00") + minutes * 60)
+        world.at(ny_epoch("2026-11-23 05:00") + minutes * 60)
         assert world.monitor().step().notifications == ()  # a new Monitor object each time: a restart
-    world.at(ny("2026-11-23 05:30"))
+    world.at(ny_epoch("2026-11-23 05:30"))
     world.tracker.end()
     assert [n.type for n in world.monitor().step().notifications] == ["recovery"]
-    world.at(ny("2026-11-23 05:31"))
+    world.at(ny_epoch("2026-11-23 05:31"))
     world.monitor().step()
     assert len(world.sink.received()) == 2
 
 
 @pytest.mark.parametrize("crash", ["before_outbox", "after_outbox"])
 def test_it_sends_an_alert_interrupted_by_a_crash_exactly_once(world, crash):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     world.monitor().step()
     start_batch(world, "2026-11-23 01:00")
-    world.at(ny("2026-11-23 05:00"))
+    world.at(ny_epoch("2026-11-23 05:00"))
     crashing = world.monitor()
     real_enqueue = crashing.outbox.enqueue
 
@@ -338,10 +331,10 @@ def test_it_sends_an_alert_interrupted_by_a_crash_exactly_once(world, crash):
     with pytest.raises(KeyboardInterrupt):
         crashing.step()
     assert len(world.state()["pending_notifications"]) == 1  # the intent survived the crash
-    world.at(ny("2026-11-23 05:00:30"))
+    world.at(ny_epoch("2026-11-23 05:00:30"))
     result = world.monitor().step()
     assert len(result.delivery.delivered) == 1
-    world.at(ny("2026-11-23 05:10"))
+    world.at(ny_epoch("2026-11-23 05:10"))
     assert world.monitor().step().notifications == ()
     assert len(world.sink.received()) == 1
     assert world.state()["pending_notifications"] == []
@@ -349,20 +342,20 @@ def test_it_sends_an_alert_interrupted_by_a_crash_exactly_once(world, crash):
 
 
 def test_it_sends_reminders_only_when_asked(world):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor(alert_repeat_seconds=3600, check_interval_seconds=7200)
     monitor.step()
     start_batch(world, "2026-11-23 01:00")
-    world.at(ny("2026-11-23 05:00"))
+    world.at(ny_epoch("2026-11-23 05:00"))
     monitor.step()
-    assert monitor.next_wake_at(ny("2026-11-23 05:30")) == ny("2026-11-23 06:00")
-    world.at(ny("2026-11-23 05:59:59"))
+    assert monitor.next_wake_at(ny_epoch("2026-11-23 05:30")) == ny_epoch("2026-11-23 06:00")
+    world.at(ny_epoch("2026-11-23 05:59:59"))
     assert monitor.step().notifications == ()
-    world.at(ny("2026-11-23 06:00"))
+    world.at(ny_epoch("2026-11-23 06:00"))
     assert [n.type for n in monitor.step().notifications] == ["reminder"]
-    world.at(ny("2026-11-23 06:30"))
+    world.at(ny_epoch("2026-11-23 06:30"))
     assert monitor.step().notifications == ()
-    world.at(ny("2026-11-23 07:00"))
+    world.at(ny_epoch("2026-11-23 07:00"))
     monitor.step()
     subjects = world.subjects()
     assert subjects[1].startswith("[REMINDER 1] [LATE]") and subjects[1].endswith("open for 1 h 00 min")
@@ -377,8 +370,8 @@ def test_it_sends_reminders_only_when_asked(world):
 
 def test_it_wakes_at_the_next_deadline_whatever_the_interval(world):
     monitor = world.monitor(check_interval_seconds=3600)
-    assert monitor.next_wake_at(ny("2026-11-23 04:59:30")) == ny("2026-11-23 05:00")
-    assert monitor.next_wake_at(ny("2026-11-23 02:00")) == ny("2026-11-23 03:00")
+    assert monitor.next_wake_at(ny_epoch("2026-11-23 04:59:30")) == ny_epoch("2026-11-23 05:00")
+    assert monitor.next_wake_at(ny_epoch("2026-11-23 02:00")) == ny_epoch("2026-11-23 03:00")
 
 
 @pytest.mark.parametrize(
@@ -394,10 +387,10 @@ def test_it_wakes_at_the_next_deadline_whatever_the_interval(world):
 def test_it_fires_at_the_right_utc_instant_on_dst_days(world, zone, hhmm, started, due_utc, label):
     config = world.tracker_config.replace(timezone=zone, deadline_hour=hhmm[0], deadline_minute=hhmm[1])
     world.tracker = BatchTracker(config, clock=world.clock)
-    world.at(ny(started, zone) - 60)
+    world.at(ny_epoch(started, zone) - 60)
     monitor = world.monitor(tracker=config)
     monitor.step()
-    world.at(ny(started, zone))
+    world.at(ny_epoch(started, zone))
     world.tracker.start(batch_id="dst")
     due = utc(due_utc)
     world.at(due - 1)
@@ -413,11 +406,11 @@ def test_it_fires_at_the_right_utc_instant_on_dst_days(world, zone, hhmm, starte
 
 
 def test_it_writes_eml_files_into_the_outbox_without_an_smtp_server(world, caplog):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor(smtp_server=None)
     monitor.step()
     start_batch(world, "2026-11-23 01:00")
-    world.at(ny("2026-11-23 05:00"))
+    world.at(ny_epoch("2026-11-23 05:00"))
     with caplog.at_level(logging.INFO):
         result = monitor.step()
     path = result.delivery.receipts[0]
@@ -429,11 +422,11 @@ def test_it_writes_eml_files_into_the_outbox_without_an_smtp_server(world, caplo
 
 
 def test_it_counts_and_logs_a_permanent_refusal(world, caplog):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor()
     start_batch(world, "2026-11-23 01:00")
     world.sink.reject_with = "550 5.1.1 mailbox unavailable"
-    world.at(ny("2026-11-23 05:00"))
+    world.at(ny_epoch("2026-11-23 05:00"))
     with caplog.at_level(logging.ERROR):
         result = monitor.step()
     assert len(result.delivery.failed) == 1
@@ -443,7 +436,7 @@ def test_it_counts_and_logs_a_permanent_refusal(world, caplog):
 
 
 def test_it_cannot_be_made_to_add_headers_by_a_failure_reason(world):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor()
     start_batch(world, "2026-11-23 01:00")
     world.tracker.fail("enrich", "boom\r\nBcc: evil@example.com\r\nSubject: fake")
@@ -458,7 +451,7 @@ def test_it_cannot_be_made_to_add_headers_by_a_failure_reason(world):
 
 
 def test_it_never_logs_the_smtp_password(world, caplog):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor(smtp_username="monitor", smtp_password=Secret("pa55-never-shown"))
     start_batch(world, "2026-11-23 01:00")
     world.tracker.fail("enrich", "x")
@@ -470,18 +463,19 @@ def test_it_never_logs_the_smtp_password(world, caplog):
 
 
 def test_it_records_the_alert_state_other_modules_read(world):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor()
     monitor.step()  # the first check records when watching began
     start_batch(world, "2026-11-23 01:00")
-    world.at(ny("2026-11-23 05:00"))
+    world.at(ny_epoch("2026-11-23 05:00"))
     monitor.step()
     state = world.state()
     assert state["schema_version"] == 1
-    assert state["watch_since"] == ny("2026-11-23 00:30") and state["last_check_at"] == ny("2026-11-23 05:00")
+    assert state["watch_since"] == ny_epoch("2026-11-23 00:30")
+    assert state["last_check_at"] == ny_epoch("2026-11-23 05:00")
     record = state["open_incidents"][f"late:{BATCH}"]
     assert {"kind", "key", "summary", "since", "batch_id", "opened_at", "alerted_at"} <= set(record)
-    assert record["alerted_at"] == ny("2026-11-23 05:00") and record["batch_id"] == BATCH
+    assert record["alerted_at"] == ny_epoch("2026-11-23 05:00") and record["batch_id"] == BATCH
     alert = state["recent_alerts"][-1]
     assert {"at", "kind", "key", "type", "subject", "message_id"} <= set(alert) and alert["type"] == "alert"
     counters = state["counters"]
@@ -494,19 +488,19 @@ def test_it_moves_a_corrupt_alert_state_aside(world, caplog):
     os.makedirs(os.path.dirname(world.state_file), exist_ok=True)
     with open(world.state_file, "w") as handle:
         handle.write("[1, 2")
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     with caplog.at_level(logging.ERROR):
         assert world.monitor().step().ok
     assert "moved aside" in caplog.text
-    assert world.state()["watch_since"] == ny("2026-11-23 00:30")
+    assert world.state()["watch_since"] == ny_epoch("2026-11-23 00:30")
     assert [p for p in os.listdir(os.path.dirname(world.state_file)) if ".monitor.json.corrupt-" in p]
 
 
 def test_it_summarises_one_step_in_a_status_line(world):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor()
     start_batch(world, "2026-11-23 01:00")
-    world.at(ny("2026-11-23 04:30"))
+    world.at(ny_epoch("2026-11-23 04:30"))
     world.tracker.end()
     result = monitor.step()
     assert isinstance(result, StepResult) and result.exit_code == 0
@@ -721,14 +715,14 @@ def test_it_warns_early_when_a_batch_is_projected_late_and_lets_the_late_alert_t
     for night in ("2026-11-20", "2026-11-21", "2026-11-22"):
         start_batch(world, f"{night} 01:00", f"normal-{night}")
         for stage, done in (("scrape", "01:30"), ("enrich", "02:30"), ("score", "03:00")):
-            world.at(ny(f"{night} {done}"))
+            world.at(ny_epoch(f"{night} {done}"))
             world.tracker.stage(stage, 100)
         world.tracker.end()
-    world.at(ny("2026-11-22 12:00"))
+    world.at(ny_epoch("2026-11-22 12:00"))
     monitor = world.monitor()
     assert monitor.step().ok
     start_batch(world, "2026-11-23 01:00", "slow")
-    world.at(ny("2026-11-23 03:00"))
+    world.at(ny_epoch("2026-11-23 03:00"))
     world.tracker.stage("scrape", 50)  # half of scrape in 2 h, where a whole one usually takes 30 min
     result = monitor.step()
     assert "at_risk:slow" in result.opened
@@ -737,7 +731,7 @@ def test_it_warns_early_when_a_batch_is_projected_late_and_lets_the_late_alert_t
         == "[AT RISK] nightly batch slow is projected to miss its 05:00 EST deadline (Mon 2026-11-23)"
     )
     assert "projected to finish at" in world.sink.received()[0].get_content()
-    world.at(ny("2026-11-23 05:00"))
+    world.at(ny_epoch("2026-11-23 05:00"))
     result = monitor.step()
     assert "late:slow" in result.opened and "at_risk:slow" in result.retired
     assert not any("RECOVERED" in subject for subject in world.subjects())
@@ -747,19 +741,19 @@ def test_it_warns_early_when_a_batch_is_projected_late_and_lets_the_late_alert_t
 
 
 def test_it_keeps_a_late_incident_open_when_the_clock_steps_back(world):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor()
     monitor.step()
     start_batch(world, "2026-11-23 01:00")
-    world.at(ny("2026-11-23 05:10"))
+    world.at(ny_epoch("2026-11-23 05:10"))
     assert monitor.step().opened == (f"late:{BATCH}",)
-    world.at(ny("2026-11-23 04:10"))  # NTP steps the clock an hour back: the batch is still late
+    world.at(ny_epoch("2026-11-23 04:10"))  # NTP steps the clock an hour back: the batch is still late
     result = monitor.step()
     assert result.cleared == () and result.notifications == ()
     assert [r.kind for r in result.open_incidents] == ["late"] and result.exit_code == 1
-    world.at(ny("2026-11-23 05:20"))
+    world.at(ny_epoch("2026-11-23 05:20"))
     assert monitor.step().notifications == ()  # no second LATE either
-    world.at(ny("2026-11-23 05:47"))
+    world.at(ny_epoch("2026-11-23 05:47"))
     world.tracker.end()
     result = monitor.step()
     assert result.cleared == (f"late:{BATCH}",)
@@ -770,15 +764,15 @@ def test_it_keeps_a_late_incident_open_when_the_clock_steps_back(world):
 
 
 def test_it_clears_a_late_incident_when_a_newer_batch_completes(world):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     monitor = world.monitor()
     start_batch(world, "2026-11-23 01:00", "stuck")
-    world.at(ny("2026-11-23 05:10"))
+    world.at(ny_epoch("2026-11-23 05:10"))
     monitor.step()
     start_batch(world, "2026-11-23 06:00", "rerun")  # abandons the stuck one
-    world.at(ny("2026-11-23 06:05"))
+    world.at(ny_epoch("2026-11-23 06:05"))
     assert monitor.step().cleared == ()  # the night's work is still not done
-    world.at(ny("2026-11-23 07:00"))
+    world.at(ny_epoch("2026-11-23 07:00"))
     world.tracker.end()
     assert monitor.step().cleared == ("late:stuck",)
     assert world.subjects()[-1] == (
@@ -787,55 +781,55 @@ def test_it_clears_a_late_incident_when_a_newer_batch_completes(world):
 
 
 def test_it_clamps_future_instants_of_its_state_to_now_as_a_clock_problem(world, caplog):
-    world.at(ny("2026-11-26 12:00"))  # the first run had its clock three days ahead
+    world.at(ny_epoch("2026-11-26 12:00"))  # the first run had its clock three days ahead
     world.monitor().step()
-    assert world.state()["watch_since"] == ny("2026-11-26 12:00")
-    world.at(ny("2026-11-23 04:00"))  # the clock is right again; no batch tonight
+    assert world.state()["watch_since"] == ny_epoch("2026-11-26 12:00")
+    world.at(ny_epoch("2026-11-23 04:00"))  # the clock is right again; no batch tonight
     with caplog.at_level(logging.WARNING, logger="utils.monitor"):
         assert world.monitor().step().ok
     warnings = [r.getMessage() for r in caplog.records if "clock problem" in r.getMessage()]
     assert any("watch_since" in w and "2026-11-26T17:00:00+00:00" in w for w in warnings), warnings
-    assert world.state()["watch_since"] == ny("2026-11-23 04:00")
-    world.at(ny("2026-11-23 05:01"))
+    assert world.state()["watch_since"] == ny_epoch("2026-11-23 04:00")
+    world.at(ny_epoch("2026-11-23 05:01"))
     result = world.monitor().step()
-    assert result.opened == (f"missing:{ny('2026-11-23 05:00'):.0f}",)
+    assert result.opened == (f"missing:{ny_epoch('2026-11-23 05:00'):.0f}",)
 
 
 def test_it_clamps_future_incident_times_so_reminders_fall_due_again(world, caplog):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     start_batch(world, "2026-11-23 01:00")
-    world.at(ny("2026-11-26 05:10"))  # clock days ahead: the late alert is stamped in the future
+    world.at(ny_epoch("2026-11-26 05:10"))  # clock days ahead: the late alert is stamped in the future
     world.monitor(alert_repeat_seconds=3600).step()
-    world.at(ny("2026-11-23 05:10"))
+    world.at(ny_epoch("2026-11-23 05:10"))
     with caplog.at_level(logging.WARNING, logger="utils.monitor"):
         world.monitor(alert_repeat_seconds=3600).step()
     record = world.state()["open_incidents"][f"late:{BATCH}"]
-    assert record["opened_at"] == record["alerted_at"] == ny("2026-11-23 05:10")
+    assert record["opened_at"] == record["alerted_at"] == ny_epoch("2026-11-23 05:10")
     assert sum("clock problem" in r.getMessage() for r in caplog.records) >= 3
-    world.at(ny("2026-11-23 06:11"))
+    world.at(ny_epoch("2026-11-23 06:11"))
     result = world.monitor(alert_repeat_seconds=3600).step()
     assert [n.type for n in result.notifications] == ["reminder"]
 
 
 def test_it_turns_a_missing_night_into_one_late_chain_when_the_batch_starts_late(world):
     start_batch(world, "2026-11-22 01:00", "yesterday")
-    world.at(ny("2026-11-22 03:00"))
+    world.at(ny_epoch("2026-11-22 03:00"))
     world.tracker.end()
     monitor = world.monitor()
     monitor.step()
-    world.at(ny("2026-11-23 05:10"))
-    missing = f"missing:{ny('2026-11-23 05:00'):.0f}"
+    world.at(ny_epoch("2026-11-23 05:10"))
+    missing = f"missing:{ny_epoch('2026-11-23 05:00'):.0f}"
     assert monitor.step().opened == (missing,)
     start_batch(world, "2026-11-23 06:00", "tonight")  # the missed night's batch, an hour late
-    world.at(ny("2026-11-23 06:05"))
+    world.at(ny_epoch("2026-11-23 06:05"))
     result = monitor.step()
     assert result.notifications == () and result.cleared == ()
     assert result.retired == (missing,) and result.opened == ("late:tonight",)
     assert result.status_line().startswith("PROBLEM: late: batch tonight missed its deadline 2026-11-23 05:00 EST")
     for hour in ("08:00", "12:00"):
-        world.at(ny(f"2026-11-23 {hour}"))
+        world.at(ny_epoch(f"2026-11-23 {hour}"))
         assert monitor.step().notifications == ()
-    world.at(ny("2026-11-23 16:00"))
+    world.at(ny_epoch("2026-11-23 16:00"))
     world.tracker.end()
     result = monitor.step()
     assert result.cleared == ("late:tonight",) and result.ok
@@ -844,31 +838,31 @@ def test_it_turns_a_missing_night_into_one_late_chain_when_the_batch_starts_late
         "[RECOVERED] nightly LATE: batch tonight completed 11 h 00 min late, at 2026-11-23 16:00 EST",
     ]
     assert world.state()["open_incidents"] == {}
-    world.at(ny("2026-11-24 04:00"))
+    world.at(ny_epoch("2026-11-24 04:00"))
     assert monitor.step().notifications == ()
 
 
 def test_it_reports_once_a_batch_that_started_and_completed_late_between_two_checks(world):
     start_batch(world, "2026-11-22 01:00", "yesterday")
-    world.at(ny("2026-11-22 03:00"))
+    world.at(ny_epoch("2026-11-22 03:00"))
     world.tracker.end()
-    world.at(ny("2026-11-23 04:55"))
+    world.at(ny_epoch("2026-11-23 04:55"))
     world.monitor().step()  # a --once run every 10 minutes
     start_batch(world, "2026-11-23 05:01", "quick")
-    world.at(ny("2026-11-23 05:04"))
+    world.at(ny_epoch("2026-11-23 05:04"))
     world.tracker.end()
-    world.at(ny("2026-11-23 05:05"))
+    world.at(ny_epoch("2026-11-23 05:05"))
     result = world.monitor().step()
     assert result.opened == ("late:quick",) and result.exit_code == 1
     assert result.status_line() == (
         "PROBLEM: late: batch quick completed 4 min late, at 2026-11-23 05:04 EST, "
         "after its deadline 2026-11-23 05:00 EST"
     )
-    world.at(ny("2026-11-23 05:15"))
+    world.at(ny_epoch("2026-11-23 05:15"))
     result = world.monitor().step()
     assert result.cleared == ("late:quick",) and result.exit_code == 0
     assert "completed on time" not in result.status_line()
-    world.at(ny("2026-11-23 05:25"))
+    world.at(ny_epoch("2026-11-23 05:25"))
     assert world.monitor().step().notifications == ()
     assert world.subjects() == [
         "[LATE] nightly batch quick missed its 05:00 EST deadline (Mon 2026-11-23)",
@@ -877,13 +871,13 @@ def test_it_reports_once_a_batch_that_started_and_completed_late_between_two_che
 
 
 def test_it_judges_a_batch_by_the_deadline_stored_at_its_start_whatever_the_settings_say(world):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     world.monitor().step()
     start_batch(world, "2026-11-23 01:00")  # 05:00 New York, stored with the batch
-    world.at(ny("2026-11-23 05:30"))
+    world.at(ny_epoch("2026-11-23 05:30"))
     assert world.monitor().step().opened == (f"late:{BATCH}",)
     changed = world.tracker_config.replace(deadline_hour=3, timezone="UTC")  # a new setting, mid-batch
-    world.at(ny("2026-11-23 06:00"))
+    world.at(ny_epoch("2026-11-23 06:00"))
     result = world.monitor(tracker=changed).step()
     assert result.cleared == () and result.notifications == ()
     world.at(utc("2026-11-24 03:30"))  # the new setting's first deadline: no second LATE
@@ -899,24 +893,24 @@ def test_it_judges_a_batch_by_the_deadline_stored_at_its_start_whatever_the_sett
 
 
 def test_it_names_where_the_corrupt_tracker_went_when_its_unreadable_alert_recovers(world, tracker_file):
-    world.at(ny("2026-11-23 00:30"))
+    world.at(ny_epoch("2026-11-23 00:30"))
     start_batch(world, "2026-11-23 01:00")
     monitor = world.monitor()
     tracker_file.write_text("{not json")
-    world.at(ny("2026-11-23 02:00"))
+    world.at(ny_epoch("2026-11-23 02:00"))
     assert monitor.step().opened == ("tracker_unreadable:tracker",)
-    world.at(ny("2026-11-23 02:05"))
+    world.at(ny_epoch("2026-11-23 02:05"))
     with pytest.raises(Exception, match="no batch"):
         world.tracker.stage("scrape", 50)  # the hook moves the corrupt file aside, starts fresh
     [moved] = list(tracker_file.parent.glob("batch_tracker.json.corrupt-*"))
-    world.at(ny("2026-11-23 02:06"))
+    world.at(ny_epoch("2026-11-23 02:06"))
     result = monitor.step()
     assert result.cleared == ("tracker_unreadable:tracker",) and result.opened == ()
     assert world.subjects()[-1].startswith(
         "[RECOVERED] nightly TRACKER UNREADABLE: the tracker file is readable again; the corrupt one was moved aside"
     )
     assert f"moved aside to {moved} at 2026-11-23 02:05 EST" in world.sink.received()[-1].get_content()
-    world.at(ny("2026-11-23 02:16"))
+    world.at(ny_epoch("2026-11-23 02:16"))
     assert monitor.step().notifications == () and len(world.subjects()) == 2
 
 
@@ -985,6 +979,7 @@ def test_it_reports_missed_deadlines_again_after_a_run_with_its_clock_days_ahead
     ]
 
 
+@pytest.mark.slow
 def test_it_mails_no_recovery_when_the_clock_steps_back_under_a_late_batch(
     monitor_env, tmp_path, smtp_server, at_clock
 ):
@@ -1001,6 +996,7 @@ def test_it_mails_no_recovery_when_the_clock_steps_back_under_a_late_batch(
     ]
 
 
+@pytest.mark.slow
 def test_it_keeps_judging_a_batch_by_the_deadline_stored_at_its_start(monitor_env, tmp_path, smtp_server, at_clock):
     tracker_cli(at_clock(monitor_env, "2026-11-23 06:00"), "start", "--id", "nightly-1")  # 05:00 New York
     assert run_once(at_clock(monitor_env, "2026-11-23 10:30"), tmp_path).returncode == 1  # LATE
@@ -1027,6 +1023,7 @@ def test_it_keeps_judging_a_batch_by_the_deadline_stored_at_its_start(monitor_en
     assert verdicts == [(False, utc("2026-11-23 10:00"), False)] * 2
 
 
+@pytest.mark.slow
 def test_it_tells_someone_when_a_late_start_completes_between_two_once_runs(
     monitor_env, tmp_path, smtp_server, at_clock
 ):

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 from conftest import run_tracker_cli
+from helpers import forget_counters, legacy_metrics_state
 
 from utils import counters
 from utils.batch_tracker import BatchStateError, BatchTracker, TrackerConfig
@@ -36,32 +37,6 @@ def run_batch(tracker: BatchTracker, clock, seconds: float, *, gpu: float = 0.0)
     tracker.end()
     clock.advance(HOUR)
     return batch_id
-
-
-def forget_counters(tracker: BatchTracker) -> None:
-    """Rewrite the tracker file without its counters, as an older release wrote it."""
-    document = read_json_object(tracker.path)
-    del document["counters"]
-    write_json_atomically(tracker.path, document)
-
-
-def legacy_metrics_state(**changes) -> dict:
-    """An older release's ``<tracker>.metrics.json``."""
-    return {
-        "schema_version": 1,
-        "completion_time": {
-            "bounds": list(DURATION_BUCKETS),
-            "counts": [0] * (len(DURATION_BUCKETS) + 1),
-            "sum": 0.0,
-            "count": 0,
-        },
-        "observed": {},
-        "completed": {"on_time": 0, "late": 0},
-        "gpu": {"total": 0.0, "counted": {}},
-        "last_success_at": None,
-        "watermark": None,
-        **changes,
-    }
 
 
 # --------------------------------------------------------------------------- the value

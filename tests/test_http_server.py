@@ -319,6 +319,7 @@ def flood(port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
+@pytest.mark.slow
 def test_it_alerts_within_seconds_while_more_connections_than_file_descriptors_hold_the_port(base_env, tmp_path):
     port = free_port()
     env = dict(
@@ -835,6 +836,7 @@ RED_AND_GREEN_PIXELS = """async (png) => {
 }"""
 
 
+@pytest.mark.slow
 @pytest.mark.chromium
 def test_it_charts_the_last_30_nights_against_the_deadline(chromium, tmp_path, clock, smtp_server):
     config = monitor_config(tmp_path, smtp_server.port)

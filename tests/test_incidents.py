@@ -4,7 +4,7 @@ missing, unreadable, and which incident supersedes which (PRECEDENCE)."""
 from __future__ import annotations
 
 import pytest
-from helpers import NEW_YORK, ny_epoch
+from helpers import NEW_YORK, ny_epoch, start_at
 
 from utils import incidents as incidents_module
 from utils.batch_tracker import BatchTracker, check_batch_completion, get_batch_status, load_snapshot
@@ -43,11 +43,6 @@ def incidents(tracker_config):
         return incidents_module.open_incidents(load_snapshot(config=tracker_config), now, deadline, watch_since)
 
     return run
-
-
-def start_at(tracker, clock, instant, stages=None) -> str:
-    clock.set(instant)
-    return tracker.start(stages)
 
 
 def test_it_is_ok_while_a_batch_runs_before_its_deadline(tracker, clock, check):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import os
 import types
 
 import pytest
 from conftest import wait_until
+from helpers import NEW_YORK, ny_epoch
 
 from utils import batch_tracker, incidents, model
 from utils.batch_tracker import BatchTracker, TrackerConfig
@@ -29,14 +29,9 @@ from utils.mail_compose import (
 from utils.outbox import Outbox
 from utils.transports import SmtpTransport
 
-DEADLINE = DailyDeadline(5, 0, "America/New_York")
+DEADLINE = DailyDeadline(5, 0, NEW_YORK)
 BATCH_ID = "20261123T060000Z-ab12"
 INJECTION = "exit code 3\r\nBcc: evil@example.com"
-
-
-def ny(text: str) -> float:
-    """``YYYY-MM-DD HH:MM`` New York wall time as a UTC epoch."""
-    return DEADLINE.zone.localize(dt.datetime.strptime(text, "%Y-%m-%d %H:%M"), is_dst=None).timestamp()
 
 
 @pytest.fixture
@@ -62,11 +57,11 @@ def record_of(incident, opened_at: float) -> dict:
 
 
 def late_batch(tracker, clock) -> None:
-    clock.set(ny("2026-11-23 01:00"))
+    clock.set(ny_epoch("2026-11-23 01:00"))
     tracker.start(batch_id=BATCH_ID)
-    clock.set(ny("2026-11-23 01:40"))
+    clock.set(ny_epoch("2026-11-23 01:40"))
     tracker.stage("scrape", 100)
-    clock.set(ny("2026-11-23 02:10"))
+    clock.set(ny_epoch("2026-11-23 02:10"))
     tracker.stage("enrich", 40)
 
 
@@ -92,7 +87,7 @@ def compose(ctx, tracker, now, kind, notification_type=ALERT, **extra):
 
 def test_it_composes_a_late_alert_with_everything_on_call_needs(ctx, tracker, clock):
     late_batch(tracker, clock)
-    now = ny("2026-11-23 05:12")
+    now = ny_epoch("2026-11-23 05:12")
     message, _ = compose(ctx, tracker, now, "late")
     assert message["Subject"] == f"[LATE] nightly batch {BATCH_ID} missed its 05:00 EST deadline (Mon 2026-11-23)"
     assert message["To"] == "ops@example.com, oncall@example.org"
@@ -119,9 +114,9 @@ def test_it_composes_a_late_alert_with_everything_on_call_needs(ctx, tracker, cl
 
 def test_it_composes_a_failed_alert_with_the_reason_on_one_line(ctx, tracker, clock):
     late_batch(tracker, clock)
-    clock.set(ny("2026-11-23 02:30"))
+    clock.set(ny_epoch("2026-11-23 02:30"))
     tracker.fail("enrich", INJECTION)
-    message, _ = compose(ctx, tracker, ny("2026-11-23 02:30"), "failed")
+    message, _ = compose(ctx, tracker, ny_epoch("2026-11-23 02:30"), "failed")
     assert message["Subject"] == f"[FAILED] nightly batch {BATCH_ID} failed at stage enrich (2026-11-23 02:30 EST)"
     body = message.get_content()
     assert "Failure:       stage enrich: exit code 3 Bcc: evil@example.com (2026-11-23 02:30 EST)" in body
@@ -130,9 +125,9 @@ def test_it_composes_a_failed_alert_with_the_reason_on_one_line(ctx, tracker, cl
 
 
 def test_it_composes_missing_and_unreadable_alerts(ctx, tracker, tracker_file, clock):
-    now = ny("2026-11-24 05:00")
+    now = ny_epoch("2026-11-24 05:00")
     snapshot = tracker.snapshot()
-    missing = incidents.open_incidents(snapshot, now, DEADLINE, watch_since=ny("2026-11-23 12:00"))
+    missing = incidents.open_incidents(snapshot, now, DEADLINE, watch_since=ny_epoch("2026-11-23 12:00"))
     assert [i.kind for i in missing] == ["missing"]
     message = compose_message(
         ctx,
@@ -164,9 +159,9 @@ def test_it_composes_missing_and_unreadable_alerts(ctx, tracker, tracker_file, c
 
 def test_it_composes_recoveries_and_reminders(ctx, tracker, clock):
     late_batch(tracker, clock)
-    opened = ny("2026-11-23 05:00")
+    opened = ny_epoch("2026-11-23 05:00")
     _, record = compose(ctx, tracker, opened, "late")
-    clock.set(ny("2026-11-23 05:47"))
+    clock.set(ny_epoch("2026-11-23 05:47"))
     tracker.end()
     snapshot = tracker.snapshot()
     text = resolution(record, snapshot, DEADLINE, clock())
@@ -232,26 +227,26 @@ def test_it_derives_a_stable_message_id_per_notification():
 
 
 def test_it_explains_how_each_incident_cleared(tracker, clock):
-    clock.set(ny("2026-11-23 01:00"))
+    clock.set(ny_epoch("2026-11-23 01:00"))
     tracker.start(batch_id="b1")
-    clock.set(ny("2026-11-23 02:00"))
+    clock.set(ny_epoch("2026-11-23 02:00"))
     tracker.fail("enrich", "exit 3")
     failed = {"kind": "failed", "key": "b1", "batch_id": "b1", "summary": "", "since": 0, "opened_at": 0}
-    clock.set(ny("2026-11-23 02:30"))
+    clock.set(ny_epoch("2026-11-23 02:30"))
     tracker.resume()
-    clock.set(ny("2026-11-23 04:00"))
+    clock.set(ny_epoch("2026-11-23 04:00"))
     tracker.end()
     assert (
         resolution(failed, tracker.snapshot(), DEADLINE, clock())
         == "batch b1 completed after resume at 2026-11-23 04:00 EST (on time, 1 h 00 min early)"
     )
 
-    clock.set(ny("2026-11-24 01:00"))
+    clock.set(ny_epoch("2026-11-24 01:00"))
     tracker.start(batch_id="b2")
     tracker.fail(None, "killed")
-    clock.set(ny("2026-11-25 01:00"))
+    clock.set(ny_epoch("2026-11-25 01:00"))
     tracker.start(batch_id="b3")
-    clock.set(ny("2026-11-25 03:00"))
+    clock.set(ny_epoch("2026-11-25 03:00"))
     tracker.end()
     failed_b2 = dict(failed, key="b2", batch_id="b2")
     assert (
@@ -259,10 +254,10 @@ def test_it_explains_how_each_incident_cleared(tracker, clock):
         == "a new batch b3 completed at 2026-11-25 03:00 EST"
     )
 
-    due = ny("2026-11-26 05:00")
+    due = ny_epoch("2026-11-26 05:00")
     missing = {"kind": "missing", "key": f"{due:.0f}", "batch_id": None, "summary": "", "since": due, "opened_at": due}
     assert resolution(missing, tracker.snapshot(), DEADLINE, due) is None  # nothing started: not resolved
-    clock.set(ny("2026-11-26 06:10"))
+    clock.set(ny_epoch("2026-11-26 06:10"))
     tracker.start(batch_id="b4")
     assert (
         resolution(missing, tracker.snapshot(), DEADLINE, clock())
@@ -284,7 +279,7 @@ INSTALLED = {
 
 
 def record(kind, key, batch_id=None, opened_at=None, summary="something happened"):
-    opened_at = ny("2026-11-23 05:00") if opened_at is None else opened_at
+    opened_at = ny_epoch("2026-11-23 05:00") if opened_at is None else opened_at
     return {
         "kind": kind,
         "key": key,
@@ -296,7 +291,7 @@ def record(kind, key, batch_id=None, opened_at=None, summary="something happened
 
 
 def body_of(ctx, tracker, incident, notification_type=ALERT, now=None, **extra):
-    now = ny("2026-11-23 05:05") if now is None else now
+    now = ny_epoch("2026-11-23 05:05") if now is None else now
     message = compose_message(
         ctx,
         notification_type=notification_type,
@@ -317,7 +312,7 @@ def steps_of(body: str) -> str:
 def test_it_gives_next_steps_per_incident_kind_with_the_installations_commands(ctx, tracker, clock, tracker_file):
     installed = dataclasses.replace(ctx, **INSTALLED)
     late_batch(tracker, clock)
-    due = f"{ny('2026-11-24 05:00'):.0f}"
+    due = f"{ny_epoch('2026-11-24 05:00'):.0f}"
     incidents = {
         "late": record("late", BATCH_ID, BATCH_ID),
         "missing": record("missing", due),
@@ -327,7 +322,7 @@ def test_it_gives_next_steps_per_incident_kind_with_the_installations_commands(c
         "stalled_stage": record("stalled_stage", f"{BATCH_ID}:enrich", BATCH_ID),
     }
     steps = {kind: steps_of(body_of(installed, tracker, incident)[1]) + "\n" for kind, incident in incidents.items()}
-    clock.set(ny("2026-11-23 02:30"))
+    clock.set(ny_epoch("2026-11-23 02:30"))
     tracker.fail("enrich", "exit code 4")
     steps["failed"] = steps_of(body_of(installed, tracker, record("failed", BATCH_ID, BATCH_ID))[1]) + "\n"
 
@@ -366,7 +361,7 @@ def test_it_gives_next_steps_per_incident_kind_with_the_installations_commands(c
 
 def test_it_shows_the_failed_stages_last_output_lines_in_the_body(ctx, tracker, clock):
     late_batch(tracker, clock)
-    clock.set(ny("2026-11-23 02:30"))
+    clock.set(ny_epoch("2026-11-23 02:30"))
     output = "".join(f"progress line {n}\n" for n in range(1, 31))
     output += "\x1b[31mERROR\x1b[0m upstream API returned 503\r\nBcc: evil@example.com\n"
     tracker.fail("enrich", "exit code 4", output_tail=output)
@@ -388,7 +383,7 @@ def test_it_shows_the_failed_stages_last_output_lines_in_the_body(ctx, tracker, 
 
 
 def test_it_bounds_and_sanitises_the_stored_output_tail(tracker, clock):
-    clock.set(ny("2026-11-23 01:00"))
+    clock.set(ny_epoch("2026-11-23 01:00"))
     tracker.start(batch_id="b1")
     noisy = b"\x00\x07bell\tand tab\r\n" + b"x" * 20_000 + b"\n" + b"".join(b"l%d\n" % n for n in range(500))
     failure = tracker.fail("scrape", "exit code 1", output_tail=noisy).failure
@@ -413,27 +408,27 @@ def test_it_links_the_status_page_when_configured(ctx, tracker, clock):
 
 def test_it_does_not_call_the_failed_stage_stuck(ctx, tracker, clock):
     late_batch(tracker, clock)
-    clock.set(ny("2026-11-23 02:30"))
+    clock.set(ny_epoch("2026-11-23 02:30"))
     tracker.fail("enrich", "exit code 4")
     for kind in ("failed", "late"):
-        _, body = body_of(ctx, tracker, record(kind, BATCH_ID, BATCH_ID), now=ny("2026-11-23 05:05"))
+        _, body = body_of(ctx, tracker, record(kind, BATCH_ID, BATCH_ID), now=ny_epoch("2026-11-23 05:05"))
         assert "Looks stuck" not in body, body
         assert "Failure:       stage enrich: exit code 4" in body
 
 
 def test_it_says_completed_in_the_recovery_of_a_resumed_batch(ctx, tracker, clock):
     late_batch(tracker, clock)
-    clock.set(ny("2026-11-23 02:30"))
+    clock.set(ny_epoch("2026-11-23 02:30"))
     tracker.fail("enrich", "exit code 4")
     failed = next(i for i in incidents.open_incidents(tracker.snapshot(), clock(), DEADLINE) if i.kind == "failed")
     incident = record_of(failed, clock())
-    clock.set(ny("2026-11-23 03:00"))
+    clock.set(ny_epoch("2026-11-23 03:00"))
     tracker.resume()
     # The monitor refreshes the open record's summary at every check: now it says "resumed".
     resumed = next(i for i in incidents.open_incidents(tracker.snapshot(), clock(), DEADLINE) if i.kind == "failed")
     assert "not yet completed" in resumed.summary
     incident["summary"] = resumed.summary
-    clock.set(ny("2026-11-23 04:00"))
+    clock.set(ny_epoch("2026-11-23 04:00"))
     tracker.end()
     text = resolution(incident, tracker.snapshot(), DEADLINE, clock())
     message, body = body_of(ctx, tracker, incident, RECOVERY, now=clock(), resolution_text=text)
@@ -445,7 +440,7 @@ def test_it_says_completed_in_the_recovery_of_a_resumed_batch(ctx, tracker, cloc
 
 def test_it_threads_recoveries_and_reminders_under_the_alert(ctx, tracker, clock):
     late_batch(tracker, clock)
-    opened = ny("2026-11-23 05:00")
+    opened = ny_epoch("2026-11-23 05:00")
     incident = record("late", BATCH_ID, BATCH_ID, opened_at=opened)
     alert_id = message_id_for(f"late:{BATCH_ID}", opened, ALERT, 0, "example.com")
     alert, _ = body_of(ctx, tracker, incident, ALERT, now=opened)
@@ -467,7 +462,7 @@ def test_it_threads_recoveries_and_reminders_under_the_alert(ctx, tracker, clock
 
 def test_it_takes_the_incident_as_a_record_or_an_object(ctx, tracker, clock):
     late_batch(tracker, clock)
-    opened = ny("2026-11-23 05:00")
+    opened = ny_epoch("2026-11-23 05:00")
     as_record = record("late", BATCH_ID, BATCH_ID, opened_at=opened)
     as_object = types.SimpleNamespace(**as_record, continues=None)
     detected = model.Incident("late", BATCH_ID, "something happened", opened, BATCH_ID)  # opened_at: its since
@@ -486,18 +481,18 @@ def test_it_reads_batches_by_attribute_only(ctx, tracker, clock, monkeypatch):
     # Model objects answer no dict-style reads: any batch["..."] in the composer would raise here.
     assert not hasattr(model.Batch, "__getitem__") and not hasattr(model.Batch, "get")
     late_batch(tracker, clock)
-    clock.set(ny("2026-11-23 02:30"))
+    clock.set(ny_epoch("2026-11-23 02:30"))
     tracker.fail("enrich", "exit code 4", output_tail="last words\n")
-    clock.set(ny("2026-11-23 03:00"))
+    clock.set(ny_epoch("2026-11-23 03:00"))
     tracker.resume()
-    now = ny("2026-11-23 05:05")
+    now = ny_epoch("2026-11-23 05:05")
     kinds = {
         "late": BATCH_ID,
         "failed": BATCH_ID,
         "at_risk": BATCH_ID,
         "too_short": BATCH_ID,
         "stalled_stage": f"{BATCH_ID}:enrich",
-        "missing": f"{ny('2026-11-22 05:00'):.0f}",
+        "missing": f"{ny_epoch('2026-11-22 05:00'):.0f}",
         "tracker_unreadable": "tracker",
     }
     snapshot = tracker.snapshot()

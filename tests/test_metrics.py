@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from helpers import forget_counters, legacy_metrics_state
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -56,32 +57,6 @@ def tracker(tracker_config, clock) -> BatchTracker:
 @pytest.fixture
 def scraper(tracker, clock) -> Scraper:
     return Scraper(tracker, clock)
-
-
-def forget_counters(tracker: BatchTracker) -> None:
-    """Rewrite the tracker file without its counters, as an older release wrote it."""
-    document = read_json_object(tracker.path)
-    del document["counters"]
-    write_json_atomically(tracker.path, document)
-
-
-def legacy_metrics_state(**changes) -> dict:
-    """An older release's metrics state document (``<tracker>.metrics.json``), empty unless changed."""
-    return {
-        "schema_version": 1,
-        "completion_time": {
-            "bounds": list(DURATION_BUCKETS),
-            "counts": [0] * (len(DURATION_BUCKETS) + 1),
-            "sum": 0.0,
-            "count": 0,
-        },
-        "observed": {},
-        "completed": {"on_time": 0, "late": 0},
-        "gpu": {"total": 0.0, "counted": {}},
-        "last_success_at": None,
-        "watermark": None,
-        **changes,
-    }
 
 
 def run_batch(tracker: BatchTracker, clock, seconds: float, *, gpu: float = 0.0, stages=("scrape", "enrich", "score")):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import pytest
+from helpers import ny_epoch
 from pytest_bdd import given, parsers, scenarios, then, when
 
 from utils.batch_tracker import BatchTracker, TrackerConfig
@@ -31,8 +30,8 @@ class MonitorWorld:
         self.batches = 0
 
     def local(self, text: str) -> float:
-        wall = dt.datetime.strptime(text, "%Y-%m-%d %H:%M")
-        return self.tracker_config.deadline().zone.localize(wall, is_dst=None).timestamp()
+        """``YYYY-MM-DD HH:MM`` in the deadline's zone as a UTC epoch."""
+        return ny_epoch(text, self.tracker_config.timezone)
 
     def new_monitor(self) -> Monitor:
         config = MonitorConfig(

@@ -10,9 +10,10 @@ import subprocess
 import threading
 import time
 
+import pytest
 from conftest import PROJECT_ROOT, VENV_PYTHON, SmtpSink, free_port
+from helpers import plain, simple_message
 
-from utils.deadline import DailyDeadline
 from utils.mail_compose import (
     ALERT,
     RECOVERY,
@@ -21,27 +22,6 @@ from utils.mail_compose import (
 )
 from utils.outbox import Outbox
 from utils.transports import FileTransport, SmtpTransport
-
-DEADLINE = DailyDeadline(5, 0, "America/New_York")
-BATCH_ID = "20261123T060000Z-ab12"
-INJECTION = "exit code 3\r\nBcc: evil@example.com"
-
-
-def simple_message(subject: str = "[LATE] test", message_id: str = "<one@example.com>", to="ops@example.com"):
-    from email.message import EmailMessage
-    from email.policy import SMTP
-
-    message = EmailMessage(policy=SMTP)
-    message["From"] = "leadfactory@example.com"
-    message["To"] = to
-    message["Subject"] = subject
-    message["Message-ID"] = message_id
-    message.set_content("body\n")
-    return message
-
-
-def plain(sink: SmtpSink, **kwargs) -> SmtpTransport:
-    return SmtpTransport("127.0.0.1", sink.port, security="plain", timeout=5, **kwargs)
 
 
 def test_it_stores_a_message_before_any_attempt_and_only_once(tmp_path, clock):
@@ -314,6 +294,7 @@ def outbox_files(directory) -> dict:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_it_lists_and_requeues_failed_messages_from_the_command_line(tmp_path, clock, smtp_server, base_env):
     directory = tmp_path / "outbox"
     env = {**base_env, "BATCH_OUTBOX_DIR": str(directory)}

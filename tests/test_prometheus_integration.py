@@ -25,6 +25,7 @@ import urllib.request
 import pytest
 import yaml
 from conftest import PROJECT_ROOT, FakeClock, free_port, run_tracker_cli, wait_until
+from helpers import http_ok
 from test_pushgateway import running_pushgateway
 
 from utils.batch_tracker import BatchTracker, TrackerConfig
@@ -60,14 +61,6 @@ def guide_scrape_configs(monitor_target: str, pushgateway_target: str | None = N
         if replacement is not None:
             jobs.append({**job, "static_configs": [{"targets": [replacement]}]})
     return jobs
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 class Process:

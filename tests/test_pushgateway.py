@@ -13,6 +13,7 @@ import urllib.request
 
 import pytest
 from conftest import PROJECT_ROOT, free_port, run_tracker_cli, wait_until
+from helpers import http_ok
 from prometheus_client.parser import text_string_to_metric_families
 
 from utils.batch_tracker import BatchTracker, TrackerConfig
@@ -22,14 +23,6 @@ from utils.pushgateway import PushError, build_registry, push_batch_metrics
 pytestmark = pytest.mark.prometheus
 
 HOST = os.uname().nodename
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def pushgateway_binary() -> str:
@@ -62,7 +55,7 @@ def running_pushgateway(directory):
     process = subprocess.Popen(pushgateway_command(pushgateway_binary(), port, directory), stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: process.poll() is not None or _http_ok(url + "/-/ready"), 15, message="pushgateway ready")
+        wait_until(lambda: process.poll() is not None or http_ok(url + "/-/ready"), 15, message="pushgateway ready")
         assert process.poll() is None, (directory / "pushgateway.log").read_text()
         yield url
     finally:

@@ -15,6 +15,8 @@ from utils import incidents
 from utils.batch_tracker import BatchTracker, TrackerConfig
 from utils.projection import batch_deadline
 
+pytestmark = pytest.mark.slow  # the module fixture replays four weeks of nights (~5-15 s)
+
 FIXTURE = Path(__file__).parent / "fixtures" / "replay_history.json"
 TICK = 300  # the monitor's default check interval
 MARGIN = 1800  # BATCH_AT_RISK_MARGIN_SECONDS default

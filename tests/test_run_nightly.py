@@ -354,6 +354,7 @@ def test_it_runs_a_new_batch_with_run_as_without_an_option(tmp_path, env, tracke
     assert status(tracker_file)["state"] == "completed"
 
 
+@pytest.mark.slow
 def test_it_runs_the_demo_pipeline_end_to_end(tmp_path, env, tracker_file):
     env["NIGHTLY_STAGES_FILE"] = str(DEMO_CONF)
     result = run(env, tmp_path)

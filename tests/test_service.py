@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from utils import service
+from utils.errors import EXIT_STORAGE, EXIT_USAGE
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +28,7 @@ def env(base_env, tmp_path) -> dict:
 def test_it_exits_2_with_one_line_naming_a_bad_setting(env, capsys, tmp_path):
     code = service.main(["--once"], environ=dict(env, SMTP_SECURITY="tls"))
     err = capsys.readouterr().err
-    assert code == service.EXIT_CONFIG == 2
+    assert code == EXIT_USAGE == 2
     assert err.count("\n") == 1 and err.startswith("batch_completion_monitor: configuration error: ")
     assert "SMTP_SECURITY" in err
     assert not (tmp_path / "outbox").exists()
@@ -43,7 +44,7 @@ def test_it_exits_3_when_its_state_cannot_be_written(env, capsys, tmp_path):
     blocker.write_text("x")
     code = service.main(["--once"], environ=dict(env, BATCH_TRACKER_FILE=str(blocker / "batch_tracker.json")))
     err = capsys.readouterr().err
-    assert code == service.EXIT_STORAGE == 3
+    assert code == EXIT_STORAGE == 3
     assert "batch_completion_monitor: storage error: " in err
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import NEW_YORK, ny_epoch
+from helpers import NEW_YORK, ny_epoch, start_at
 
 from utils import status_report
 from utils.batch_tracker import BatchTracker, get_batch_status
@@ -14,11 +14,6 @@ from utils.model import Batch
 @pytest.fixture
 def tracker(tracker_config, clock) -> BatchTracker:
     return BatchTracker(tracker_config, clock=clock)
-
-
-def start_at(tracker, clock, instant, stages=None) -> str:
-    clock.set(instant)
-    return tracker.start(stages)
 
 
 def test_it_reports_deadline_times_in_utc_and_local_with_offsets(tracker, clock):

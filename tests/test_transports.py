@@ -11,36 +11,14 @@ import subprocess
 
 import pytest
 from conftest import SmtpSink, free_port
+from helpers import plain, simple_message
 
 from utils.config import Secret
-from utils.deadline import DailyDeadline
 from utils.mail_compose import (
     ALERT,
 )
 from utils.outbox import Outbox
 from utils.transports import PermanentDeliveryError, SmtpTransport, TransientDeliveryError
-
-DEADLINE = DailyDeadline(5, 0, "America/New_York")
-BATCH_ID = "20261123T060000Z-ab12"
-INJECTION = "exit code 3\r\nBcc: evil@example.com"
-
-
-def simple_message(subject: str = "[LATE] test", message_id: str = "<one@example.com>", to="ops@example.com"):
-    from email.message import EmailMessage
-    from email.policy import SMTP
-
-    message = EmailMessage(policy=SMTP)
-    message["From"] = "leadfactory@example.com"
-    message["To"] = to
-    message["Subject"] = subject
-    message["Message-ID"] = message_id
-    message.set_content("body\n")
-    return message
-
-
-def plain(sink: SmtpSink, **kwargs) -> SmtpTransport:
-    return SmtpTransport("127.0.0.1", sink.port, security="plain", timeout=5, **kwargs)
-
 
 # ----- login and TLS against real aiosmtpd servers
 

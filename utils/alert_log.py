@@ -1,10 +1,9 @@
-"""The monitor's own state file, the notification log (``sibling_file(tracker_file, "monitor")``).
+"""The monitor's state file, the notification log (``sibling_file(tracker_file, "monitor")``).
 
-Written only by the monitor, read by the metrics collector and the status page. JSON keys
-(schema 1): ``schema_version``, ``watch_since``, ``last_check_at``, ``open_incidents``
-{identity: record}, ``pending_notifications`` (planned, not yet in the outbox),
-``recent_alerts`` (the last 50 queued), ``counters``, ``outbox`` (its summary at the last
-check), ``reported`` (identities ever opened: a one-shot report is never repeated).
+Written only by the monitor, read by the metrics collector and the status page. JSON keys (schema 1):
+``schema_version``, ``watch_since``, ``last_check_at``, ``open_incidents`` {identity: record},
+``pending_notifications`` (planned, not yet in the outbox), ``recent_alerts`` (the last 50 queued),
+``counters``, ``outbox`` (its summary at the last check), ``reported`` (identities ever opened).
 """
 
 from __future__ import annotations
@@ -12,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from utils.deadline import format_duration, format_utc
 from utils.mail_compose import ALERT, REMINDER, outbox_id
 from utils.model import Incident
+from utils.numbers import finite_number
 from utils.state_store import CorruptStateError, JsonStateStore, StorageError
 
 LOGGER = logging.getLogger("utils.monitor")  # operators grep the monitor's log for "clock problem"
@@ -29,13 +29,9 @@ CLOCK_TOLERANCE_SECONDS = 5.0  # a stored instant this far ahead of now means a 
 COUNTER_KEYS = ("recoveries_sent", "reminders_sent", "delivery_failures", "permanent_failures")
 
 
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _opt_number(record: Mapping, key: str) -> float | None:
-    value = record.get(key)
-    return float(value) if _number(value) else None
+def _number_or(value: object, default: float) -> float:
+    number = finite_number(value)
+    return default if number is None else number
 
 
 def _incident_field(name: str) -> property:
@@ -44,12 +40,9 @@ def _incident_field(name: str) -> property:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class IncidentRecord:
-    """An incident the log holds open: the detected incident and what was sent about it.
-
-    ``continues``: the identity of the "missing" record a late start answered (the late
-    chain keeps its alert); ``moved_to`` / ``moved_at``: where a hook moved the corrupt
-    tracker file (only the monitor knows; the recovery says it).
-    """
+    """An incident the log holds open: the detected incident and what was sent about it. ``continues``: the
+    identity of the "missing" record a late start answered (the late chain keeps its alert); ``moved_to`` /
+    ``moved_at``: where a hook moved the corrupt tracker file (only the monitor knows; the recovery says it)."""
 
     incident: Incident
     opened_at: float
@@ -82,54 +75,42 @@ class IncidentRecord:
 
     @classmethod
     def from_dict(cls, record: object, where: str = "record") -> IncidentRecord:
-        if (
-            not isinstance(record, Mapping)
-            or not all(k in record for k in ("kind", "key", "opened_at"))
-            or not _number(record["opened_at"])
-        ):
+        opened_at = finite_number(record.get("opened_at")) if isinstance(record, Mapping) else None
+        if opened_at is None or "kind" not in record or "key" not in record:
             raise CorruptStateError(f"monitor state {where} is malformed")
-        since = record.get("since")
         incident = Incident(
             kind=str(record["kind"]),
             key=str(record["key"]),
             summary=str(record.get("summary") or ""),
-            since=float(since) if _number(since) else float(record["opened_at"]),
+            since=_number_or(record.get("since"), opened_at),
             batch_id=record.get("batch_id"),
         )
-        reminders = record.get("reminders_sent", 0)
         return cls(
             incident=incident,
-            opened_at=float(record["opened_at"]),
-            reminders_sent=int(reminders) if _number(reminders) else 0,
+            opened_at=opened_at,
+            reminders_sent=int(_number_or(record.get("reminders_sent"), 0)),
             continues=record.get("continues"),
             moved_to=record.get("moved_to"),
-            **{key: _opt_number(record, key) for key in ("alerted_at", "last_notified_at", "moved_at")},
+            **{key: finite_number(record.get(key)) for key in ("alerted_at", "last_notified_at", "moved_at")},
             extra={k: v for k, v in record.items() if k not in cls._KEYS},
         )
 
     def to_dict(self) -> dict:
         """The JSON record (also what :func:`utils.mail_compose.compose_message` reads)."""
-        record = {
+        always = ("opened_at", "alerted_at", "last_notified_at", "reminders_sent")
+        optional = {key: getattr(self, key) for key in ("continues", "moved_to", "moved_at")}
+        return {
             **self.extra,
             **self.incident.to_dict(),
-            "opened_at": self.opened_at,
-            "alerted_at": self.alerted_at,
-            "last_notified_at": self.last_notified_at,
-            "reminders_sent": self.reminders_sent,
+            **{key: getattr(self, key) for key in always},
+            **{key: value for key, value in optional.items() if value is not None},
         }
-        for key in ("continues", "moved_to", "moved_at"):
-            if getattr(self, key) is not None:
-                record[key] = getattr(self, key)
-        return record
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Notice:
-    """One notification (alert, recovery, reminder) about one incident.
-
-    Planned (with ``record``, the incident as planned: a recovery outlives its record),
-    then queued (``subject`` set). ``at``: when planned, then when queued.
-    """
+    """One notification (alert, recovery, reminder) about one incident. Planned (with ``record``, the incident
+    as planned: a recovery outlives its record), then queued (``subject`` set). ``at``: when planned, then queued."""
 
     type: str
     kind: str
@@ -163,29 +144,20 @@ class Notice:
         kind, key = entry.get("kind"), entry.get("key")
         if kind is None and record is not None:
             kind, key = record.kind, record.key
-        at = entry.get("at", entry.get("planned_at"))
-        number = entry.get("number", 0)
         return cls(
             type=str(entry.get("type", "alert")),
             kind=str(kind),
             key=str(key),
             message_id=entry["message_id"],
-            at=float(at) if _number(at) else 0.0,
-            number=int(number) if _number(number) else 0,
+            at=_number_or(entry.get("at", entry.get("planned_at")), 0.0),
+            number=int(_number_or(entry.get("number"), 0)),
             resolution=entry.get("resolution"),
             subject=entry.get("subject"),
             record=record,
         )
 
     def to_dict(self) -> dict:
-        entry = {
-            "at": self.at,
-            "type": self.type,
-            "kind": self.kind,
-            "key": self.key,
-            "identity": self.identity,
-            "message_id": self.message_id,
-        }
+        entry = {name: getattr(self, name) for name in ("at", "type", "kind", "key", "identity", "message_id")}
         if self.subject is not None:
             entry["subject"] = self.subject
         if self.record is not None:
@@ -226,7 +198,7 @@ class AlertLog:
             raise CorruptStateError("monitor state has no schema_version")
         if version > SCHEMA_VERSION:
             raise StorageError(f"monitor state has schema_version {version}; this release understands {SCHEMA_VERSION}")
-        if not _number(document.get("watch_since")):
+        if finite_number(document.get("watch_since")) is None:
             raise CorruptStateError("monitor state has no valid watch_since")
         records, recent = document.get("open_incidents", {}), document.get("recent_alerts", [])
         if not isinstance(records, dict) or not isinstance(recent, list):
@@ -238,7 +210,7 @@ class AlertLog:
             raise CorruptStateError("monitor state has a malformed reported list")
         return cls(
             watch_since=float(document["watch_since"]),
-            last_check_at=_opt_number(document, "last_check_at"),
+            last_check_at=finite_number(document.get("last_check_at")),
             open_incidents={
                 ident: IncidentRecord.from_dict(record, f"record {ident!r}") for ident, record in records.items()
             },
@@ -276,19 +248,15 @@ class AlertLog:
     def record_queued(self, notice: Notice, subject: str, now: float) -> Notice:
         """``notice`` reached the outbox: update its incident's record and the counters, remember it."""
         current = self.open_incidents.get(notice.identity)
+        if current is not None and notice.type in (ALERT, REMINDER):
+            changes = {"alerted_at": now} if notice.type == ALERT else {"reminders_sent": notice.number}
+            self.open_incidents[notice.identity] = current.replace(last_notified_at=now, **changes)
         if notice.type == ALERT:
-            if current is not None:
-                self.open_incidents[notice.identity] = current.replace(alerted_at=now, last_notified_at=now)
             by_kind = self.counters["alerts_sent"]
             by_kind[notice.kind] = int(by_kind.get(notice.kind, 0)) + 1
-        elif notice.type == REMINDER:
-            if current is not None:
-                self.open_incidents[notice.identity] = current.replace(
-                    reminders_sent=notice.number, last_notified_at=now
-                )
-            self.counters["reminders_sent"] = int(self.counters.get("reminders_sent", 0)) + 1
         else:
-            self.counters["recoveries_sent"] = int(self.counters.get("recoveries_sent", 0)) + 1
+            counter = "reminders_sent" if notice.type == REMINDER else "recoveries_sent"
+            self.counters[counter] = int(self.counters.get(counter, 0)) + 1
         queued = dataclasses.replace(notice, at=now, subject=subject, record=None)
         self.pending.remove(notice)
         self.recent.append(queued)
@@ -319,12 +287,9 @@ class AlertLog:
         self.watch_since = clamped(self.watch_since, "watch_since")
         self.last_check_at = clamped(self.last_check_at, "last_check_at")
         for ident, record in self.open_incidents.items():
-            self.open_incidents[ident] = record.replace(
-                **{
-                    key: clamped(getattr(record, key), f"{key} of incident {ident}")
-                    for key in ("opened_at", "alerted_at", "last_notified_at")
-                }
-            )
+            keys = ("opened_at", "alerted_at", "last_notified_at")
+            changes = {key: clamped(getattr(record, key), f"{key} of incident {ident}") for key in keys}
+            self.open_incidents[ident] = record.replace(**changes)
 
 
 def _recent_notice(entry: object) -> Notice | None:
@@ -372,11 +337,9 @@ class AlertLogStore(JsonStateStore):
             finally:
                 self.save(log)
 
-    def read_view(self, iso: Callable[[float], str]) -> dict:
-        """The log as the status page shows it (times through ``iso``), read without the lock.
-
-        Never raises: a missing or unreadable file gives empty lists and ``state_error``.
-        """
+    def read_view(self) -> dict:
+        """The log as the status page shows it (times as UTC ISO-8601), read without the lock. Never raises:
+        a missing or unreadable file gives empty lists and ``state_error``."""
         try:
             document, error = self.read() or {}, None
         except StorageError as exc:
@@ -384,7 +347,7 @@ class AlertLogStore(JsonStateStore):
         records, alerts = document.get("open_incidents"), document.get("recent_alerts")
 
         def when(value: object) -> str | None:
-            return iso(value) if _number(value) else None
+            return format_utc(value) if finite_number(value) is not None else None
 
         return {
             "open_incidents": [

@@ -1,18 +1,16 @@
 """Batch tracker: durable state of nightly batches (the library; the CLI is :mod:`utils.tracker_cli`).
 
-The API names are fixed (shell hooks, the monitor and people's scripts use them).
-:func:`record_batch_start`, :func:`record_batch_stage_completion`, :func:`record_batch_end`,
-:func:`record_batch_failure`, :func:`record_batch_resume` and :func:`record_batch_cost` move
-a batch through ``none -> running -> completed | failed | abandoned`` (``failed -> running``
-on resume; a start abandons an unfinished batch); :func:`check_batch_completion`,
-:func:`get_batch_status` and :func:`load_snapshot` read. Each takes optional ``path``,
-``clock`` (UTC epoch seconds) and ``config`` (default :meth:`TrackerConfig.from_env`, read
-once per call); writers return model values (:class:`utils.model.Batch`, ``Stage``).
+The API names are fixed (shell hooks, the monitor and people's scripts use them). :func:`record_batch_start`,
+:func:`record_batch_stage_completion`, :func:`record_batch_end`, :func:`record_batch_failure`,
+:func:`record_batch_resume` and :func:`record_batch_cost` move a batch through ``none -> running -> completed | failed |
+abandoned`` (``failed -> running`` on resume; a start abandons an unfinished batch); :func:`check_batch_completion`,
+:func:`get_batch_status` and :func:`load_snapshot` read. Each takes optional ``path``, ``clock`` (UTC epoch seconds) and
+``config`` (default :meth:`TrackerConfig.from_env`, read once per call); writers return model values
+(:class:`utils.model.Batch`, ``Stage``).
 
-Storage: the tracker file holds the current batch only, so a hook's write costs the same
-however long the history grows; finished batches move to a bounded ``<name>.history.json``
-when the next starts. Both use :mod:`utils.state_store`'s lock-and-replace protocol; a
-writer moves a file aside exactly when readers (:meth:`utils.model.Batch.from_dict`) would
+Storage: the tracker file holds the current batch only, so a hook's write costs the same however long the history grows;
+finished batches move to a bounded ``<name>.history.json`` when the next starts. Both use :mod:`utils.state_store`'s
+lock-and-replace protocol; a writer moves a file aside exactly when readers (:meth:`utils.model.Batch.from_dict`) would
 call it corrupt.
 
 Every hook call imports this module: no prometheus_client, pytz or logging at import time.
@@ -40,7 +38,7 @@ from utils.model import (
 )
 from utils.state_store import CorruptStateError, remove_stale_temp_files
 from utils.text_safety import visible_line
-from utils.tracker_files import TrackerFiles
+from utils.tracker_files import TrackerFiles, _log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,27 +61,16 @@ class BatchStateError(TrackerError):
     """The requested transition does not apply to the current batch (e.g. end with none running)."""
 
 
-def _log(level: str, message: str, *args: Any) -> None:
-    # logging is imported only when something is worth saying: importing it costs
-    # more than a whole stage update, and hooks run on the nightly critical path.
-    import logging
-
-    getattr(logging.getLogger(__name__), level)(message, *args)
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, a string cut to ``limit`` characters and ``...``."""
+    return repr(value[:limit] + "..." if isinstance(value, str) and len(value) > limit else value)
 
 
 def validate_stage_name(stage: object) -> str:
     """Return ``stage`` if it is an allowed stage name, else raise :class:`InvalidInputError`."""
     if not is_valid_name(stage):
-        raise InvalidInputError(f"stage name {_shorten(stage)!r} is not allowed ({NAME_RULE})")
+        raise InvalidInputError(f"stage name {shown(stage)} is not allowed ({NAME_RULE})")
     return stage
-
-
-def validate_percentage(percentage: object) -> float:
-    """Return ``percentage`` as a float if it is a finite number in 0-100."""
-    value = _finite_number(percentage, "percentage")
-    if not 0 <= value <= 100:
-        raise InvalidInputError(f"percentage {_shorten(percentage)!r} is out of range (allowed: 0-100)")
-    return value
 
 
 def _finite_number(raw: object, what: str) -> float:
@@ -91,27 +78,21 @@ def _finite_number(raw: object, what: str) -> float:
         raise InvalidInputError(f"{what} {raw!r} is not a number")
     if isinstance(raw, str) and not is_plain_decimal(raw):
         raise InvalidInputError(
-            f"{what} {_shorten(raw)!r} is not a number (allowed: ASCII digits like 42 or 0.5, no spaces or _)"
+            f"{what} {shown(raw)} is not a number (allowed: ASCII digits like 42 or 0.5, no spaces or _)"
         )
     try:
         value = float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
-        raise InvalidInputError(f"{what} {_shorten(raw)!r} is not a number") from None
+        raise InvalidInputError(f"{what} {shown(raw)} is not a number") from None
     if not math.isfinite(value):
-        raise InvalidInputError(f"{what} {_shorten(raw)!r} is not a finite number")
+        raise InvalidInputError(f"{what} {shown(raw)} is not a finite number")
     return value
 
 
 def _non_negative(raw: object, what: str) -> float:
     value = _finite_number(raw, what)
     if value < 0:
-        raise InvalidInputError(f"{what} {_shorten(raw)!r} is negative (allowed: 0 or more)")
-    return value
-
-
-def _shorten(value: object, limit: int = 80) -> object:
-    if isinstance(value, str) and len(value) > limit:
-        return value[:limit] + "..."
+        raise InvalidInputError(f"{what} {shown(raw)} is negative (allowed: 0 or more)")
     return value
 
 
@@ -147,13 +128,7 @@ def clean_output_tail(output: str | bytes | None) -> str | None:
             lines[0] = lines[0].encode()[-MAX_OUTPUT_TAIL_BYTES:].decode("utf-8", errors="ignore")
             break
         lines.pop(0)
-    while lines and not lines[0]:
-        lines.pop(0)
-    return "\n".join(lines) or None
-
-
-def _new_id(now: float) -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + os.urandom(3).hex()
+    return "\n".join(lines).lstrip("\n") or None
 
 
 def _describe_current(batch: Batch | None) -> str:
@@ -162,7 +137,7 @@ def _describe_current(batch: Batch | None) -> str:
     return f"batch {batch.id} is {batch.state}, not running"
 
 
-def _with_stage(batch: Batch, name: str, value: float, now: float) -> tuple[Batch, Stage]:
+def _with_stage(batch: Batch, name: str, value: float, now: float) -> Batch:
     """``batch`` with stage ``name`` at ``value``: a stage keeps its place and first sighting;
     100% marks it completed (once), less means it is being re-run."""
     old = batch.stage(name)
@@ -176,7 +151,11 @@ def _with_stage(batch: Batch, name: str, value: float, now: float) -> tuple[Batc
         extra=old.extra if old else {},
     )
     stages = tuple(stage if s.name == name else s for s in batch.stages) if old else (*batch.stages, stage)
-    return batch.replace(stages=stages, updated_at=now), stage
+    return batch.replace(stages=stages, updated_at=now)
+
+
+def _ended(batch: Batch, now: float, state: str, **changes: Any) -> Batch:
+    return batch.replace(state=state, ended_at=now, duration_seconds=now - batch.started_at, updated_at=now, **changes)
 
 
 class BatchTracker:
@@ -205,9 +184,9 @@ class BatchTracker:
         if len(set(expected)) != len(expected):
             raise InvalidInputError(f"stage list {','.join(expected)!r} names a stage twice")
         if batch_id is not None and not is_valid_name(batch_id):
-            raise InvalidInputError(f"batch id {_shorten(batch_id)!r} is not allowed ({NAME_RULE})")
+            raise InvalidInputError(f"batch id {shown(batch_id)} is not allowed ({NAME_RULE})")
         now = self.clock()
-        new_id = batch_id or _new_id(now)
+        new_id = batch_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + os.urandom(3).hex()
         daily = self.config.deadline()  # the batch's deadline is fixed now, with today's settings
         with self.files.locked():
             # Once a night is often enough to sweep what killed writers left behind.
@@ -240,17 +219,15 @@ class BatchTracker:
     def stage(self, stage: str, percentage: float) -> Stage:
         """Record ``stage`` at ``percentage`` for the running batch; return the stage."""
         name = validate_stage_name(stage)
-        value = validate_percentage(percentage)
-        return self._update_running(lambda batch, now: _with_stage(batch, name, value, now), f"record stage {name}")
+        value = _finite_number(percentage, "percentage")
+        if not 0 <= value <= 100:
+            raise InvalidInputError(f"percentage {shown(percentage)} is out of range (allowed: 0-100)")
+        batch = self._update_running(lambda batch, now: _with_stage(batch, name, value, now), f"record stage {name}")
+        return batch.stage(name)
 
     def end(self) -> Batch:
         """Mark the running batch completed; return it."""
-
-        def apply(batch: Batch, now: float) -> tuple[Batch, Batch]:
-            done = batch.replace(state=COMPLETED, ended_at=now, duration_seconds=now - batch.started_at, updated_at=now)
-            return done, done
-
-        return self._update_running(apply, "end the batch")
+        return self._update_running(lambda batch, now: _ended(batch, now, COMPLETED), "end the batch")
 
     def fail(self, stage: str | None = None, reason: str = "", output_tail: str | bytes | None = None) -> Batch:
         """Mark the running batch failed at ``stage`` with ``reason``; return it.
@@ -262,29 +239,21 @@ class BatchTracker:
         text = clean_text(reason)
         tail = clean_output_tail(output_tail)
 
-        def apply(batch: Batch, now: float) -> tuple[Batch, Batch]:
+        def apply(batch: Batch, now: float) -> Batch:
             failure = Failure(at=now, stage=failed_stage, reason=text, output_tail=tail)
-            failed = batch.replace(
-                state=FAILED,
-                ended_at=now,
-                duration_seconds=now - batch.started_at,
-                failure=failure,
-                failures=(*batch.failures, failure),
-                updated_at=now,
-            )
-            return failed, failed
+            return _ended(batch, now, FAILED, failure=failure, failures=(*batch.failures, failure))
 
         return self._update_running(apply, "record a failure")
 
     def resume(self) -> Batch:
         """Put the failed current batch back to ``running`` (same id); return it."""
 
-        def apply(batch: Batch | None, now: float) -> tuple[Batch, Batch]:
+        def apply(batch: Batch | None, now: float) -> Batch:
             if batch is not None and batch.is_running:
                 raise BatchStateError(f"batch {batch.id} is already running; nothing to resume")
             if batch is None or not batch.is_failed:
                 raise BatchStateError(f"cannot resume: {_describe_current(batch)}; only a failed batch can be resumed")
-            resumed = batch.replace(
+            return batch.replace(
                 state=RUNNING,
                 ended_at=None,
                 duration_seconds=None,
@@ -292,7 +261,6 @@ class BatchTracker:
                 resumed_at=(*batch.resumed_at, now),
                 updated_at=now,
             )
-            return resumed, resumed
 
         return self._update(apply)
 
@@ -303,7 +271,7 @@ class BatchTracker:
         per_lead = None if cost_per_lead is None else _non_negative(cost_per_lead, "cost per lead")
         gpu = None if gpu_cost_dollars is None else _non_negative(gpu_cost_dollars, "GPU dollars")
 
-        def apply(batch: Batch | None, now: float) -> tuple[Batch, Batch]:
+        def apply(batch: Batch | None, now: float) -> Batch:
             if batch is None:
                 raise BatchStateError("cannot record a cost: no batch has been started")
             total = batch.gpu_cost_dollars if gpu is None else batch.gpu_cost_dollars + gpu
@@ -311,38 +279,34 @@ class BatchTracker:
                 # Each value was finite, but their sum is not: JSON cannot hold it, and a reader
                 # would take the tracker file for corrupt and move the running batch aside.
                 raise InvalidInputError(
-                    f"GPU dollars {_shorten(gpu_cost_dollars)!r} would make the batch's GPU spend "
+                    f"GPU dollars {shown(gpu_cost_dollars)} would make the batch's GPU spend "
                     f"{total} (allowed: a total below {sys.float_info.max:.3g})"
                 )
             per_lead_now = batch.cost_per_lead if per_lead is None else per_lead
-            costed = batch.replace(cost_per_lead=per_lead_now, gpu_cost_dollars=total, updated_at=now)
-            return costed, costed
+            return batch.replace(cost_per_lead=per_lead_now, gpu_cost_dollars=total, updated_at=now)
 
         return self._update(apply)
 
-    def _update_running(self, apply: Callable[[Batch, float], tuple[Batch, Any]], action: str) -> Any:
-        def running_only(batch: Batch | None, now: float) -> tuple[Batch, Any]:
+    def _update_running(self, apply: Callable[[Batch, float], Batch], action: str) -> Batch:
+        def running_only(batch: Batch | None, now: float) -> Batch:
             if batch is None or not batch.is_running:
                 raise BatchStateError(f"cannot {action}: {_describe_current(batch)}; run 'start' first")
             return apply(batch, now)
 
         return self._update(running_only)
 
-    def _update(self, apply: Callable[[Batch | None, float], tuple[Batch, Any]]) -> Any:
-        """Read, ``apply`` (new current batch, result) and write under the lock; return the result."""
+    def _update(self, apply: Callable[[Batch | None, float], Batch]) -> Batch:
+        """Read the current batch, ``apply`` and write the batch it returns under the lock; return that batch."""
         now = self.clock()
         with self.files.locked():
             document, current, events = self.files.read_for_update(now)
-            batch, result = apply(current, now)
+            batch = apply(current, now)
             self.files.write(self.files.counted(document, current, batch), batch, events)
-            return result
+            return batch
 
     def _refuse_used_id(self, batch_id: str, current: Batch | None) -> None:
-        """Raise InvalidInputError when ``batch_id`` names the current batch or one in history.
-
-        Ids are never reused: a second record under one id would make alerts, history and
-        metrics mix two batches. Caller holds the lock; nothing has been changed yet.
-        """
+        """Raise InvalidInputError when ``batch_id`` names the current batch or one in history (caller holds
+        the lock): a second record under one id would make alerts, history and metrics mix two batches."""
         if current is not None and current.id == batch_id:
             user = f"the current batch ({current.state})"
         else:

@@ -1,9 +1,7 @@
-"""Settings of the tracker, its CLI and the monitor: every environment variable, validated once.
+"""Settings of the tracker, its CLI and the monitor: every environment variable, read and validated once.
 
-:meth:`TrackerConfig.from_env` and :meth:`MonitorConfig.from_env` (which holds a TrackerConfig
-as ``.tracker``) read the environment exactly once and return frozen values; a bad value raises
-:class:`ConfigError` with one line naming the variable and what is allowed (exit status 2).
-Nothing else reads the environment. Relative paths are taken from the project root. Every hook
+``from_env`` returns frozen values; a bad value raises :class:`ConfigError` with one line naming the
+variable and what is allowed (exit status 2). Relative paths are taken from the project root. Every hook
 call imports this module, so heavy modules (email, ipaddress, pytz) are imported where needed.
 """
 
@@ -26,8 +24,7 @@ DEFAULT_CLI_COMMAND = os.path.join(PROJECT_ROOT, "bin", "batch_tracker")
 DEFAULT_RUN_COMMAND = os.path.join(PROJECT_ROOT, "bin", "run_nightly.sh")
 NAME_RULE = "use 1-64 of A-Z a-z 0-9 _ . -"
 
-SECURITY_MODES = ("starttls", "ssl", "plain")
-DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "plain": 25}
+DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "plain": 25}  # its keys are the SMTP_SECURITY modes
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_OUTBOX_DIR = os.path.join("data", "outbox")
 MAX_PASSWORD_FILE_BYTES = 4096
@@ -88,12 +85,8 @@ class Secret:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TrackerConfig:
-    """Tracker settings, parsed once and immutable.
-
-    ``tracker_file`` is absolute (relative values given to :meth:`from_env` are taken from the
-    project root; given here, from the working directory). ``expected_stages`` count towards the
-    overall percentage of a batch that declares none.
-    """
+    """Tracker settings. ``tracker_file`` is absolute (relative values: from the project root in
+    :meth:`from_env`, else from the working directory)."""
 
     tracker_file: str
     deadline_hour: int = 5
@@ -162,11 +155,7 @@ class TrackerConfig:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MonitorConfig:
-    """Everything the monitor needs, parsed and validated; paths are absolute.
-
-    ``tracker`` is the :class:`TrackerConfig` built from the same
-    environment. ``smtp_server`` None means "write alerts as .eml files into the outbox".
-    """
+    """Everything the monitor needs; paths are absolute. ``smtp_server`` None: write .eml files into the outbox."""
 
     tracker: TrackerConfig
     check_interval_seconds: int = 300
@@ -193,10 +182,6 @@ class MonitorConfig:
     under_systemd: bool = False  # started by systemd (INVOCATION_ID set): its log is in the journal
 
     @property
-    def tracker_file(self) -> str:
-        return self.tracker.tracker_file
-
-    @property
     def monitor_state_file(self) -> str:
         """The monitor's alert-state file beside the tracker file."""
         return sibling_file(self.tracker.tracker_file, "monitor")
@@ -220,7 +205,7 @@ class MonitorConfig:
         env = os.environ if environ is None else environ
         tracker = TrackerConfig.from_env(env)
         tracker.deadline()  # validates BATCH_COMPLETION_TIMEZONE now (and keeps it), not at the first deadline
-        security = _choice(env, "SMTP_SECURITY", "starttls", SECURITY_MODES, lower=True)
+        security = _choice(env, "SMTP_SECURITY", "starttls", tuple(DEFAULT_PORTS), lower=True)
         username = _optional_text(env, "SMTP_USERNAME")
         password = _password(env)
         if password is not None and username is None:
@@ -386,37 +371,28 @@ def _http_url(env: dict, name: str) -> str | None:
     return raw
 
 
-def host_or_address(raw: str) -> str | None:
-    """``raw`` as a host name or IP address (``[v6]`` brackets removed), or None when it is neither.
-
-    A host name is dot-separated ASCII labels of letters, digits, ``-`` and ``_``, 1-63 each,
-    253 in all; its last label is not all digits (that is a mistyped IPv4 address).
-    """
+def _host(env: dict, name: str, examples: str, default: str = "") -> str | None:
+    """An IP address (``[v6]`` brackets removed) or a host name: ASCII labels of letters, digits, ``-``, ``_``,
+    1-63 each, 253 in all, the last not all digits (that is a mistyped IPv4 address). None when unset."""
     import ipaddress
 
+    raw = _raw(env, name) or default
+    if not raw:
+        return None
     candidate = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
     try:
         return str(ipaddress.ip_address(candidate))
     except ValueError:
         pass
-    if candidate is not raw or not candidate.isascii() or len(candidate) > 253:
-        return None
     labels = candidate.removesuffix(".").split(".")
-    valid = all(
+    plain = candidate is raw and candidate.isascii() and len(candidate) <= 253 and not labels[-1].isdigit()
+    valid = plain and all(
         0 < len(label) <= 63 and "-" not in (label[0], label[-1]) and all(ch.isalnum() or ch in "-_" for ch in label)
         for label in labels
     )
-    return candidate if valid and not labels[-1].isdigit() else None
-
-
-def _host(env: dict, name: str, examples: str, default: str = "") -> str | None:
-    raw = _raw(env, name) or default
-    if not raw:
-        return None
-    host = host_or_address(raw)
-    if host is None:
+    if not valid:
         raise ConfigError(f"{name}={_shown(raw)} is not a host name or IP address (e.g. {examples})")
-    return host
+    return candidate
 
 
 def _password(env: dict) -> Secret | None:
@@ -424,28 +400,25 @@ def _password(env: dict) -> Secret | None:
     file_name = _raw(env, "SMTP_PASSWORD_FILE")
     if inline and file_name:
         raise ConfigError("SMTP_PASSWORD and SMTP_PASSWORD_FILE are both set (allowed: one of them)")
-    if inline:
-        if any(ch in inline for ch in "\r\n\0"):
-            raise ConfigError("SMTP_PASSWORD contains a line break (allowed: one line)")
-        return Secret(inline)
+    if any(ch in inline for ch in "\r\n\0"):
+        raise ConfigError("SMTP_PASSWORD contains a line break (allowed: one line)")
     if not file_name:
-        return None
+        return Secret(inline) if inline else None
+    variable = f"SMTP_PASSWORD_FILE={_shown(file_name)}"
     try:
         with open(os.path.expanduser(file_name), "rb") as handle:
             data = handle.read(MAX_PASSWORD_FILE_BYTES + 1)
-    except OSError as exc:
-        # Name the file and the OS reason; never echo its contents.
-        raise ConfigError(f"SMTP_PASSWORD_FILE={_shown(file_name)} cannot be read: {exc.strerror}") from None
+    except OSError as exc:  # name the file and the OS reason; never echo its contents
+        raise ConfigError(f"{variable} cannot be read: {exc.strerror}") from None
     if len(data) > MAX_PASSWORD_FILE_BYTES:
-        raise ConfigError(f"SMTP_PASSWORD_FILE={_shown(file_name)} is too large for a password file")
+        raise ConfigError(f"{variable} is too large for a password file")
     try:
-        text = data.decode("utf-8")
+        # One trailing newline is how editors and `echo` write files; it is not part of the password.
+        password = data.decode("utf-8").removesuffix("\n").removesuffix("\r")
     except UnicodeDecodeError:
-        raise ConfigError(f"SMTP_PASSWORD_FILE={_shown(file_name)} is not UTF-8 text") from None
-    # One trailing newline is how editors and `echo` write files; it is not part of the password.
-    password = text.removesuffix("\n").removesuffix("\r")
+        raise ConfigError(f"{variable} is not UTF-8 text") from None
     if not password:
-        raise ConfigError(f"SMTP_PASSWORD_FILE={_shown(file_name)} is empty")
+        raise ConfigError(f"{variable} is empty")
     if any(ch in password for ch in "\r\n\0"):
-        raise ConfigError(f"SMTP_PASSWORD_FILE={_shown(file_name)} holds more than one line")
+        raise ConfigError(f"{variable} holds more than one line")
     return Secret(password)

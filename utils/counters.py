@@ -1,11 +1,9 @@
 """Cumulative counters of the nightly batch, kept as the ``counters`` object of the tracker file.
 
-The tracker moves them on (:func:`after_change`) under the lock and in the atomic replace of the
-write that causes the change, so each completed batch is counted exactly once and readers
-(``/metrics``, the Pushgateway push) only read. A tracker file without them (an older release's,
-or fresh after a corrupt file was moved aside) gets them once from :func:`rebuild`, carrying on
-from the older release's ``<tracker>.metrics.json`` (read, never written) instead of resetting.
-Stdlib only, no I/O except :func:`load_legacy_metrics_state`.
+The tracker moves them on (:func:`after_change`) in the locked write that causes the change, so each
+completed batch is counted exactly once and readers (``/metrics``, the Pushgateway push) only read. A file
+without them gets them once from :func:`rebuild`, carrying on from an older release's
+``<tracker>.metrics.json`` (read, never written) instead of resetting.
 """
 
 from __future__ import annotations
@@ -15,29 +13,25 @@ import itertools
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from utils.numbers import finite_number
 from utils.state_store import StorageError, read_json_object
 
-#: Duration histogram bounds (seconds) for a nightly batch: 30 s to 12 h, roughly geometric (each
-#: bound 1.3-1.5x the previous), so ``histogram_quantile`` reads a 100 s or a 7 h run within a few percent.
+#: Duration histogram bounds (seconds): 30 s to 12 h, each 1.3-1.5x the previous, so ``histogram_quantile``
+#: reads a 100 s or a 7 h run within a few percent.
 DURATION_BUCKETS: tuple[float, ...] = (
     30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0, 420.0, 600.0, 900.0, 1200.0, 1800.0,
     2400.0, 3600.0, 5400.0, 7200.0, 10800.0, 14400.0, 21600.0, 28800.0, 43200.0,
 )  # fmt: skip
 _EMPTY_COUNTS = (0,) * (len(DURATION_BUCKETS) + 1)
 _GPU_EPSILON = 1e-9
+_LAST_NUMBERS = ("last_success_at", "last_cost_per_lead", "last_started_at")
 
 
 class CountersError(ValueError):
     """A stored ``counters`` object does not have the shape this code writes."""
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 def _count(value: object) -> bool:
@@ -52,11 +46,8 @@ def bucket_index(seconds: float) -> int:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Counters:
     """Totals over every batch ever recorded; they only grow (``last_*`` fields move forward).
-
-    ``duration_counts`` holds one count per bucket of :data:`DURATION_BUCKETS` plus +Inf
-    (not cumulative). ``last_finished_on_time`` is the verdict of the newest batch in
-    history (None before any): completed by its deadline, or not (late, failed, abandoned).
-    """
+    ``duration_counts``: one per bucket of :data:`DURATION_BUCKETS` plus +Inf (not cumulative).
+    ``last_finished_on_time``: whether the newest batch in history completed by its deadline (None before any)."""
 
     gpu_dollars: float = 0.0
     completed_on_time: int = 0
@@ -77,8 +68,7 @@ class Counters:
         return list(zip([*DURATION_BUCKETS, math.inf], itertools.accumulate(self.duration_counts), strict=True))
 
     def after_start(self, started_at: float, archived_on_time: bool | None = None) -> Counters:
-        """A batch started at ``started_at``; ``archived_on_time``: the verdict of the batch it moved
-        to history (None when there was none)."""
+        """A batch started at ``started_at``; ``archived_on_time``: the verdict of the batch it archived, if any."""
         verdict = self.last_finished_on_time if archived_on_time is None else bool(archived_on_time)
         return dataclasses.replace(self, last_started_at=started_at, last_finished_on_time=verdict)
 
@@ -97,8 +87,7 @@ class Counters:
 
     def add_gpu(self, dollars: float) -> Counters:
         """``dollars`` (>= 0) more GPU spend."""
-        # Capped at the largest float: JSON cannot hold infinity, and a total nobody can spend
-        # must not make the tracker file unwritable.
+        # Capped at the largest float: JSON cannot hold infinity, and the tracker file must stay writable.
         return dataclasses.replace(self, gpu_dollars=min(self.gpu_dollars + dollars, sys.float_info.max))
 
     def after_cost(self, cost_per_lead: float) -> Counters:
@@ -115,50 +104,41 @@ class Counters:
                 "sum": self.duration_sum,
                 "count": self.duration_count,
             },
-            "last_success_at": self.last_success_at,
-            "last_cost_per_lead": self.last_cost_per_lead,
-            "last_finished_on_time": self.last_finished_on_time,
-            "last_started_at": self.last_started_at,
+            **{key: getattr(self, key) for key in (*_LAST_NUMBERS, "last_finished_on_time")},
         }
 
     @classmethod
-    def from_dict(cls, record: object) -> Counters:
+    def from_dict(cls, record: Any) -> Counters:
         """The counters in ``record``; :class:`CountersError` unless it is what :meth:`to_dict` writes
         with today's bucket bounds (counts in other buckets cannot be re-bucketed: rebuild instead)."""
         try:
-            duration, completed = record["duration"], record["completed"]  # type: ignore[index]
-            counts = duration["counts"]
+            duration, completed = record["duration"], record["completed"]
+            counts, last = duration["counts"], {key: record.get(key) for key in _LAST_NUMBERS}
             ok = (
-                [_number(b) for b in duration["bounds"]] == list(DURATION_BUCKETS)
+                [finite_number(b) for b in duration["bounds"]] == list(DURATION_BUCKETS)
                 and isinstance(counts, list)
                 and len(counts) == len(_EMPTY_COUNTS)
                 and all(map(_count, counts))
                 and duration["count"] == sum(counts)
-                and _number(duration["sum"]) is not None
+                and finite_number(duration["sum"]) is not None
                 and _count(completed["on_time"])
                 and _count(completed["late"])
-                and _number(record["gpu_dollars"]) is not None  # type: ignore[index]
+                and finite_number(record["gpu_dollars"]) is not None
+                and all(value is None or finite_number(value) is not None for value in last.values())
+                and record.get("last_finished_on_time") in (None, True, False)
             )
-            optional = [record.get(k) for k in ("last_success_at", "last_cost_per_lead", "last_started_at")]  # type: ignore[union-attr]
-            verdict = record.get("last_finished_on_time")  # type: ignore[union-attr]
         except (KeyError, TypeError, AttributeError):
             ok = False
-        if (
-            not ok
-            or not all(v is None or _number(v) is not None for v in optional)
-            or verdict not in (None, True, False)
-        ):
+        if not ok:
             raise CountersError("tracker file has a malformed counters object")
         return cls(
-            gpu_dollars=float(record["gpu_dollars"]),  # type: ignore[index]
+            gpu_dollars=float(record["gpu_dollars"]),
             completed_on_time=completed["on_time"],
             completed_late=completed["late"],
             duration_counts=tuple(counts),
             duration_sum=float(duration["sum"]),
-            last_success_at=_number(optional[0]),
-            last_cost_per_lead=_number(optional[1]),
-            last_finished_on_time=verdict,
-            last_started_at=_number(optional[2]),
+            last_finished_on_time=record.get("last_finished_on_time"),
+            **{key: finite_number(value) for key, value in last.items()},
         )
 
 
@@ -166,24 +146,10 @@ def _duration(batch: Any) -> float:
     return batch.duration_seconds if batch.duration_seconds is not None else batch.ended_at - batch.started_at
 
 
-def stored(document: Mapping[str, Any] | None) -> Counters | None:
-    """The counters a tracker document holds; None when it has none (or none this code can use)."""
-    record = document.get("counters") if document is not None else None
-    if record is None:
-        return None
-    try:
-        return Counters.from_dict(record)
-    except CountersError:
-        return None  # rebuilt like missing ones: a hand-edited object must not stop the tracker
-
-
 def after_change(counters: Counters, before: Any, after: Any, verdict: Callable[[Any], bool]) -> Counters:
-    """``counters`` after one write, under the tracker's lock, replaced batch ``before`` with ``after`` (or None).
-
-    A new id is a start (``before`` went to history, judged by ``verdict``); the same batch turning
-    ``completed`` is counted exactly once (no write sees that transition twice); GPU spend counts as
-    it grows; a changed cost per lead becomes the newest one.
-    """
+    """``counters`` after one locked write replaced batch ``before`` with ``after`` (or None). A new id is a
+    start (``before`` went to history, judged by ``verdict``); the same batch turning ``completed`` is counted
+    once (no write sees that transition twice); GPU spend counts as it grows; a new cost per lead is the newest."""
     if after is None:
         return counters
     if before is None or before.id != after.id:
@@ -198,17 +164,9 @@ def after_change(counters: Counters, before: Any, after: Any, verdict: Callable[
     return counters
 
 
-def finished_on_time(batch: Any, settings_deadline: Callable[[], Any]) -> bool:
-    """Whether a finished batch completed by its stored deadline (an older record without one: the first
-    deadline of ``settings_deadline()``, built only then, after its start). Failed or abandoned: False."""
-    if batch.state != "completed" or batch.ended_at is None:
-        return False
-    due = batch.deadline_at if batch.deadline_at is not None else settings_deadline().first_after(batch.started_at)
-    return batch.ended_at <= due
-
-
-def load_legacy_metrics_state(path: str | os.PathLike) -> dict | None:
-    """The older release's metrics state document at ``path`` (read only), or None when missing or unusable."""
+def load_legacy_metrics_state(path: str | os.PathLike) -> tuple | None:
+    """What the older release's metrics state file at ``path`` (read only) had counted, or None when missing
+    or unusable: (counters carried over, ids already observed, spend already counted per id, watermark)."""
     try:
         document = read_json_object(os.fspath(path))
     except StorageError:
@@ -221,29 +179,24 @@ def load_legacy_metrics_state(path: str | os.PathLike) -> dict | None:
             and len(histogram["counts"]) == len(histogram["bounds"]) + 1
             and all(map(_count, histogram["counts"]))
             and histogram["count"] == sum(histogram["counts"])
-            and _number(histogram["sum"]) is not None
+            and finite_number(histogram["sum"]) is not None
             and isinstance(document["observed"], dict)  # type: ignore[index]
-            and _number(gpu["total"]) is not None
+            and finite_number(gpu["total"]) is not None
             and isinstance(gpu["counted"], dict)
         )
     except (KeyError, TypeError, AttributeError):
         usable = False
-    return document if usable else None
-
-
-def _legacy_totals(legacy: Mapping[str, Any]) -> tuple[Counters, set[str], dict[str, float], float | None]:
-    """(counters carried over, ids already observed, spend already counted per id, watermark)."""
-    histogram, completed = legacy["completion_time"], legacy.get("completed")
-    same_buckets = [_number(b) for b in histogram["bounds"]] == list(DURATION_BUCKETS)
+    if not usable:
+        return None
+    completed = document.get("completed")  # type: ignore[union-attr]
+    same_buckets = [finite_number(b) for b in histogram["bounds"]] == list(DURATION_BUCKETS)
     has_outcomes = isinstance(completed, dict) and all(_count(completed.get(k)) for k in ("on_time", "late"))
     counted = {
-        batch_id: _number(entry[1]) or 0.0
-        for batch_id, entry in legacy["gpu"]["counted"].items()
+        batch_id: finite_number(entry[1]) or 0.0
+        for batch_id, entry in gpu["counted"].items()
         if isinstance(entry, list) and len(entry) == 2
     }
-    counters = Counters(
-        gpu_dollars=float(legacy["gpu"]["total"]), last_success_at=_number(legacy.get("last_success_at"))
-    )
+    counters = Counters(gpu_dollars=float(gpu["total"]), last_success_at=finite_number(document.get("last_success_at")))
     if not (same_buckets and has_outcomes):
         # An older release's buckets: its counts cannot be re-bucketed. Rebuild the histogram from
         # the batches still on file (a counter reset, as that release did); keep the GPU spend.
@@ -255,29 +208,20 @@ def _legacy_totals(legacy: Mapping[str, Any]) -> tuple[Counters, set[str], dict[
         completed_on_time=completed["on_time"],
         completed_late=completed["late"],
     )
-    return counters, set(legacy["observed"]), counted, _number(legacy.get("watermark"))
+    return counters, set(document["observed"]), counted, finite_number(document.get("watermark"))
 
 
 def rebuild(
-    current: Any,
-    history: Iterable[Any],
-    verdict: Callable[[Any], bool],
-    legacy: Mapping[str, Any] | None = None,
+    current: Any, history: Iterable[Any], verdict: Callable[[Any], bool], legacy: tuple | None = None
 ) -> Counters:
-    """Counters for a tracker file that has none, from ``current`` (or None) and ``history`` (oldest first).
-
-    ``verdict(batch)`` says whether a finished batch was done by its deadline. The totals of ``legacy``
-    (:func:`load_legacy_metrics_state`) are carried over and only what it had not counted is added
-    (batches it never observed, spend it never saw, nothing started by its watermark): no double count.
-    """
-    history = list(history)
-    batches = ([current] if current is not None else []) + [b for b in reversed(history) if b is not current]
+    """Counters for a tracker file that has none, from ``current`` (or None) and ``history`` (oldest first);
+    ``verdict(batch)``: whether a finished batch was done by its deadline. The totals of ``legacy`` (from
+    :func:`load_legacy_metrics_state`) are carried over and only what it had not counted is added (batches it
+    never observed, spend it never saw, nothing started by its watermark): no double count."""
+    batches = ([current] if current is not None else []) + [b for b in reversed(list(history)) if b is not current]
     seen: set[str] = set()
     batches = [b for b in batches if not (b.id in seen or seen.add(b.id))]  # newest first, each id once
-    if legacy is not None:
-        counters, observed, counted, watermark = _legacy_totals(legacy)
-    else:
-        counters, observed, counted, watermark = Counters(), set(), {}, None
+    counters, observed, counted, watermark = legacy if legacy is not None else (Counters(), set(), {}, None)
     for batch in reversed(batches):  # oldest first
         if watermark is not None and batch.started_at <= watermark:
             continue

@@ -1,8 +1,4 @@
-"""The tracker's one domain exception and the CLI's exit codes.
-
-A :class:`TrackerError`'s ``exit_code`` and ``label`` are all :func:`utils.tracker_cli.main` needs
-to report it (``batch_tracker: <label>: <message>``).
-"""
+"""The tracker's domain exception, whose ``exit_code`` and ``label`` the CLI reports, and the exit codes."""
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1

@@ -1,19 +1,9 @@
 """The monitor's small HTTP endpoint: Prometheus metrics, liveness, status JSON and an HTML page.
 
-Contract:
-
-- :func:`serve` binds ``(address, port)`` (port 0: a free one, then ``server.port``), serves in a
-  daemon thread and returns at once; ``server.close()`` stops it and is idempotent.
-- Routes (GET and HEAD): ``/metrics`` (the registry, Prometheus text format), ``/healthz`` (200 ``ok``
-  when ``health_provider()`` says so, else 503 with its reason), ``/status.json`` (``status_provider()``,
-  times in UTC), ``/`` (:func:`utils.status_page.render_status_page`). Anything else is 404, other
-  methods 405; a provider that raises gives a 500 with a one-line reason (logged), never a dead thread.
-- Bounded: at most ``max_connections`` connections are handled at once; further ones wait in the
-  kernel's listen queue (no file descriptor, no CPU here). Each read times out after ``read_timeout``
-  seconds, so clients can neither exhaust file descriptors nor starve the checks and alert delivery.
-- Every response leaves in one write on a ``TCP_NODELAY`` socket: a kept-alive scrape never waits
-  for Nagle's algorithm and the client's delayed ACK.
-- A client hanging up costs one DEBUG line; request logging is DEBUG (the library never configures logging).
+GET and HEAD of ``/metrics``, ``/healthz`` (200 ``ok`` or 503 with the reason), ``/status.json`` and
+``/`` (:func:`utils.status_page.render_status_page`); anything else 404, other methods 405, a provider
+that raises 500 with a one-line reason. At most ``max_connections`` are handled at once (the rest wait
+in the kernel's listen queue) and each read times out, so clients cannot starve the checks and alerts.
 """
 
 from __future__ import annotations
@@ -61,15 +51,12 @@ def default_max_connections(limit: int | None = None) -> int:
 
 class MonitorHTTPServer(socketserver.TCPServer):
     """A running server (from :func:`serve`): ``address``, ``port`` (the bound port), ``url``,
-    ``active_connections`` (never more than ``max_connections``) and :meth:`close`.
-
-    A single accept loop, in a daemon thread started here, hands each connection to a thread.
-    """
+    ``active_connections`` (never more than ``max_connections``) and :meth:`close`."""
 
     allow_reuse_address = True  # a restarted monitor must be able to bind its port again at once
     request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, server_address, *, registry, status_provider, health_provider, max_connections, read_timeout):
+    def __init__(self, server_address, registry, status_provider, health_provider, max_connections, read_timeout):
         if ":" in server_address[0]:
             self.address_family = socket.AF_INET6
         self._wake_read, self._wake_write = socket.socketpair()  # before binding: a failed bind closes them
@@ -87,6 +74,7 @@ class MonitorHTTPServer(socketserver.TCPServer):
         self.socket.setblocking(False)
         self._thread = threading.Thread(target=self._serve, name=f"metrics-http-{server_address[1]}", daemon=True)
         self._thread.start()
+        LOGGER.debug("serving metrics and status on %s (at most %d connections)", self.url, max_connections)
 
     @property
     def url(self) -> str:
@@ -115,8 +103,7 @@ class MonitorHTTPServer(socketserver.TCPServer):
             selector.register(self._wake_read, selectors.EVENT_READ)
             while True:
                 with self._slots:
-                    # At capacity the listening socket is not even watched: queued clients
-                    # wait in the kernel, and a readable socket cannot make this loop spin.
+                    # At capacity the listening socket is not watched: queued clients wait in the kernel.
                     while self.active_connections >= self.max_connections and not self._stopping.is_set():
                         self._slots.wait()
                 if self._stopping.is_set():
@@ -181,10 +168,9 @@ def serve(
     max_connections: int | None = None,
     read_timeout: float = READ_TIMEOUT_SECONDS,
 ) -> MonitorHTTPServer:
-    """Start serving on ``(address, port)`` in a daemon thread; see the module docstring.
+    """Serve on ``(address, port)`` (port 0: a free one) in a daemon thread and return at once.
 
-    ``max_connections`` defaults to :func:`default_max_connections`. Raises :class:`OSError` when the
-    address cannot be bound, :class:`ValueError` for ``max_connections`` < 1 or ``read_timeout`` <= 0.
+    OSError when the address cannot be bound, ValueError for ``max_connections`` < 1 or ``read_timeout`` <= 0.
     """
     if max_connections is None:
         max_connections = default_max_connections()
@@ -192,16 +178,7 @@ def serve(
         raise ValueError(f"max_connections {max_connections!r} is out of range (allowed: 1 or more)")
     if not read_timeout > 0:
         raise ValueError(f"read_timeout {read_timeout!r} is out of range (allowed: more than 0 seconds)")
-    server = MonitorHTTPServer(
-        (address, port),
-        registry=registry,
-        status_provider=status_provider,
-        health_provider=health_provider,
-        max_connections=max_connections,
-        read_timeout=read_timeout,
-    )
-    LOGGER.debug("serving metrics and status on %s (at most %d connections)", server.url, max_connections)
-    return server
+    return MonitorHTTPServer((address, port), registry, status_provider, health_provider, max_connections, read_timeout)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -237,8 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/": self._status_page,
             "/index.html": self._status_page,
         }
-        route = routes.get(path)
-        if route is None:
+        if (route := routes.get(path)) is None:
             self._respond(404, TEXT_TYPE, b"not found (try /, /metrics, /healthz, /status.json)\n", send_body)
             return
         headers = {"Content-Security-Policy": PAGE_POLICY} if route == self._status_page else None
@@ -262,13 +238,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if self.server.active_connections >= self.server.max_connections:
             self.send_header("Connection", "close")  # full: free this slot for a client waiting in the queue
-        # Status line, headers and body in ONE write (what end_headers() would flush, plus
-        # the body): a second small write on a kept-alive connection would wait for the
-        # client's delayed ACK under Nagle's algorithm, 40 ms per scrape.
+        # Status line, headers and body in ONE write: a second small write on a kept-alive connection
+        # would wait for the client's delayed ACK under Nagle's algorithm, 40 ms per scrape.
         self._headers_buffer.append(b"\r\n" + (body if send_body else b""))
         self.flush_headers()
-
-    # ----- routes: each returns (status, content type, body)
 
     def _metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.server.registry)

@@ -1,10 +1,9 @@
 """Incidents: the problems open at a moment, each with its identity, and which one supersedes which.
 
 Pure functions of a :class:`utils.model.Snapshot`, an instant (UTC epoch seconds) and a
-:class:`utils.deadline.DailyDeadline`; no I/O. Late, failed, missing and unreadable come
-from the deadlines and the recorded states; at risk, stalled stage and too short are the
-early warnings drawn from the projection and recent history. :data:`PRECEDENCE` is the one
-statement of which incident supersedes which; detection applies it here
+:class:`utils.deadline.DailyDeadline`; no I/O. Late, failed, missing and unreadable come from the deadlines and the
+recorded states; at risk, stalled stage and too short are the early warnings drawn from the projection and recent
+history. :data:`PRECEDENCE` is the one statement of which incident supersedes which; detection applies it here
 (:func:`apply_precedence`) and notification planning asks :func:`superseded_by`.
 """
 
@@ -69,16 +68,9 @@ PRECEDENCE: tuple[Precedence, ...] = (
 )
 
 
-def superseded_by(
-    incident: Incident, others: Iterable[Incident], rules: Iterable[Precedence] = PRECEDENCE
-) -> tuple[Incident, Precedence] | None:
+def superseded_by(incident: Incident, others: Iterable[Incident]) -> tuple[Incident, Precedence] | None:
     """The first of ``others`` that supersedes ``incident``, with the rule that says so; None if none does."""
-    rules = tuple(rules)
-    for other in others:
-        for rule in rules:
-            if rule.applies(other, incident):
-                return other, rule
-    return None
+    return next(((other, rule) for other in others for rule in PRECEDENCE if rule.applies(other, incident)), None)
 
 
 def apply_precedence(
@@ -86,7 +78,6 @@ def apply_precedence(
     *,
     open_now: Iterable[Incident] = (),
     open_identities: Collection[str] = frozenset(),
-    rules: Iterable[Precedence] = PRECEDENCE,
 ) -> list[Incident]:
     """``found`` in order, the first of each identity, without those another incident supersedes.
 
@@ -96,19 +87,18 @@ def apply_precedence(
     hides the lateness). By identity only :data:`SAME_BATCH` rules can match: the
     winners they name (late, failed) are keyed by their batch id.
     """
-    rules = tuple(rules)
     found = list(found)
     candidates = found + list(open_now)
     kept: dict[str, Incident] = {}
     for incident in found:
-        if incident.identity in kept or superseded_by(incident, candidates, rules) is not None:
+        if incident.identity in kept or superseded_by(incident, candidates) is not None:
             continue
         if any(
             rule.loser == incident.kind
             and rule.subject == SAME_BATCH
             and incident.batch_id is not None
             and f"{rule.winner}:{incident.batch_id}" in open_identities
-            for rule in rules
+            for rule in PRECEDENCE
         ):
             continue
         kept[incident.identity] = incident
@@ -158,15 +148,12 @@ def _missing_deadlines(
     snapshot: Snapshot, now: float, deadline: DailyDeadline, watch_since: float | None
 ) -> list[Incident]:
     starts = [batch.started_at for batch in snapshot.batches_newest_first()]
-    floor = None
-    if starts:
-        # The latest batch covers its own deadline, the first strictly after its start
-        # (a start exactly at a deadline instant belongs to the next one, as its deadline does).
-        floor = deadline.first_after(max(starts))
+    # The latest batch covers its own deadline, the first strictly after its start
+    # (a start exactly at a deadline instant belongs to the next one, as its deadline does).
+    floors = [deadline.first_after(max(starts))] if starts else []
     if watch_since is not None:
-        floor = watch_since if floor is None else max(floor, watch_since)
-    if floor is None:
-        floor = deadline.previous(deadline.last_at_or_before(now))
+        floors.append(watch_since)
+    floor = max(floors) if floors else deadline.previous(deadline.last_at_or_before(now))
     why = (
         f" (last batch started {format_local(max(starts), deadline)})" if starts else " (before any batch was recorded)"
     )

@@ -1,11 +1,8 @@
 """Alert e-mails: subject, body, headers and stable Message-IDs.
 
-:func:`compose_message` builds a plain-text message (policy SMTP) saying what happened, to which
-batch and when, with what on-call needs and this installation's next steps (:mod:`utils.next_steps`).
-Tracker text is flattened to one line before it reaches a header (:mod:`utils.text_safety`); stage
-output appears in the body only. Message-IDs derive from the incident occurrence and the message
-type, so composing again after a crash gives the same one; recoveries and reminders name their
-alert's Message-ID in ``In-Reply-To`` and ``References``, so readers thread them under it.
+Tracker text reaches a header only as one line (:mod:`utils.text_safety`); stage output appears in
+the body only. Message-IDs derive from the incident occurrence and the message type (composing again
+after a crash gives the same one); recoveries and reminders thread under their alert's Message-ID.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ from email.parser import BytesParser
 from email.utils import formatdate, getaddresses, parseaddr
 
 from utils.deadline import DailyDeadline, format_duration, format_local, format_utc
-from utils.model import Batch, Failure, Snapshot
+from utils.model import Batch, Snapshot
 from utils.next_steps import next_steps
 from utils.projection import batch_deadline
 from utils.text_safety import blank_controls, body_safe, header_safe
@@ -43,8 +40,7 @@ MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
 
 
 def message_id_for(incident_identity: str, opened_at: float, notification_type: str, number: int, domain: str) -> str:
-    """The Message-ID of one notification about one occurrence of an incident: the same inputs always
-    give the same id, so a message composed again after a crash is recognised as the same."""
+    """The Message-ID of one notification about one occurrence of an incident; the same inputs give the same id."""
     seed = f"{incident_identity}\0{opened_at!r}\0{notification_type}\0{number}".encode()
     digest = hashlib.sha256(seed).hexdigest()[:32]
     return f"<batch-monitor.{digest}.{notification_type}@{header_safe(domain, 253)}>"
@@ -57,12 +53,8 @@ def outbox_id(message_id: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class MailContext:
-    """What every message needs besides the incident, with this installation's commands and paths.
-
-    ``sender``/``recipients``: ``user@domain`` or ``Name <user@domain>``; the commands are shown as
-    typed; ``log_dir``: the runner's logs; ``status_page_url`` None: no link; ``output_tail_lines``:
-    the failed stage's last lines shown (0: none); ``under_systemd``: the monitor logs to the journal.
-    """
+    """What every message needs besides the incident. Addresses: ``user@domain`` or ``Name <user@domain>``;
+    ``status_page_url`` None: no link; ``output_tail_lines``: the failed stage's last lines shown (0: none)."""
 
     batch_name: str
     deadline: DailyDeadline
@@ -107,19 +99,14 @@ class IncidentFacts:
         def read(name: str) -> object:
             return incident.get(name) if isinstance(incident, Mapping) else getattr(incident, name, None)
 
-        kind, key = read("kind"), read("key")
-        if kind is None or key is None:
+        fields = {field.name: read(field.name) for field in dataclasses.fields(cls)}
+        if fields["kind"] is None or fields["key"] is None:
             raise ValueError(f"incident {incident!r} lacks a kind or key")
-        since, opened_at, summary = read("since"), read("opened_at"), read("summary")
-        return cls(
-            kind=str(kind),
-            key=str(key),
-            summary="" if summary is None else str(summary),
-            since=since,
-            batch_id=read("batch_id"),
-            opened_at=since if opened_at is None else opened_at,
-            continues=read("continues"),
-        )
+        fields["kind"], fields["key"] = str(fields["kind"]), str(fields["key"])
+        fields["summary"] = "" if fields["summary"] is None else str(fields["summary"])
+        if fields["opened_at"] is None:
+            fields["opened_at"] = fields["since"]
+        return cls(**fields)
 
     @property
     def identity(self) -> str:
@@ -167,11 +154,8 @@ def alert_subject(ctx: MailContext, incident: object, snapshot: Snapshot) -> str
 
 
 def resolution(incident: object, snapshot: Snapshot, deadline: DailyDeadline, now: float) -> str | None:
-    """Why an incident that is no longer detected has cleared, e.g. ``batch X completed 47 min late``.
-
-    None: it did not really resolve (a missing deadline that only aged out of the tracker's window,
-    an early warning superseded by a late or failed alert), and no recovery message may claim it did.
-    """
+    """Why an incident that is no longer detected has cleared, e.g. ``batch X completed 47 min late``; None when
+    it did not really resolve (a missing deadline aged out, an early warning superseded by a late or failed alert)."""
     facts = IncidentFacts.of(incident)
     kind, bid = facts.kind, facts.batch_id
     batches = snapshot.batches_newest_first()
@@ -240,9 +224,8 @@ def compose_message(
     resolution_text: str | None = None,
     reminder_number: int = 0,
 ) -> EmailMessage:
-    """The e-mail for one ``alert``, ``recovery`` or ``reminder`` about ``incident`` (the monitor's record,
-    see :meth:`IncidentFacts.of`). A recovery or reminder threads under its alert (:func:`alert_message_id_for`).
-    Raises ValueError for any other notification type."""
+    """The e-mail for one ``alert``, ``recovery`` or ``reminder`` about ``incident`` (see :meth:`IncidentFacts.of`);
+    ValueError for any other notification type."""
     if notification_type not in NOTIFICATION_TYPES:
         raise ValueError(f"notification type {notification_type!r} is not one of {NOTIFICATION_TYPES}")
     facts = IncidentFacts.of(incident)
@@ -259,8 +242,7 @@ def compose_message(
         headline = facts.summary
 
     message = EmailMessage(policy=MAIL_POLICY)
-    # Address objects: the policy quotes and RFC 2047-encodes display names; the outbox
-    # takes the bare addresses for the envelope.
+    # Address objects: the policy quotes and RFC 2047-encodes display names.
     message["From"] = _address_objects([ctx.sender])
     message["To"] = _address_objects(ctx.recipients)
     message["Subject"] = subject
@@ -278,8 +260,7 @@ def compose_message(
 
 
 def alert_message_id_for(incident: object, domain: str) -> str:
-    """The Message-ID the alert of this occurrence of ``incident`` got; a late incident that continues a
-    missing one was alerted as that missing incident, so its thread starts there."""
+    """The Message-ID of this occurrence's alert (a late incident continuing a missing one: the missing one's)."""
     facts = IncidentFacts.of(incident)
     return message_id_for(str(facts.continues or facts.identity), facts.opened_at, ALERT, 0, domain)
 
@@ -341,19 +322,6 @@ def _original_summary(facts: IncidentFacts, batch: Batch | None, notification_ty
     return facts.summary
 
 
-def _output_tail_lines(ctx: MailContext, failure: Failure) -> list[str]:
-    """The failed stage's last output lines (stored by the tracker, already sanitised), indented."""
-    if not failure.output_tail or ctx.output_tail_lines <= 0:
-        return []
-    shown = failure.output_tail.split("\n")[-ctx.output_tail_lines :]
-    stage = f"stage {failure.stage}" if failure.stage else "the failed stage"
-    # Indented, control characters blanked: stage output can neither fake a section nor reach a header.
-    return [
-        f"Last {len(shown)} line(s) of output from {stage}:",
-        *("    " + blank_controls(line).rstrip() for line in shown),
-    ]
-
-
 def _batch_lines(ctx: MailContext, batch: Batch, now: float, kind: str = "") -> list[str]:
     deadline = ctx.deadline
     due = batch_deadline(batch, deadline)
@@ -372,14 +340,11 @@ def _batch_lines(ctx: MailContext, batch: Batch, now: float, kind: str = "") -> 
     stages = batch.stage_map()
     if batch.is_running:
         # A failed batch has no stuck stage: its Failure line names the stage that failed.
-        stuck = batch.active_stage()
-        if stuck:
-            detail = stages.get(stuck)
-            last = (
-                f"last update {format_local(detail.updated_at, deadline)}, {format_duration(now - detail.updated_at)} ago"
-                if detail
-                else "not started"
-            )
+        if stuck := batch.active_stage():
+            last = "not started"
+            if detail := stages.get(stuck):
+                ago = format_duration(now - detail.updated_at)
+                last = f"last update {format_local(detail.updated_at, deadline)}, {ago} ago"
             label = "Looks stuck:  " if kind in ("late", "stalled_stage") else "Active stage: "
             lines.append(f"{label} {stuck} ({last})")
     failure = batch.failure
@@ -387,7 +352,12 @@ def _batch_lines(ctx: MailContext, batch: Batch, now: float, kind: str = "") -> 
         where = f"stage {failure.stage}" if failure.stage else "no stage given"
         reason = body_safe(failure.reason or "no reason given")
         lines.append(f"Failure:       {where}: {reason} ({format_local(failure.at, deadline)})")
-        lines.extend(_output_tail_lines(ctx, failure))
+        if failure.output_tail and ctx.output_tail_lines > 0:
+            shown = failure.output_tail.split("\n")[-ctx.output_tail_lines :]
+            stage = f"stage {failure.stage}" if failure.stage else "the failed stage"
+            # Indented, control characters blanked: stage output can neither fake a section nor reach a header.
+            lines.append(f"Last {len(shown)} line(s) of output from {stage}:")
+            lines += ["    " + blank_controls(line).rstrip() for line in shown]
     elif batch.failures:
         last_failure = batch.failures[-1]
         reason = body_safe(last_failure.reason or "no reason given")

@@ -1,18 +1,14 @@
 """Prometheus metrics of the nightly batch, computed at scrape time.
 
-:func:`register_batch_metrics` registers a :class:`BatchMetricsCollector` on a
-prometheus_client registry. Every scrape reads the tracker (``tracker.snapshot()``) and
-the monitor's alert-state file (missing or corrupt means "no monitor data"); nothing
-here writes a file. :func:`batch_metric_families` is the pure part, shared with the
-Pushgateway path (:mod:`utils.pushgateway`).
+:func:`register_batch_metrics` registers a :class:`BatchMetricsCollector`: every scrape reads the tracker and the
+monitor's alert-state file (missing or corrupt: no monitor data) and writes nothing. :func:`batch_metric_families` is
+the pure part, shared with the Pushgateway path (:mod:`utils.pushgateway`).
 
-The families (all ``anthrasite_batch_*``) and their meaning are the HELP texts below;
-:func:`exported_sample_names` lists every sample name. A "current batch" is the one in
-the tracker file: running, or the last one finished until the next starts. The
-completion-time histogram, ``completed_total{on_time}``, ``gpu_cost_dollars_total`` and
-the last success are the tracker's cumulative counters (:mod:`utils.counters`), updated
-in the same locked write that ends a batch or records a cost: a batch is counted once
-however many processes scrape or push, and the totals survive restarts and new batches.
+The families (all ``anthrasite_batch_*``) are documented by their HELP texts; :func:`exported_sample_names` lists every
+sample name. The "current batch" is the tracker file's: running, or the last one finished until the next starts. The
+histogram, ``completed_total{on_time}``, ``gpu_cost_dollars_total`` and the last success are the tracker's persisted
+counters (:mod:`utils.counters`), updated in the same locked write that ends a batch or records a cost: a batch counts
+once however many processes scrape or push, and the totals survive restarts and new batches.
 """
 
 from __future__ import annotations
@@ -30,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from utils.counters import Counters
 from utils.incidents import AT_RISK, LATE, MISSING, STALLED_STAGE, TOO_SHORT, UNREADABLE
 from utils.model import FAILED, Batch, Snapshot, is_valid_name
+from utils.numbers import finite_number
 from utils.projection import batch_deadline, on_time, project
 from utils.state_store import StorageError, read_json_object
 
@@ -46,12 +43,6 @@ MAX_LABEL_KINDS = 32
 def host_name() -> str:
     """This host's name: the ``host`` of ``source_info`` and the Pushgateway's ``instance``."""
     return os.uname().nodename or socket.gethostname()
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 #: HELP texts of the unlabelled gauges, by name without :data:`PREFIX`.
@@ -161,13 +152,12 @@ def batch_metric_families(
         labels=["source", "batch", "host"],
     )
     source.add_metric(["monitor" if include_monitor else "push", batch_name, host], 1.0)
-    families: list[Metric] = [source]
-    families.append(_gauge("completion_percentage", current.overall_percentage() if current else 0.0))
-    families.append(_stage_family(current))
+    percentage = _gauge("completion_percentage", current.overall_percentage() if current else 0.0)
+    families: list[Metric] = [source, percentage, _stage_family(current)]
     if counters is not None:
         families.extend(_counter_families(counters))
     next_deadline = deadline.first_after(now)
-    watch_since = _number((monitor_state or {}).get("watch_since"))
+    watch_since = finite_number((monitor_state or {}).get("watch_since"))
     gauges = {
         "completion_success": _completion_success(snapshot, deadline, now),
         "cost_per_lead": counters.last_cost_per_lead if counters is not None else None,
@@ -185,12 +175,10 @@ def batch_metric_families(
     )
     for value in BATCH_STATE_VALUES:
         state_family.add_metric([value], 1.0 if value == state else 0.0)
-    families.append(state_family)
     info = GaugeMetricFamily(PREFIX + "info", "The current batch (always 1).", labels=["batch_id", "host"])
     if current and is_valid_name(current.id):  # label values must be tracker names
         info.add_metric([current.id, current.host or ""], 1.0)
-    families.append(info)
-    families.append(_gauge("tracker_readable", 1.0 if snapshot.readable else 0.0))
+    families += [state_family, info, _gauge("tracker_readable", 1.0 if snapshot.readable else 0.0)]
     if include_monitor:
         families.extend(_monitor_families(monitor_state or {}, now))
     return families
@@ -228,7 +216,7 @@ def _projected_completion(snapshot: Snapshot, now: float) -> float | None:
 
 
 def _count(value: object) -> float:
-    number = _number(value)
+    number = finite_number(value)
     return number if number is not None and number >= 0 else 0.0
 
 
@@ -259,16 +247,14 @@ def _monitor_families(monitor_state: dict, now: float) -> list[Metric]:
     )
     for kind in sorted(open_by_kind)[:MAX_LABEL_KINDS]:
         incidents.add_metric([kind], float(open_by_kind[kind]))
-    families.append(incidents)
-    families.append(_gauge("monitor_last_check_timestamp_seconds", _number(monitor_state.get("last_check_at"))))
-    families.extend(_outbox_families(monitor_state.get("outbox"), now))
-    return families
+    last_check = _gauge("monitor_last_check_timestamp_seconds", finite_number(monitor_state.get("last_check_at")))
+    return [*families, incidents, last_check, *_outbox_families(monitor_state.get("outbox"), now)]
 
 
 def _outbox_families(summary: object, now: float) -> list[Metric]:
     """The outbox gauges from the monitor's ``outbox`` summary (``Outbox.summary()``); absent without one."""
     summary = summary if isinstance(summary, dict) else {}
-    pending, failed, oldest = (_number(summary.get(key)) for key in ("pending", "failed", "oldest_pending_at"))
+    pending, failed, oldest = (finite_number(summary.get(key)) for key in ("pending", "failed", "oldest_pending_at"))
     age = None
     if pending is not None:
         # Nothing queued: age 0, so the series exists and "older than 15 min" reads as a plain comparison.
@@ -281,12 +267,8 @@ def _outbox_families(summary: object, now: float) -> list[Metric]:
 
 
 def _file_key(path: str) -> bytes | str:
-    """The file's bytes (or why it cannot be read): an exact change detector.
-
-    Reading a few kilobytes costs far less than parsing and validating them, and
-    unlike (inode, mtime, size) it cannot miss two quick same-size writes that land
-    on a reused inode within one coarse kernel timestamp tick.
-    """
+    """The file's bytes (or why it cannot be read): an exact change detector, far cheaper than parsing, that
+    unlike (inode, mtime, size) cannot miss two quick same-size writes within one kernel timestamp tick."""
     try:
         with open(path, "rb") as handle:
             return handle.read()
@@ -383,12 +365,8 @@ def register_batch_metrics(
     monitor_state_path: str | os.PathLike | None,
     clock: Callable[[], float] = time.time,
 ) -> BatchMetricsCollector:
-    """Register a :class:`BatchMetricsCollector` on ``registry`` and return it.
-
-    ``tracker`` is a :class:`utils.batch_tracker.BatchTracker`; ``monitor_state_path``
-    the monitor's alert-state file (read-only). Raises the config's ``ConfigError`` for
-    an invalid time zone.
-    """
+    """Register a :class:`BatchMetricsCollector` of ``tracker`` (a :class:`utils.batch_tracker.BatchTracker`)
+    and the monitor's alert-state file (read-only) on ``registry``; return it. Raises ``ConfigError`` for a bad zone."""
     collector = BatchMetricsCollector(tracker, monitor_state_path=monitor_state_path, clock=clock)
     registry.register(collector)
     return collector

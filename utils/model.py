@@ -1,19 +1,18 @@
 """The domain model: what the tracker's files hold, as frozen values (stdlib only, no I/O).
 
-``from_dict`` reads the JSON any release wrote (missing optional keys take their defaults)
-and raises :class:`RecordError` naming the batch and field when a record is malformed;
-``to_dict`` writes it back with unknown keys kept (``extra``), so releases can share a file.
+``from_dict`` reads the JSON any release wrote (missing optional keys take their defaults) and raises
+:class:`RecordError` naming the batch and field when a record is malformed; ``to_dict`` writes it back
+with unknown keys kept (``extra``), so releases can share a file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from utils.counters import Counters
+from utils.counters import Counters
+from utils.numbers import finite_number
 
 RUNNING, COMPLETED, FAILED, ABANDONED = "running", "completed", "failed", "abandoned"
 BATCH_STATES = (RUNNING, COMPLETED, FAILED, ABANDONED)
@@ -30,20 +29,12 @@ def is_valid_name(name: object) -> bool:
     return isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and set(name) <= NAME_CHARACTERS
 
 
-def finite_number(value: object) -> float | None:
-    """``value`` as a float when it is a finite int or float (not a bool), else None."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
 def _number(record: Mapping, key: str, where: str, *, default: float | None = None, required: bool = False):
     value = record.get(key, default)
-    if value is None and not required:
-        return None
-    if finite_number(value) is None:
+    number = finite_number(value)
+    if number is None and (value is not None or required):
         raise RecordError(f"{where} has an invalid {key}")
-    return float(value)
+    return number
 
 
 def _extra(record: Mapping, cls: type, not_stored: tuple[str, ...] = ("extra",)) -> dict:
@@ -110,19 +101,12 @@ class Failure:
             raise RecordError(f"{where} has an invalid failure record")
         if not (tail is None or isinstance(tail, str)):
             raise RecordError(f"{where} has an invalid failure output")
-        return cls(
-            at=_number(record, "at", where, required=True),
-            stage=stage,
-            reason=reason,
-            output_tail=tail,
-            extra=_extra(record, cls),
-        )
+        at = _number(record, "at", where, required=True)
+        return cls(at=at, stage=stage, reason=reason, output_tail=tail, extra=_extra(record, cls))
 
     def to_dict(self) -> dict:
-        record = {**self.extra, "stage": self.stage, "reason": self.reason, "at": self.at}
-        if self.output_tail is not None:
-            record["output_tail"] = self.output_tail
-        return record
+        tail = {} if self.output_tail is None else {"output_tail": self.output_tail}
+        return {**self.extra, "stage": self.stage, "reason": self.reason, "at": self.at, **tail}
 
     def describe(self) -> str:
         """``at stage S: reason`` as much of it as is known (``""`` when neither is)."""
@@ -133,12 +117,8 @@ class Failure:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Batch:
-    """One run of the nightly pipeline, as the tracker recorded it.
-
-    ``deadline_at`` is the deadline fixed when the batch started (None only in records
-    written before deadlines were stored: readers then compute it from the settings).
-    ``stages`` keep the order in which they were first reported.
-    """
+    """One run of the nightly pipeline. ``deadline_at``: fixed when it started (None only in records written
+    before deadlines were stored: readers use the settings). ``stages``: in the order first reported."""
 
     id: str
     state: str
@@ -184,35 +164,29 @@ class Batch:
             failure_list = tuple(Failure.from_dict(f, where) for f in failures)
         except RecordError:
             raise RecordError(f"{where} has an invalid failures list") from None
-        failure = record.get("failure")
-        failure = None if failure is None else Failure.from_dict(failure, where)
+        failure = None if record.get("failure") is None else Failure.from_dict(record["failure"], where)
         if state == FAILED and not (failure or failure_list):
             raise RecordError(f"{where} has an invalid failure record")
         resumed_at = record.get("resumed_at", [])
         if not isinstance(resumed_at, list) or any(finite_number(t) is None for t in resumed_at):
             raise RecordError(f"{where} has an invalid resumed_at list")
-        for key in ("host", "deadline_timezone", "deadline_time", "abandoned_by"):
-            if not (record.get(key) is None or isinstance(record[key], str)):
+        texts = {key: record.get(key) for key in ("host", "deadline_timezone", "deadline_time", "abandoned_by")}
+        for key, value in texts.items():
+            if not (value is None or isinstance(value, str)):
                 raise RecordError(f"{where} has an invalid {key}")
+        optional_numbers = ("updated_at", "ended_at", "duration_seconds", "cost_per_lead", "deadline_at")
         return cls(
             id=batch_id,
             state=state,
             started_at=float(record["started_at"]),
-            updated_at=_number(record, "updated_at", where),
-            ended_at=_number(record, "ended_at", where),
-            duration_seconds=_number(record, "duration_seconds", where),
             expected_stages=tuple(expected),
             stages=tuple(Stage.from_dict(name, detail, where) for name, detail in stages.items()),
             failure=failure,
             failures=failure_list,
             resumed_at=tuple(float(t) for t in resumed_at),
-            cost_per_lead=_number(record, "cost_per_lead", where),
             gpu_cost_dollars=_number(record, "gpu_cost_dollars", where, default=0.0),
-            host=record.get("host"),
-            deadline_at=_number(record, "deadline_at", where),
-            deadline_timezone=record.get("deadline_timezone"),
-            deadline_time=record.get("deadline_time"),
-            abandoned_by=record.get("abandoned_by"),
+            **{key: _number(record, key, where) for key in optional_numbers},
+            **texts,
             extra=_extra(record, cls),
         )
 
@@ -292,11 +266,8 @@ class Batch:
         windows: dict[str, tuple[float, float | None]] = {}
         boundary = self.started_at
         stages = self.stage_map()
-        for name in self.ordered_stage_names():
-            stage = stages.get(name)
-            if stage is None:
-                continue
-            windows[name] = (min(stage.first_seen_at, boundary), stage.completed_at)
+        for stage in [stages[name] for name in self.ordered_stage_names() if name in stages]:
+            windows[stage.name] = (min(stage.first_seen_at, boundary), stage.completed_at)
             if stage.completed_at is not None:
                 boundary = max(boundary, stage.completed_at)
         return windows
@@ -349,8 +320,6 @@ class Snapshot:
 
     def find(self, batch_id: str | None) -> Batch | None:
         """The batch with ``batch_id`` in the current slot or the history, else None."""
-        if batch_id is None:
-            return None
         return next((batch for batch in self.batches_newest_first() if batch.id == batch_id), None)
 
 

@@ -1,11 +1,9 @@
 """The completion monitor: detect incidents, alert each exactly once, send recoveries.
 
-:meth:`Monitor.check` plans notifications (:mod:`utils.notifications`), puts them in the
-outbox and records them in the log (:mod:`utils.alert_log`) in two steps under the log's
-lock: the planned notice (with its stable Message-ID) is persisted, then queued and marked
-so. A crash between the two leaves the notice for the next check, and the outbox ignores a
-Message-ID it holds: a restart neither repeats nor forgets an alert. The loop is in
-:mod:`utils.service`.
+:meth:`Monitor.check` plans notifications (:mod:`utils.notifications`), then under the log's lock
+persists each planned notice (with its stable Message-ID), queues it and marks it queued. A crash between
+the two leaves the notice for the next check, and the outbox ignores a Message-ID it holds: a restart neither
+repeats nor forgets an alert. The loop is in :mod:`utils.service`.
 """
 
 from __future__ import annotations
@@ -19,11 +17,13 @@ from utils import notifications, status_report
 from utils.alert_log import AlertLog, AlertLogStore, IncidentRecord, Notice
 from utils.batch_tracker import BatchTracker
 from utils.config import MonitorConfig
-from utils.deadline import format_duration, format_utc
+from utils.deadline import format_duration
+from utils.errors import EXIT_OK, EXIT_PROBLEM
 from utils.mail_compose import RECOVERY, MailContext, compose_message
 from utils.outbox import DeliveryReport, Outbox
 from utils.projection import batch_deadline
 from utils.state_store import StorageError
+from utils.status_chart import CHART_NIGHTS
 from utils.transports import FileTransport, SmtpTransport
 
 LOGGER = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ LOGGER = logging.getLogger(__name__)
 HEALTH_FACTOR = 3
 # MonitorConfig fields that MailContext takes as they are.
 MAIL_SETTINGS = "cli_command run_command resume_command log_dir status_page_url output_tail_lines under_systemd".split()
-CHART_NIGHTS = 30  # the status page charts the last 30 nights (utils.status_page); history.recent has 7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +55,7 @@ class StepResult:
     @property
     def exit_code(self) -> int:
         """``--once`` exit status: 0 all well, 1 an incident is open."""
-        return 0 if self.ok else 1
+        return EXIT_OK if self.ok else EXIT_PROBLEM
 
     @property
     def summary(self) -> str:
@@ -131,26 +130,16 @@ class Monitor:
         return result
 
     def _check(self) -> StepResult:
-        now = self.clock()
+        deadline, now = self.deadline, self.clock()
+        margin, repeat = self.config.at_risk_margin_seconds, self.config.alert_repeat_seconds
         snapshot = self.tracker.snapshot()
         queued: list[Notice] = []
         with self.log_store.updating(now) as log:  # saved on the way out, also when the outbox failed midway
             detected = notifications.detect(
-                snapshot,
-                now,
-                self.deadline,
-                log,
-                early_warning=self.early_warning,
-                margin_seconds=self.config.at_risk_margin_seconds,
+                snapshot, now, deadline, log, early_warning=self.early_warning, margin_seconds=margin
             )
             plan = notifications.plan(
-                log,
-                detected,
-                snapshot,
-                now,
-                self.deadline,
-                repeat_seconds=self.config.alert_repeat_seconds,
-                domain=self.config.sender_domain,
+                log, detected, snapshot, now, deadline, repeat_seconds=repeat, domain=self.config.sender_domain
             )
             log.last_check_at = now
             if log.pending:
@@ -162,7 +151,7 @@ class Monitor:
             self._last_log = log
         current = snapshot.current
         running = current is not None and (current.is_running or current.is_failed)
-        self._current_due = batch_deadline(current, self.deadline) if running else None
+        self._current_due = batch_deadline(current, deadline) if running else None
         return StepResult(
             now=now,
             open_incidents=tuple(log.open_incidents.values()),
@@ -170,7 +159,7 @@ class Monitor:
             cleared=plan.cleared,
             retired=plan.retired,
             notifications=tuple(queued),
-            reason=notifications.verdict(snapshot, now, self.deadline, log),
+            reason=notifications.verdict(snapshot, now, deadline, log),
         )
 
     def _enqueue(self, log: AlertLog, notice: Notice, snapshot, now: float) -> Notice:
@@ -188,17 +177,12 @@ class Monitor:
             reminder_number=notice.number,
         )
         self.outbox.enqueue(message, kind=notice.kind, notification_type=notice.type)
-        queued = log.record_queued(notice, str(message["Subject"]), now)
+        subject = str(message["Subject"])
         level = logging.INFO if notice.type == RECOVERY else logging.WARNING
         LOGGER.log(
-            level,
-            "%s queued for %s: %s (Message-ID %s)",
-            notice.type,
-            notice.identity,
-            queued.subject,
-            notice.message_id,
+            level, "%s queued for %s: %s (Message-ID %s)", notice.type, notice.identity, subject, notice.message_id
         )
-        return queued
+        return log.record_queued(notice, subject, now)
 
     def deliver(self) -> DeliveryReport:
         """One delivery pass over due outbox messages; failures are counted in the log. The first pass
@@ -246,7 +230,7 @@ class Monitor:
         report["history"]["nights"] = [status_report.summarize_batch(b, self.deadline, now) for b in nights]
         result = self._last_result
         report["monitor"] = {
-            **self.log_store.read_view(format_utc),
+            **self.log_store.read_view(),
             "delivery": self.transport.describe(),
             "healthy": self.health()[0],
             # The verdict that alerts: deadlines count only from watch_since, early warnings included.

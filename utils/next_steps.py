@@ -1,8 +1,6 @@
 """What on-call should run next, per kind of incident, with this installation's commands and paths.
 
-Stdlib only, no I/O. ``ctx`` is the mail context (:class:`utils.mail_compose.MailContext`):
-anything with ``cli_command``, ``run_command``, ``resume_command``, ``log_dir``,
-``tracker_file`` and ``under_systemd``. ``batch`` is a :class:`utils.model.Batch` or None.
+``ctx`` is the mail context (:class:`utils.mail_compose.MailContext`); ``batch`` a :class:`utils.model.Batch` or None.
 """
 
 from __future__ import annotations
@@ -31,9 +29,8 @@ def batch_log_file(ctx, batch: Batch | None) -> str:
 
 
 def next_steps(ctx, kind: str, batch: Batch | None) -> list[tuple[str, str]]:
-    """(command, what it shows or does) for an incident of ``kind``, with this installation's
-    commands and paths. Only a failed batch is offered the resume command: resuming needs a
-    failed batch (the runner refuses otherwise), and a late or missing one needs a look first."""
+    """(command, what it shows or does) for an incident of ``kind``. Only a failed batch is offered the resume
+    command: the runner refuses to resume any other, and a late or missing one needs a look first."""
     cli = ctx.cli_command
     log = batch_log_file(ctx, batch)
     stage = (batch.active_stage() if batch else None) or ""

@@ -1,12 +1,10 @@
 """Planning notifications: reconcile the incidents detected now with the notification log.
 
-Pure (no I/O): updates the :class:`~utils.alert_log.AlertLog` in memory and plans
-:class:`~utils.alert_log.Notice` values. Each incident is deduplicated by its identity
-``"<kind>:<key>"``: it alerts once when it opens, reminds every ``repeat_seconds`` (if set),
-recovers once when it clears. :data:`utils.incidents.PRECEDENCE` applies to the log too: a
-superseded open record is retired without a recovery, and a late start answering a missing
-night continues its alert chain. A late incident clears only when its batch or a newer one
-completes, never because the clock stepped back.
+Pure (no I/O): updates the :class:`~utils.alert_log.AlertLog` in memory and plans :class:`~utils.alert_log.Notice`
+values. Each incident (identity ``"<kind>:<key>"``) alerts once when it opens, reminds every ``repeat_seconds`` (if
+set), recovers once when it clears. :data:`utils.incidents.PRECEDENCE` applies to the log too: a superseded open record
+is retired without a recovery; a late start answering a missing night continues its alert chain. A late incident
+clears only when its batch or a newer one completes, never because the clock stepped back.
 """
 
 from __future__ import annotations
@@ -120,9 +118,8 @@ def resolution_text(record: IncidentRecord, snapshot: Snapshot, deadline: DailyD
             f"at {format_local(record.moved_at, deadline)}: the progress recorded before then is gone"
         )
     if record.kind == LATE:
-        batches = snapshot.batches_newest_first()
         named = snapshot.find(record.batch_id)
-        newer = next((b for b in batches if b.is_completed), None)
+        newer = next((b for b in snapshot.batches_newest_first() if b.is_completed), None)
         if named is not None and not named.is_completed and newer is not None:
             return (
                 f"batch {named.id} ended {named.state}; a new batch {newer.id} completed at "
@@ -131,17 +128,11 @@ def resolution_text(record: IncidentRecord, snapshot: Snapshot, deadline: DailyD
     return resolution(record, snapshot, deadline, now)
 
 
-def _superseded(record: IncidentRecord, detected: list[Incident]) -> incidents.Precedence | None:
-    """The :data:`~utils.incidents.PRECEDENCE` rule by which an incident detected now supersedes ``record``."""
-    hit = incidents.superseded_by(record.incident, detected)
-    return None if hit is None else hit[1]
-
-
 def _continued(log: AlertLog, incident: Incident) -> IncidentRecord | None:
     """The open record whose alert chain ``incident`` continues (a missing night answered by a late start)."""
     for record in log.open_incidents.values():
-        rule = _superseded(record, [incident])
-        if rule is not None and rule.continues:
+        hit = incidents.superseded_by(record.incident, [incident])
+        if hit is not None and hit[1].continues:  # (superseding incident, PRECEDENCE rule)
             return record
     return None
 
@@ -163,26 +154,23 @@ def plan(
     """
     records = log.open_incidents
     planned = {(n.identity, n.type) for n in log.pending}
-    opened, cleared, retired, seen = [], [], [], set()
+    opened, cleared, retired = [], [], []
+    seen = {incident.identity for incident in detected}
     for incident in detected:
         ident = incident.identity
-        seen.add(ident)
         record = records.get(ident)
-        earlier = _continued(log, incident) if record is None else None
-        if earlier is not None:
-            # One alert chain: the late record inherits the missing one's alert; no "missing" recovery.
-            del records[earlier.identity]
-            records[ident] = dataclasses.replace(earlier, incident=incident, continues=earlier.identity)
-            log.remember(ident)
-            opened.append(ident)
-            retired.append(earlier.identity)
-            LOGGER.info("incident %s is answered by a late start: it continues as %s", earlier.identity, ident)
-            continue
         if record is None:
             log.remember(ident)
-            record = records[ident] = IncidentRecord(incident=incident, opened_at=now)
             opened.append(ident)
-            log.pending.append(Notice.planned(ALERT, record, message_id_for(ident, now, ALERT, 0, domain), now))
+            earlier = _continued(log, incident)
+            if earlier is None:
+                record = records[ident] = IncidentRecord(incident=incident, opened_at=now)
+                log.pending.append(Notice.planned(ALERT, record, message_id_for(ident, now, ALERT, 0, domain), now))
+            else:  # one alert chain: the late record inherits the missing one's alert; no "missing" recovery
+                del records[earlier.identity]
+                records[ident] = dataclasses.replace(earlier, incident=incident, continues=earlier.identity)
+                retired.append(earlier.identity)
+                LOGGER.info("incident %s is answered by a late start: it continues as %s", earlier.identity, ident)
             continue
         record = records[ident] = record.replace(incident=incident)
         last = record.last_notice_at
@@ -194,7 +182,8 @@ def plan(
         if ident in seen or stays_open(record, snapshot):
             continue
         del records[ident]
-        text = None if _superseded(record, detected) else resolution_text(record, snapshot, deadline, now)
+        superseded = incidents.superseded_by(record.incident, detected) is not None
+        text = None if superseded else resolution_text(record, snapshot, deadline, now)
         if text is None:
             LOGGER.info("incident %s is no longer tracked (superseded or aged out; no recovery to report)", ident)
             retired.append(ident)

@@ -1,12 +1,11 @@
 """The persistent outbox: every notification is held on disk until it is delivered.
 
-:class:`Outbox` queues messages in an :class:`~utils.outbox_store.OutboxStore` (the layout is
-there), idempotently per Message-ID. A message is recorded as sent only after the transport
-accepted it: a crash in between repeats that one e-mail, never loses it; a disk that refuses
-the record (full, read-only) repeats nothing, as the outbox remembers what the server accepted.
-Transient failures are retried with exponential backoff (5 s doubling to 10 min) for as long
-as it takes; permanent ones (SMTP 5xx) go to ``failed/``. Messages leave in enqueue order, and
-one never overtakes an earlier pending message of its incident (``X-Batch-Incident``).
+:class:`Outbox` queues messages in an :class:`~utils.outbox_store.OutboxStore` (the layout is there), idempotently per
+Message-ID. A message is recorded as sent only after the transport accepted it: a crash in between repeats that one
+e-mail, never loses it; a disk that refuses the record (full, read-only) repeats nothing, as the outbox remembers what
+the server accepted. Transient failures are retried with exponential backoff (5 s doubling to 10 min) for as long as it
+takes; permanent ones (SMTP 5xx) go to ``failed/``. Messages leave in enqueue order, and one never overtakes an earlier
+pending message of its incident (``X-Batch-Incident``).
 """
 
 from __future__ import annotations
@@ -198,11 +197,8 @@ class Outbox(OutboxStore):
             if record is not None:
                 done["deferred"].append(record)
             return retry_at
-        # A transport that keeps its own copy (.eml files): sent/ holds the record only.
-        accepted = {"delivered_at": moment, "receipt": receipt}
-        if getattr(transport, "keeps_copy", False):
-            accepted["copy"] = receipt
-        self._accepted[item.id] = accepted
+        copy = receipt if getattr(transport, "keeps_copy", False) else None  # then sent/ holds the record only
+        self._accepted[item.id] = {"delivered_at": moment, "receipt": receipt, "copy": copy}
         try:
             self._record_sent(item, done)
         except StorageError as exc:

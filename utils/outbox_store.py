@@ -23,12 +23,13 @@ from typing import Any
 from utils.mail_compose import ALERT
 from utils.state_store import (
     StorageError,
-    _ExclusiveLock,
+    ensure_directory,
+    exclusive_lock,
     read_json_object,
     write_bytes_atomically,
     write_json_atomically,
 )
-from utils.transports import KEEP_DELIVERED, ensure_private_dir
+from utils.transports import KEEP_DELIVERED
 
 LOGGER = logging.getLogger("utils.outbox")  # one logger for the whole outbox: operators grep its name
 
@@ -106,19 +107,17 @@ class OutboxStore:
     def _ensure_dirs(self) -> None:
         try:
             for path in (self.directory, *(self._file(state) for state in STATES)):
-                ensure_private_dir(path)
+                ensure_directory(path, exact=True)
         except OSError as exc:
             raise StorageError(f"cannot create the outbox {self.directory}: {exc.strerror or exc}") from exc
 
-    def _lock(self, name: str) -> _ExclusiveLock:
+    def _lock(self, name: str) -> contextlib.AbstractContextManager[None]:
         self._ensure_dirs()
-        return _ExclusiveLock(os.path.join(self.directory, name))
+        return exclusive_lock(os.path.join(self.directory, name))
 
-    def delivery_lock(self) -> _ExclusiveLock:
+    def delivery_lock(self) -> contextlib.AbstractContextManager[None]:
         """One delivery pass or operator re-queue at a time, across threads and processes."""
         return self._lock(".deliver.lock")
-
-    # ----- reads
 
     def read_sidecar(self, state: str, oid: str) -> QueuedMessage | None:
         """The record of ``oid`` in ``state``; None when there is none or it is not one (logged, left alone)."""
@@ -179,8 +178,6 @@ class OutboxStore:
             return None
         except OSError as exc:
             raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-    # ----- writes
 
     def write_pending(self, record: QueuedMessage, raw: bytes) -> None:
         """Store a message in ``pending/``: the message first, so a sidecar always has its message."""

@@ -1,8 +1,7 @@
 """Values of the status dict as safe HTML fragments, shared by the status page and its chart.
 
 Every helper accepts any value (the dict may come from an older or hand-edited file) and degrades to
-a dash, never an error; every string leaves :func:`escape` HTML-escaped with control characters as
-visible stand-ins. :class:`PageTimes` formats instants in the deadline's zone against ``status["now"]``.
+a dash, never an error; every string leaves HTML-escaped with control characters as visible stand-ins.
 """
 
 from __future__ import annotations
@@ -45,8 +44,7 @@ def instant(value: object) -> float | None:
             parsed = dt.datetime.fromisoformat(value)
         except ValueError:
             return None
-        if parsed.tzinfo is not None:
-            return parsed.timestamp()
+        return parsed.timestamp() if parsed.tzinfo is not None else None
     return None
 
 

@@ -1,11 +1,8 @@
 """The monitor as a service: the loop, signals, the watchdog, file wake-ups, HTTP, and ``main``.
 
-:class:`Service` steps a :class:`~utils.monitor.Monitor`, then waits until the next relevant
-instant (:meth:`Monitor.next_wake_at`), a tracker file change (polled twice a second) or a
-SIGTERM/SIGINT. Delivery runs in a background thread so a slow SMTP server delays neither
-checks nor shutdown. systemd gets WATCHDOG only while checks complete, so a monitor whose
-every check fails is restarted. :func:`main` is the command line; domain errors become exit
-codes in one place (:data:`EXIT_CODES`).
+:class:`Service` steps a :class:`~utils.monitor.Monitor`, then waits for the next relevant instant
+(:meth:`Monitor.next_wake_at`), a tracker file change or SIGTERM/SIGINT. Delivery runs in a background
+thread so a slow SMTP server delays neither checks nor shutdown. :func:`main` is the command line.
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ import threading
 import time
 
 from utils.config import ConfigError, MonitorConfig, help_text
+from utils.errors import EXIT_OK, EXIT_STORAGE, EXIT_USAGE
 from utils.monitor import Monitor, StepResult
 from utils.outbox import Outbox
 from utils.outbox_admin import UnknownMessageError, listing_rows, retry
@@ -31,11 +29,10 @@ from utils.state_store import StorageError
 LOGGER = logging.getLogger(__name__)
 
 PROG = "batch_completion_monitor"
-EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG, EXIT_STORAGE = 0, 1, 2, 3
 # The one place where a domain error becomes an exit code and a one-line message.
 EXIT_CODES: tuple[tuple[type[Exception], int, str], ...] = (
-    (ConfigError, EXIT_CONFIG, "configuration error"),
-    (UnknownMessageError, EXIT_CONFIG, "outbox retry"),
+    (ConfigError, EXIT_USAGE, "configuration error"),
+    (UnknownMessageError, EXIT_USAGE, "outbox retry"),
     (StorageError, EXIT_STORAGE, "storage error"),
 )
 POLL_SECONDS = 0.5  # how often the waiting loop stats the tracker file: two cheap syscalls a second
@@ -45,12 +42,8 @@ _SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL":
 
 
 class Waker:
-    """Sleep that a signal handler or another thread can cut short.
-
-    A self-pipe rather than :class:`threading.Event`: ``Event.set`` from a signal
-    handler can deadlock when the signal lands while the main thread holds the
-    event's internal lock; a flag plus a non-blocking pipe write takes no lock.
-    """
+    """Sleep that a signal handler or another thread can cut short. A self-pipe, not :class:`threading.Event`:
+    ``Event.set`` in a signal handler deadlocks if the signal lands while the main thread holds the event's lock."""
 
     def __init__(self) -> None:
         self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -253,7 +246,8 @@ class Service:
 def start_http(monitor: Monitor):
     """Serve /metrics, /healthz, /status.json and / when METRICS_PORT is set; None otherwise or on failure."""
     config = monitor.config
-    if config.metrics_port == 0:
+    addr, port = config.metrics_addr, config.metrics_port
+    if port == 0:
         return None
     try:
         from prometheus_client import CollectorRegistry
@@ -262,25 +256,13 @@ def start_http(monitor: Monitor):
 
         registry = CollectorRegistry()
         metrics.register_batch_metrics(
-            registry,
-            tracker=monitor.tracker,
-            monitor_state_path=config.monitor_state_file,
-            clock=monitor.clock,
+            registry, tracker=monitor.tracker, monitor_state_path=config.monitor_state_file, clock=monitor.clock
         )
         server = http_server.serve(
-            config.metrics_addr,
-            config.metrics_port,
-            registry=registry,
-            status_provider=monitor.status,
-            health_provider=monitor.health,
+            addr, port, registry=registry, status_provider=monitor.status, health_provider=monitor.health
         )
     except Exception as exc:  # noqa: BLE001 - alerting matters more than metrics: keep going, loudly
-        LOGGER.error(
-            "cannot serve metrics on %s:%s (%s); alerting continues without the HTTP server",
-            config.metrics_addr,
-            config.metrics_port,
-            exc,
-        )
+        LOGGER.error("cannot serve metrics on %s:%s (%s); alerting continues without the HTTP server", addr, port, exc)
         return None
     LOGGER.info("serving /metrics, /healthz, /status.json and / on %s:%s", server.address, server.port)
     return server

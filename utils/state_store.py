@@ -1,16 +1,14 @@
 """Durable JSON state files: one writer protocol for every process.
 
 Contract:
-- A reader always sees a whole file: writes go to a temporary file in the same
-  directory, are fsynced, renamed over the target, and the directory is fsynced.
-- Every read-modify-write holds an exclusive ``fcntl.flock`` on ``<file>.lock``
-  (a separate file, because the data file itself is replaced on every write and a
-  lock on a replaced inode protects nothing).
-- Any OS-level failure (read-only directory, full disk, permission) surfaces as
-  :class:`StorageError` and leaves the previous file untouched.
-- A file that exists but does not parse as a JSON object raises
-  :class:`CorruptStateError`; the caller decides whether to repair it with
-  :meth:`JsonStateStore.move_aside`.
+- A reader always sees a whole file: writes go to a temporary file in the same directory, are fsynced, renamed over
+  the target, and the directory is fsynced.
+- Every read-modify-write holds an exclusive ``fcntl.flock`` on ``<file>.lock`` (a separate file, because the data
+  file itself is replaced on every write and a lock on a replaced inode protects nothing).
+- Any OS-level failure (read-only directory, full disk, permission) surfaces as :class:`StorageError` and leaves the
+  previous file untouched.
+- A file that exists but does not parse as a JSON object raises :class:`CorruptStateError`; the caller decides
+  whether to repair it with :meth:`JsonStateStore.move_aside`.
 
 This module is on the nightly hook's critical path: keep its imports minimal.
 """
@@ -28,7 +26,7 @@ from utils.errors import EXIT_STORAGE, TrackerError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - typing costs import time on the hook's path
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from typing import Any
 
 
@@ -67,35 +65,40 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def ensure_directory(directory: str, mode: int = STATE_DIRECTORY_MODE) -> None:
-    """Create ``directory`` and any missing parents with ``mode`` (0750: owner and group only).
+def ensure_directory(directory: str, mode: int = STATE_DIRECTORY_MODE, *, exact: bool = False) -> None:
+    """Create ``directory`` and any missing parents with ``mode`` (0750: owner and group only); raise OSError.
 
-    ``os.makedirs`` gives intermediate directories the umask's default (0777 under
-    ``umask 000``), so each missing level is made here with ``mode``; the umask can
-    only make it stricter. Existing directories are left as they are. Raises OSError.
+    ``os.makedirs`` gives parents the umask's default, so each missing level is made here; the
+    umask can only make it stricter. With ``exact`` each level made gets exactly ``mode``, and an
+    existing ``directory`` we own that is more open (left under a loose umask) is tightened.
+    Other existing directories are left as they are.
     """
+    directory = os.path.abspath(directory)
     missing = []
-    current = os.path.abspath(directory)
-    while not os.path.isdir(current):
+    current = directory
+    while not os.path.isdir(current) and current != os.path.dirname(current):
         missing.append(current)
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
+        current = os.path.dirname(current)
     for level in reversed(missing):
         try:
             os.mkdir(level, mode)
         except FileExistsError:
             if not os.path.isdir(level):
                 raise
-            continue  # another process made it first
+            continue  # another process made it first: not ours to chmod
+        if exact:
+            os.chmod(level, mode)
+    if exact:
+        with contextlib.suppress(OSError):
+            info = os.stat(directory)
+            if info.st_uid == os.geteuid() and info.st_mode & 0o777 & ~mode:
+                os.chmod(directory, info.st_mode & 0o777 & mode)
 
 
 def write_json_atomically(path: str, document: Any) -> None:
-    """Replace ``path`` with ``document`` as JSON so no reader ever sees a torn file.
+    """Replace ``path`` with ``document`` as JSON (:func:`write_bytes_atomically`; raises StorageError).
 
-    Raises :class:`StorageError` as :func:`write_bytes_atomically` does. A document holding
-    NaN or Infinity raises :class:`UnwritableValueError` before anything is touched.
+    A document holding NaN or Infinity raises :class:`UnwritableValueError` before anything is touched.
     """
     try:
         # allow_nan=False: NaN/Infinity are not JSON; a reader would take the file for corrupt.
@@ -153,30 +156,19 @@ def read_json_object(path: str) -> dict | None:
     return document
 
 
-class _ExclusiveLock:
-    """``flock`` on a lock file, as a context manager (contextlib costs hook start-up time)."""
-
-    def __init__(self, lock_path: str):
-        self.lock_path = lock_path
-        self._fd: int | None = None
-
-    def __enter__(self) -> None:
-        try:
-            ensure_directory(os.path.dirname(self.lock_path) or ".")
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, STATE_FILE_MODE)
-        except OSError as exc:
-            raise StorageError(_describe_os_error("lock", self.lock_path, exc)) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-
-    def __exit__(self, *exc_info: object) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)  # closing releases the flock
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created, with its directory, when missing); raise StorageError."""
+    try:
+        ensure_directory(os.path.dirname(lock_path) or ".")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, STATE_FILE_MODE)
+    except OSError as exc:
+        raise StorageError(_describe_os_error("lock", lock_path, exc)) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 def remove_stale_temp_files(path: str) -> list[str]:
@@ -193,16 +185,12 @@ def remove_stale_temp_files(path: str) -> list[str]:
     except OSError:
         return removed
     for name in names:
-        if not name.startswith(prefix):
-            continue
         pid_text = name[len(prefix) :].split("-", 1)[0]
-        if pid_text.isdigit() and _process_exists(int(pid_text)):
+        if not name.startswith(prefix) or (pid_text.isdigit() and _process_exists(int(pid_text))):
             continue
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(os.path.join(directory, name))
             removed.append(os.path.join(directory, name))
-        except OSError:
-            pass
     return removed
 
 
@@ -235,9 +223,9 @@ class JsonStateStore:
         """Read without locking: atomic replacement guarantees a whole file."""
         return read_json_object(self.path)
 
-    def locked(self) -> _ExclusiveLock:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """A context manager holding the store's exclusive lock (blocking) for a read-modify-write."""
-        return _ExclusiveLock(self.lock_path)
+        return exclusive_lock(self.lock_path)
 
     def write(self, document: dict) -> None:
         """Replace the file; callers hold :meth:`locked` when they read first."""

@@ -1,10 +1,7 @@
 """The status page's chart: the last nights' finish times against their deadlines, as inline SVG.
 
-:func:`render_chart` reads the status dict of :mod:`utils.status_page` (``history.nights``, else
-``history.recent``, newest first, plus the current batch) and returns one ``<svg>``, no JavaScript:
-one ``.point`` per batch (``data-batch`` = its id, a ``<title>`` saying when it finished), a dashed
-``.deadline`` line, late, failed and unfinished batches marked by shape and colour. A running batch
-sits at ``status["now"]``. Every text is escaped (:func:`utils.page_format.escape`).
+One ``.point`` per batch (``data-batch`` = its id, a ``<title>`` saying when it finished), a dashed
+``.deadline`` line, late, failed and unfinished batches marked by shape and colour; no JavaScript.
 """
 
 from __future__ import annotations
@@ -21,6 +18,7 @@ HOUR = 3600
 CHART_WIDTH, CHART_HEIGHT = 760, 300
 CHART_LEFT, CHART_RIGHT, CHART_TOP, CHART_BOTTOM = 88, 24, 34, 44
 COLOURS = {"on-time": "#1a7f37", "late": "#b42318", "failed": "#7a0e0e", "unfinished": "#667085", "running": "#175cd3"}
+TITLES = {"on-time": "finished", "late": "finished LATE", "failed": "FAILED", "running": "still running"}
 LEGEND = {"on-time": "on time", "late": "late", "failed": "failed", "unfinished": "abandoned", "running": "running"}
 
 
@@ -63,11 +61,10 @@ def _marker(kind: str, x: float, y: float, title: str, batch_id: object) -> str:
 
 
 def render_chart(status: dict, times: PageTimes | None = None) -> str:
-    """The last nights' finish times against their deadlines as inline SVG (see the module docstring).
+    """One ``<svg>`` from ``history.nights`` (else ``history.recent``, newest first) plus the current batch.
 
-    x: the nights, by the local date of each batch's deadline; y: when the batch ended,
-    relative to its deadline, labelled with the local clock time (the deadline is the
-    same local time every night). A batch without a known deadline is left out.
+    x: the local date of each batch's deadline; y: when it ended (a running one: now) relative to its deadline,
+    labelled with the local clock time. A batch without a known deadline is left out.
     """
     times = times or PageTimes(status)
     points = ((batch, *_point(batch, times.now)) for batch in _nights(status))
@@ -90,27 +87,21 @@ def render_chart(status: dict, times: PageTimes | None = None) -> str:
         return CHART_TOP + plot_h * (high - hours) / (high - low)
 
     latest_due = times.local(nights[-1][2])
-    zone = latest_due.tzname()
-    parts = [
-        f"<rect x='{CHART_LEFT}' y='{CHART_TOP}' width='{plot_w}' height='{y_of(0) - CHART_TOP:.1f}' fill='#fef3f2'/>",
-    ]
-    step = 1 if high - low <= 8 else 2
-    for hours in range(low, high + 1, step):
+    y0 = y_of(0)
+    parts = [f"<rect x='{CHART_LEFT}' y='{CHART_TOP}' width='{plot_w}' height='{y0 - CHART_TOP:.1f}' fill='#fef3f2'/>"]
+    for hours in range(low, high + 1, 1 if high - low <= 8 else 2):
         y = y_of(hours * HOUR)
         clock = (latest_due + dt.timedelta(hours=hours)).strftime("%H:%M")
-        parts.append(
-            f"<line class='grid' x1='{CHART_LEFT}' x2='{CHART_WIDTH - CHART_RIGHT}' y1='{y:.1f}' y2='{y:.1f}'/>"
-        )
-        parts.append(f"<text x='{CHART_LEFT - 8}' y='{y + 4:.1f}' text-anchor='end'>{escape(clock)}</text>")
-    y0 = y_of(0)
-    parts.append(
+        parts += [
+            f"<line class='grid' x1='{CHART_LEFT}' x2='{CHART_WIDTH - CHART_RIGHT}' y1='{y:.1f}' y2='{y:.1f}'/>",
+            f"<text x='{CHART_LEFT - 8}' y='{y + 4:.1f}' text-anchor='end'>{escape(clock)}</text>",
+        ]
+    parts += [
         f"<line class='deadline' x1='{CHART_LEFT}' x2='{CHART_WIDTH - CHART_RIGHT}' y1='{y0:.1f}' y2='{y0:.1f}' "
-        "stroke='#b42318' stroke-width='2' stroke-dasharray='6 4'/>"
-    )
-    parts.append(
+        "stroke='#b42318' stroke-width='2' stroke-dasharray='6 4'/>",
         f"<text class='deadline-label' x='{CHART_WIDTH - CHART_RIGHT - 4}' y='{y0 - 6:.1f}' text-anchor='end' "
-        f"fill='#b42318'>deadline {latest_due:%H:%M} {escape(zone)}</text>"
-    )
+        f"fill='#b42318'>deadline {latest_due:%H:%M} {escape(latest_due.tzname())}</text>",
+    ]
     labels: list[tuple[float, str]] = []  # (x, date): about eight, never overlapping, the newest night always
     label_every = max(1, math.ceil(len(nights) / 8))
     for index, (_, _, due, _) in enumerate(nights):
@@ -125,16 +116,14 @@ def render_chart(status: dict, times: PageTimes | None = None) -> str:
     for x, text in labels:
         parts.append(f"<text x='{x:.1f}' y='{CHART_HEIGHT - CHART_BOTTOM + 18}' text-anchor='middle'>{text}</text>")
     for batch, kind, due, finish in nights:
-        x = x_of(due)
         if finish is None:  # an old record without an end time: put it on the deadline line
             y, when = y0, "end time unknown"
         else:
             y = y_of(finish - due)
             side = "after" if finish > due else "before"
             when = f"{times.text(finish)}, {format_duration(finish - due)} {side} the deadline"
-        label = {"on-time": "finished", "late": "finished LATE", "failed": "FAILED", "running": "still running"}
-        title = f"{batch.get('id')}: {label.get(kind, str(batch.get('state')))} {when}"
-        parts.append(_marker(kind, x, y, title, batch.get("id")))
+        title = f"{batch.get('id')}: {TITLES.get(kind, str(batch.get('state')))} {when}"
+        parts.append(_marker(kind, x_of(due), y, title, batch.get("id")))
     legend_x = CHART_LEFT
     for kind, text in LEGEND.items():
         parts.append(_marker(kind, legend_x + 6, 16, text, "legend").replace("class='point ", "class='key "))

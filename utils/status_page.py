@@ -1,11 +1,7 @@
 """The monitor's HTML status page for people, rendered on the server from one status dict.
 
-:func:`render_status_page` takes a dict shaped like :func:`utils.batch_tracker.get_batch_status`
-(plus the monitor's ``monitor`` section and optional ``history.nights``); unknown shapes degrade to
-dashes, never errors. Every relative time is computed from ``status["now"]``, never a clock read
-while rendering; times show in the deadline's zone, the UTC instant in ``<time>`` attributes. Every
-value is escaped (:func:`utils.page_format.escape`) and a Content-Security-Policy forbids scripts and
-external assets; the last nights' chart is inline SVG (:mod:`utils.status_chart`).
+Unknown shapes degrade to dashes, never errors; relative times come from ``status["now"]``, never a
+clock read; every value is escaped and a Content-Security-Policy forbids scripts and external assets.
 """
 
 from __future__ import annotations
@@ -20,17 +16,13 @@ OUTBOX_STALE_SECONDS = 600  # the outbox backs off to one attempt every 10 min: 
 PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'"  # no scripts, no external assets
 
 
-def _deadline_text(deadline: object, times: PageTimes) -> str:
-    if isinstance(deadline, dict):
-        return times.at(deadline.get("utc") or deadline.get("epoch") or deadline.get("local"))
-    return times.at(deadline)
-
-
-def _deadline_with_time_left(deadline: object, times: PageTimes) -> str:
-    """``05:00 EST, Mon 23 Nov (in 3 h 10 min)``: the instant and how far away it is."""
-    text = _deadline_text(deadline, times)
+def _deadline_html(deadline: object, times: PageTimes, time_left: bool = False) -> str:
+    """``05:00 EST, Mon 23 Nov``, with ``time_left`` followed by `` (in 3 h 10 min)`` when known."""
     left = as_dict(deadline).get("seconds_left")
-    return f"{text} ({relative(left)})" if is_number(left) else text
+    if isinstance(deadline, dict):
+        deadline = deadline.get("utc") or deadline.get("epoch") or deadline.get("local")
+    text = times.at(deadline)
+    return f"{text} ({relative(left)})" if time_left and is_number(left) else text
 
 
 def _monitor(status: dict) -> dict:
@@ -38,11 +30,8 @@ def _monitor(status: dict) -> dict:
 
 
 def _monitor_view(status: dict) -> list[dict] | None:
-    """The monitor's open incidents when its view is current (it has checked and is healthy), else None.
-
-    The page follows the monitor's view, the one that alerts (it adds early warnings); a monitor
-    whose checks fail has a stale view, and then the tracker's own verdict speaks.
-    """
+    """The monitor's open incidents when its view is current (it has checked and is healthy), else None:
+    the page follows the view that alerts, and a monitor whose checks fail has a stale one."""
     monitor = _monitor(status)
     incidents = monitor.get("open_incidents")
     if not isinstance(incidents, list) or not monitor.get("last_check_at") or monitor.get("healthy") is False:
@@ -65,8 +54,7 @@ def _recent_alerts(status: dict) -> list[dict]:
 
 
 def _open_incidents(status: dict) -> list[dict]:
-    monitored = _monitor_view(status)
-    if monitored is not None:
+    if (monitored := _monitor_view(status)) is not None:
         return monitored
     incidents = status.get("open_incidents") or _monitor(status).get("open_incidents") or []
     if isinstance(incidents, dict):
@@ -133,9 +121,7 @@ def _outbox_row(outbox: dict, times: PageTimes) -> str:
         parts[0] += f" (oldest since {times.at(oldest)}{age})"
     parts.append(f"{_e(failed) if is_number(failed) else '?'} failed")
     text = ", ".join(parts)
-    if outbox_problem(outbox, times.now):
-        return f"<span class='bad'>⚠ {text}</span>"
-    return text
+    return f"<span class='bad'>⚠ {text}</span>" if outbox_problem(outbox, times.now) else text
 
 
 def _summary_rows(status: dict, incidents: list[dict], times: PageTimes) -> list[tuple[str, str]]:
@@ -145,11 +131,10 @@ def _summary_rows(status: dict, incidents: list[dict], times: PageTimes) -> list
     rows: list[tuple[str, str]] = []
     if tracker.get("readable") is False:
         rows.append(("Tracker file", f"unreadable: {_e(tracker.get('error'))}"))
+    deadline, upcoming = status.get("deadline"), status.get("next_deadline")
     if status.get("id") is None:
         rows.append(("Batch", "none recorded yet"))
-        rows.append(("Next deadline", _deadline_with_time_left(status.get("next_deadline"), times)))
     else:
-        deadline = status.get("deadline")
         rows += [
             ("Batch", _e(status.get("id"))),
             ("State", _e(status.get("state"))),
@@ -158,23 +143,21 @@ def _summary_rows(status: dict, incidents: list[dict], times: PageTimes) -> list
             ("Started", times.at(status.get("started_at"))),
             ("Elapsed", duration(status.get("elapsed_seconds"))),
             ("Ended", times.at(status.get("ended_at"))),
-            ("Deadline", _deadline_text(deadline, times)),
+            ("Deadline", _deadline_html(deadline, times)),
             ("Time to deadline", relative(as_dict(deadline).get("seconds_left"))),
         ]
         rows += _projection_rows(status, incidents, times)
-        failure = _failure_html(status.get("failure"), times)
-        if failure:
+        if failure := _failure_html(status.get("failure"), times):
             rows.append(("Failure", failure))
         elif status.get("state") == "running" and as_dicts(status.get("failures")):
             earlier = _failure_html(as_dicts(status.get("failures"))[-1], times)
-            if earlier:
-                rows.append(("Earlier failure", f"{earlier}, resumed since"))
+            rows.append(("Earlier failure", f"{earlier}, resumed since"))
         rows += [
             ("Cost per lead", _e(status.get("cost_per_lead"))),
             ("GPU spend ($)", _e(status.get("gpu_cost_dollars"))),
         ]
-        if as_dict(status.get("next_deadline")).get("utc") != as_dict(deadline).get("utc"):
-            rows.append(("Next deadline", _deadline_with_time_left(status.get("next_deadline"), times)))
+    if status.get("id") is None or as_dict(upcoming).get("utc") != as_dict(deadline).get("utc"):
+        rows.append(("Next deadline", _deadline_html(upcoming, times, time_left=True)))
     if monitor:
         rows.append(("Monitor last check", times.ago(monitor.get("last_check_at"))))
         if monitor.get("healthy") is False:
@@ -191,11 +174,8 @@ def _on_time_text(value: object) -> str:
 
 
 def render_status_page(status: dict) -> str:
-    """The HTML status page for a status dict shaped like ``get_batch_status()`` (see the module docstring).
-
-    Optional keys ``recent_alerts`` / ``open_incidents`` (top level or under ``monitor``) add the alert
-    sections; a ``monitor`` section that has checked and is healthy decides the verdict and incidents.
-    """
+    """The HTML page for a dict shaped like ``get_batch_status()``, plus optional ``monitor``, ``history.nights``,
+    ``recent_alerts`` and ``open_incidents`` (top level or under ``monitor``)."""
     status = status if isinstance(status, dict) else {}
     times = PageTimes(status)
     incidents = _open_incidents(status)
@@ -205,12 +185,9 @@ def render_status_page(status: dict) -> str:
     summary = "\n".join(
         f"<tr><th>{_e(label)}</th><td>{value}</td></tr>" for label, value in _summary_rows(status, incidents, times)
     )
-    outbox_trouble = outbox_problem(as_dict(_monitor(status).get("outbox")), times.now)
-    banner = (
-        f"<p class='bad banner'>⚠ Alert e-mails are not getting through: {_e(outbox_trouble)}.</p>"
-        if outbox_trouble
-        else ""
-    )
+    banner = ""
+    if outbox_trouble := outbox_problem(as_dict(_monitor(status).get("outbox")), times.now):
+        banner = f"<p class='bad banner'>⚠ Alert e-mails are not getting through: {_e(outbox_trouble)}.</p>"
     failure_stage = as_dict(status.get("failure")).get("stage")
 
     def stage_row(s: dict) -> str:

@@ -1,8 +1,5 @@
 """Character rules for text from files or hooks on its way to a person or a protocol (stdlib, no I/O).
 
-Tracker free text is stored as one printable line (:func:`visible_line`); mail text turns every
-non-printable character into a space (:func:`header_safe`, :func:`body_safe`); a terminal sees each
-as an escape (:func:`terminal_safe`); HTML gets visible stand-ins (:func:`control_pictures`).
 "Printable" is :meth:`str.isprintable`: controls, line and paragraph separators, format characters
 (bidi overrides, zero-width joiners) and unassigned code points are not.
 """

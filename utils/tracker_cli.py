@@ -1,15 +1,12 @@
 """The tracker's command line: ``bin/batch_tracker`` / ``python -m utils.batch_tracker``.
 
-Write commands (the nightly hooks) call :class:`utils.batch_tracker.BatchTracker`, then push
-the batch's metrics when ``BATCH_PUSHGATEWAY_URL`` is set (a failed push is a warning, never
-a failed hook); ``status``, ``history`` and ``check`` are rendered by :mod:`utils.tracker_views`.
-:func:`main` is the one place errors become exit codes: a :class:`utils.errors.TrackerError`
-carries its own (2 bad usage or value, 3 storage) and is reported as one line,
-``batch_tracker: <label>: <message>``.
+Write commands (the nightly hooks) call :class:`utils.batch_tracker.BatchTracker`, then push the batch's metrics when
+``BATCH_PUSHGATEWAY_URL`` is set (a failed push is a warning, never a failed hook); ``status``, ``history`` and
+``check`` are rendered by :mod:`utils.tracker_views`. :func:`main` alone turns a :class:`utils.errors.TrackerError` into
+its own exit code (2 bad usage or value, 3 storage) and one line, ``batch_tracker: <label>: <message>``.
 
-The hooks run on the nightly critical path: the grammar is parsed by hand (argparse's
-import alone costs a noticeable share of the hook's time budget), and nothing heavy
-(logging, pytz, prometheus_client) is imported for a write command.
+The hooks run on the nightly critical path: the grammar is parsed by hand (argparse's import alone costs a noticeable
+share of the hook's time budget), and nothing heavy (logging, pytz, prometheus_client) is imported for a write command.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from utils.batch_tracker import MAX_OUTPUT_TAIL_BYTES, BatchTracker
+from utils.batch_tracker import MAX_OUTPUT_TAIL_BYTES, BatchTracker, shown
 from utils.config import TrackerConfig
 from utils.errors import EXIT_OK, EXIT_USAGE, TrackerError, UsageError
 
@@ -104,7 +101,7 @@ def _run_command(argv: list[str], environ: dict, out) -> int:
 
         return tracker_views.run(command, args, tracker, out, _take_options, _expect_positionals)
     if command not in _WRITES:
-        raise UsageError(f"unknown command {_shown(command)} (allowed: {', '.join(COMMANDS)})")
+        raise UsageError(f"unknown command {shown(command)} (allowed: {', '.join(COMMANDS)})")
     allowed, names = _WRITES[command]
     positionals, options = _take_options(args, allowed)
     _expect_positionals(positionals, names, command)
@@ -136,10 +133,6 @@ def _write(command: str, positionals: list[str], options: dict, config: TrackerC
     return None
 
 
-def _shown(value: str, limit: int = 80) -> str:
-    return repr(value if len(value) <= limit else value[:limit] + "...")
-
-
 def _read_output_tail(path: str | None) -> bytes | None:
     """The end of ``path`` (``-``: stdin), enough for :func:`clean_output_tail`.
 
@@ -160,7 +153,7 @@ def _read_output_tail(path: str | None) -> bytes | None:
             return handle.read()
     except OSError as exc:
         sys.stderr.write(
-            f"batch_tracker: warning: --output-file {_shown(path)} cannot be read ({exc.strerror}); "
+            f"batch_tracker: warning: --output-file {shown(path)} cannot be read ({exc.strerror}); "
             "recording the failure without the output\n"
         )
         return None

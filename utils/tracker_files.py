@@ -11,16 +11,16 @@ from typing import Any
 
 from utils import counters
 from utils.config import TrackerConfig
-from utils.counters import Counters
-from utils.model import Batch, RecordError, Snapshot, StorageEvent
+from utils.counters import Counters, CountersError
+from utils.model import COMPLETED, Batch, RecordError, Snapshot, StorageEvent
 from utils.state_store import CorruptStateError, JsonStateStore, StorageError, sibling_file
 
 SCHEMA_VERSION = 1
 
 
 def _log(level: str, message: str, *args: Any) -> None:
-    # logging is imported only when something is worth saying (hooks run on the critical
-    # path); records keep the tracker's logger name, which operators filter on.
+    # Imported only when something is worth saying (hooks run on the critical path); the tracker's
+    # logger name is kept, operators filter on it.
     import logging
 
     getattr(logging.getLogger("utils.batch_tracker"), level)(message, *args)
@@ -38,27 +38,11 @@ def _check_version(document: dict, kind: str) -> None:
 def _parse_tracker(document: dict) -> tuple[Batch | None, tuple[StorageEvent, ...]]:
     """The current batch and storage events of a tracker document; CorruptStateError unless well-formed."""
     _check_version(document, "tracker")
+    current, events = document.get("current"), document.get("storage_events", [])
+    if not isinstance(events, list):
+        raise CorruptStateError("tracker file has an invalid storage_events list")
     try:
-        current = document.get("current")
-        events = document.get("storage_events", [])
-        if not isinstance(events, list):
-            raise RecordError("tracker file has an invalid storage_events list")
-        return (
-            None if current is None else Batch.from_dict(current),
-            tuple(StorageEvent.from_dict(event) for event in events),
-        )
-    except RecordError as exc:
-        raise CorruptStateError(str(exc)) from None
-
-
-def _parse_history(document: dict) -> tuple[Batch, ...]:
-    """The batches of a history document, oldest first; CorruptStateError unless well-formed."""
-    _check_version(document, "history")
-    batches = document.get("batches")
-    if not isinstance(batches, list):
-        raise CorruptStateError("history file has no batches list")
-    try:
-        return tuple(Batch.from_dict(batch) for batch in batches)
+        return None if current is None else Batch.from_dict(current), tuple(map(StorageEvent.from_dict, events))
     except RecordError as exc:
         raise CorruptStateError(str(exc)) from None
 
@@ -80,7 +64,16 @@ class TrackerFiles:
     def history(self) -> tuple[Batch, ...]:
         """The archived batches, oldest first (CorruptStateError / StorageError when unreadable)."""
         document = self.history_store.read()
-        return _parse_history(document) if document is not None else ()
+        if document is None:
+            return ()
+        _check_version(document, "history")
+        batches = document.get("batches")
+        if not isinstance(batches, list):
+            raise CorruptStateError("history file has no batches list")
+        try:
+            return tuple(Batch.from_dict(batch) for batch in batches)
+        except RecordError as exc:
+            raise CorruptStateError(str(exc)) from None
 
     def write(self, document: dict, current: Batch | None, events: tuple[StorageEvent, ...]) -> None:
         """Write the tracker document with ``current`` and ``events``. Caller holds the lock."""
@@ -94,11 +87,8 @@ class TrackerFiles:
         )
 
     def read_for_update(self, now: float) -> tuple[dict, Batch | None, tuple[StorageEvent, ...]]:
-        """The document, its current batch and storage events, read under the lock.
-
-        A corrupt file is moved aside and replaced by a fresh one that records the repair.
-        Caller holds the lock.
-        """
+        """The document, its current batch and storage events. Caller holds the lock. A corrupt file
+        is moved aside and replaced by a fresh one that records the repair."""
         try:
             document = self.store.read()
             if document is None:
@@ -111,8 +101,7 @@ class TrackerFiles:
             )
             details = {"file": self.path, "moved_to": moved_to, "error": str(exc)}
             events = (StorageEvent(event="corrupt_file_moved_aside", at=now, details=details),)
-            # Persist the repair now, so the record of it survives even if the
-            # caller's own change is then refused.
+            # Persisted now, so the record of the repair survives even if the caller's change is refused.
             self.write({}, None, events)
             return {}, None, events
 
@@ -137,9 +126,10 @@ class TrackerFiles:
     def counters_in(self, document: dict | None, current: Batch | None, history: tuple | None) -> Counters:
         """The counters ``document`` holds, else rebuilt from the batches on file and an older
         release's metrics state file (:func:`utils.counters.rebuild`). Reads only."""
-        found = counters.stored(document)
-        if found is not None:
-            return found
+        try:
+            return Counters.from_dict((document or {}).get("counters"))
+        except CountersError:
+            pass  # none, or a hand-edited one: rebuilt like missing ones, it must not stop the tracker
         if history is None:
             try:
                 history = self.history()
@@ -149,8 +139,13 @@ class TrackerFiles:
         return counters.rebuild(current, history, self._on_time, legacy)
 
     def _on_time(self, batch: Batch) -> bool:
-        """Whether a finished batch completed by its own deadline."""
-        return counters.finished_on_time(batch, self.config.deadline)
+        """Whether a finished batch completed by its stored deadline (an older record without one: the
+        first deadline of the settings after its start, built only then). Failed or abandoned: False."""
+        if batch.state != COMPLETED or batch.ended_at is None:
+            return False
+        if batch.deadline_at is not None:
+            return batch.ended_at <= batch.deadline_at
+        return batch.ended_at <= self.config.deadline().first_after(batch.started_at)
 
     def snapshot(self) -> Snapshot:
         """Read both files without locking and without repairing anything."""

@@ -1,15 +1,15 @@
-"""The read-only CLI commands ``status``, ``history`` and ``check``, apart from :mod:`utils.batch_tracker`
-so the write hooks never pay for rendering.
+"""The read-only CLI commands ``status``, ``history`` and ``check`` (apart, so the write hooks never pay for them).
 
-Times show in the deadline's zone with its abbreviation (``2026-12-01 05:00 EST``), relative times
-from the render's one "now"; every field read from the state passes :func:`terminal_safe`, so a
-hand-edited tracker file cannot drive the terminal or break a line. ``--json`` keeps UTC ISO-8601.
+Times show in the deadline's zone (``2026-12-01 05:00 EST``); every field read from the state passes
+:func:`terminal_safe`, so a hand-edited tracker file cannot drive the terminal. ``--json`` keeps UTC ISO-8601.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+
+import pytz
 
 from utils import incidents, status_report
 from utils.batch_tracker import get_batch_status
@@ -19,6 +19,7 @@ from utils.errors import EXIT_OK, EXIT_PROBLEM, UsageError
 from utils.text_safety import terminal_safe
 
 BAR_WIDTH = 24
+ON_TIME_MARKS = {True: ("on time", "green"), False: ("LATE", "red"), None: ("pending", "yellow")}
 _COLOURS = {"green": "\033[32m", "yellow": "\033[33m", "red": "\033[31m", "dim": "\033[2m", "reset": "\033[0m"}
 
 
@@ -26,8 +27,7 @@ def run(command, args, tracker, out, take_options, expect_positionals) -> int:
     """Run ``command``; return the exit code (``check``: 1 when a problem is open)."""
     if command == "check":
         expect_positionals(take_options(args, {})[0], [], command)
-        deadline = tracker.config.deadline()
-        ok, reason = incidents.check(tracker.snapshot(), tracker.clock(), deadline)
+        ok, reason = incidents.check(tracker.snapshot(), tracker.clock(), tracker.config.deadline())
         out.write(("OK: " if ok else "PROBLEM: ") + terminal_safe(reason) + "\n")
         return EXIT_OK if ok else EXIT_PROBLEM
     if command == "status":
@@ -72,17 +72,11 @@ def local_time(iso: str | None, zone_name: str) -> str:
     """An ISO-8601 instant from the status report as ``2026-12-01 05:00 EST`` in ``zone_name``."""
     if not iso:
         return "-"
-    import pytz
-
     zone = pytz.timezone(zone_name)
     instant = _dt.datetime.fromisoformat(iso)
     if instant.tzinfo is None:  # stored times carry an offset; be safe with a hand-edited one
         instant = pytz.utc.localize(instant)
     return zone.normalize(instant.astimezone(zone)).strftime("%Y-%m-%d %H:%M %Z")
-
-
-def _zone_of(status: dict) -> str:
-    return (status.get("deadline") or status["next_deadline"])["timezone"]
 
 
 def _paint(text: str, colour: str, enabled: bool) -> str:
@@ -94,20 +88,12 @@ def progress_bar(percentage: float, width: int = BAR_WIDTH) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
-def _on_time_mark(on_time, colour: bool) -> str:
-    text, tint = (
-        ("on time", "green") if on_time is True else ("LATE", "red") if on_time is False else ("pending", "yellow")
-    )
-    return _paint(text, tint, colour)
-
-
 def render_status(status: dict, colour: bool = False) -> str:
     """The compact terminal view of :func:`utils.batch_tracker.get_batch_status`."""
-    lines = []
-    zone = _zone_of(status)
+    zone = (status.get("deadline") or status["next_deadline"])["timezone"]
     safe = terminal_safe
     headline = "OK" if status["ok"] else "PROBLEM"
-    lines.append(_paint(headline, "green" if status["ok"] else "red", colour) + ": " + safe(status["reason"]))
+    lines = [_paint(headline, "green" if status["ok"] else "red", colour) + ": " + safe(status["reason"])]
     if not status["tracker"]["readable"]:
         lines.append(_paint(f"tracker unreadable: {safe(status['tracker']['error'])}", "red", colour))
     for event in status["tracker"]["recovered_from_corruption"][-1:]:
@@ -126,11 +112,9 @@ def render_status(status: dict, colour: bool = False) -> str:
         left = deadline["seconds_left"]  # from the report's one "now", like elapsed
         when = f"in {format_duration(left)}" if left >= 0 else f"{format_duration(left)} ago"
         lines.append(f"deadline {local_time(deadline['utc'], zone)}, {when}")
-        projection = status.get("projection") or {}
-        if projection.get("projected_completion_utc"):
-            lines.append(f"projected finish {local_time(projection['projected_completion_utc'], zone)}")
-        if status["failure"]:
-            failure = status["failure"]
+        if projected := (status.get("projection") or {}).get("projected_completion_utc"):
+            lines.append(f"projected finish {local_time(projected, zone)}")
+        if failure := status["failure"]:
             text = f"failed at stage {safe(failure['stage'] or '?')}: {safe(failure['reason'])}"
             lines.append(_paint(text, "red", colour))
         names = {stage["name"]: safe(stage["name"]) for stage in status["stages"]}
@@ -144,8 +128,7 @@ def render_status(status: dict, colour: bool = False) -> str:
                 f"{marker} {names[stage['name']]:<{width}} {_paint(bar, tint, colour)} "
                 f"{stage['percentage']:5.1f}%  {updated}"
             )
-    recent = status["history"]["recent"]
-    if recent:
+    if recent := status["history"]["recent"]:
         lines.append("last batches:")
         lines.extend(_history_lines(recent, colour, zone))
     return "\n".join(lines) + "\n"
@@ -156,9 +139,10 @@ def _history_lines(batches: list[dict], colour: bool, zone: str) -> list[str]:
     for batch in batches:
         duration = format_duration(batch["duration_seconds"]) if batch["duration_seconds"] is not None else "-"
         started = local_time(batch["started_at"], zone)
+        on_time = _paint(*ON_TIME_MARKS.get(batch["on_time"], ON_TIME_MARKS[None]), colour)
         lines.append(
             f"  {terminal_safe(batch['id']):<28} {terminal_safe(batch['state']):<10} {started:<22} {duration:>12}  "
-            + _on_time_mark(batch["on_time"], colour)
+            f"{on_time}"
         )
     return lines
 

@@ -1,10 +1,10 @@
 """Mail transports: SMTP with TLS and login, or ``.eml`` files when no server is configured.
 
-A transport's ``send`` returns where the message went or raises :class:`TransientDeliveryError`
-(worth retrying) or :class:`PermanentDeliveryError` (5xx). Once the server accepted DATA the
-message is delivered: whatever QUIT or closing the connection raises is logged and ignored, so a
-broken QUIT never repeats an alert nor files it as refused. Server replies are scrubbed of the
-password and its AUTH PLAIN/LOGIN base64 forms before they reach an exception, a log line or the outbox.
+A transport's ``send`` returns where the message went or raises :class:`TransientDeliveryError` (worth retrying) or
+:class:`PermanentDeliveryError` (5xx). Once the server accepted DATA the message is delivered: whatever QUIT or closing
+the connection raises is logged and ignored, so a broken QUIT never repeats an alert nor files it as refused. Server
+replies are scrubbed of the password and its AUTH PLAIN/LOGIN base64 forms before they reach an exception, a log line or
+the outbox.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ import time
 from collections.abc import Callable
 
 from utils.mail_compose import header_safe
-from utils.state_store import StorageError, write_bytes_atomically
+from utils.state_store import StorageError, ensure_directory, write_bytes_atomically
 
 LOGGER = logging.getLogger(__name__)
 
 KEEP_DELIVERED = 200
-PRIVATE_DIR_MODE = 0o750  # the outbox holds alert e-mails: nobody outside the service's group reads them
 AUTH_CODES = frozenset({530, 534, 535, 538})  # RFC 4954: a login problem, not a refusal of the message
 
 
@@ -43,32 +42,6 @@ class TransientDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """The server refused the message for good (5xx)."""
-
-
-def ensure_private_dir(path: str, mode: int = PRIVATE_DIR_MODE) -> None:
-    """Create ``path`` (and missing parents) with exactly ``mode`` whatever the umask; raise OSError.
-
-    An existing ``path`` that we own and that is more open than ``mode`` (left by an older
-    version under a loose umask) is tightened too.
-    """
-    path = os.path.abspath(path)
-    missing: list[str] = []
-    probe = path
-    while not os.path.isdir(probe) and probe != os.path.dirname(probe):
-        missing.append(probe)
-        probe = os.path.dirname(probe)
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, mode)
-        except FileExistsError:
-            if not os.path.isdir(directory):
-                raise
-            continue  # created meanwhile by another process: not ours to chmod
-        os.chmod(directory, mode)
-    with contextlib.suppress(OSError):
-        info = os.stat(path)
-        if info.st_uid == os.geteuid() and info.st_mode & 0o777 & ~mode:
-            os.chmod(path, info.st_mode & 0o777 & mode)
 
 
 class FileTransport:
@@ -89,7 +62,7 @@ class FileTransport:
         name = f"{stamp}-{meta.get('kind', 'alert')}-{meta.get('type', 'alert')}-{meta['id'][:8]}.eml"
         path = os.path.join(self.directory, name)
         try:
-            ensure_private_dir(self.directory)
+            ensure_directory(self.directory, exact=True)  # alert e-mails: owner and group only
             write_bytes_atomically(path, raw)
         except (OSError, StorageError) as exc:
             raise TransientDeliveryError(f"cannot write {path}: {exc}", loud=True) from None

@@ -25,9 +25,11 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT, VENV_PYTHON, FakeClock, SmtpSink, free_port, run_tracker_cli, wait_until
 from disk_faults import fill, remount, small_tmpfs
-from hypothesis import HealthCheck, given, settings
+from helpers import NEW_YORK, ny_epoch
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from utils import incidents
 from utils.batch_tracker import (
     MAX_REASON_LENGTH,
     BatchTracker,
@@ -39,6 +41,7 @@ from utils.deadline import DailyDeadline
 from utils.mail_compose import (
     ALERT,
     KIND_LABELS,
+    MAIL_POLICY,
     RECOVERY,
     REMINDER,
     MailContext,
@@ -46,20 +49,14 @@ from utils.mail_compose import (
     compose_message,
     header_safe,
     message_id_for,
+    resolution,
 )
-from utils.model import NAME_CHARACTERS, Snapshot
+from utils.model import NAME_CHARACTERS, Batch, Snapshot
 from utils.monitor import Monitor
 from utils.state_store import StorageError, sibling_file
 
 MONITOR = str(PROJECT_ROOT / "bin" / "batch_completion_monitor.py")
 SENDER_DOMAIN = "example.com"
-
-
-def ny(text: str) -> float:
-    """``YYYY-MM-DD HH:MM`` New York wall time as a UTC epoch."""
-    import pytz
-
-    return pytz.timezone("America/New_York").localize(dt.datetime.strptime(text, "%Y-%m-%d %H:%M")).timestamp()
 
 
 def monitor_config(tracker_config: TrackerConfig, outbox: Path, smtp_port: int | None, **changes) -> MonitorConfig:
@@ -190,11 +187,11 @@ def test_it_delivers_exactly_once_when_restarted_again_and_again_during_an_smtp_
     tracker_config = TrackerConfig(tracker_file=str(tmp_path / "data" / "batch_tracker.json"))
     config = monitor_config(tracker_config, tmp_path / "outbox", port)
     tracker = BatchTracker(tracker_config, clock=clock)
-    clock.set(ny("2026-11-23 00:30"))
+    clock.set(ny_epoch("2026-11-23 00:30"))
     Monitor(config, clock=clock).step()
-    clock.set(ny("2026-11-23 01:00"))
+    clock.set(ny_epoch("2026-11-23 01:00"))
     batch = tracker.start(["scrape", "enrich"], batch_id="outage-1")
-    clock.set(ny("2026-11-23 02:00"))
+    clock.set(ny_epoch("2026-11-23 02:00"))
     tracker.fail("enrich", "exit code 3")
 
     first = Monitor(config, clock=clock).step()
@@ -202,7 +199,7 @@ def test_it_delivers_exactly_once_when_restarted_again_and_again_during_an_smtp_
     assert first.opened == (ident,)
     assert len(first.delivery.deferred) == 1
     assert "Connection refused" in first.delivery.deferred[0].last_error
-    stable_id = message_id_for(ident, ny("2026-11-23 02:00"), ALERT, 0, SENDER_DOMAIN)
+    stable_id = message_id_for(ident, ny_epoch("2026-11-23 02:00"), ALERT, 0, SENDER_DOMAIN)
     assert first.notifications[0].message_id == stable_id
 
     for restart in range(6):  # an hour of outage, a restart every ten minutes
@@ -252,6 +249,7 @@ def outage_env(base_env, tmp_path) -> dict:
     )
 
 
+@pytest.mark.slow
 def test_it_delivers_exactly_once_after_kill_9_during_an_smtp_outage(outage_env, tmp_path, tracker_file):
     state_file = sibling_file(str(tracker_file), "monitor")
     tracker_cli(outage_env, "start", "--stages", "scrape,enrich")
@@ -326,6 +324,7 @@ def inflict(trouble: str, disk: Path):
     return filler.unlink
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trouble", sorted(TROUBLE))
 def test_it_keeps_running_reports_unhealthy_and_alerts_once_the_disk_heals(trouble, base_env, tmp_path, smtp_server):
     problem = TROUBLE[trouble]
@@ -431,7 +430,7 @@ def test_it_never_resends_an_accepted_alert_while_the_disk_is_full(tmp_path, clo
             tracker_config = TrackerConfig(tracker_file=str(disk / "batch_tracker.json"))
             config = monitor_config(tracker_config, disk / "outbox", sink.port)
             tracker = BatchTracker(tracker_config, clock=clock)
-            clock.set(ny("2026-11-23 01:00"))
+            clock.set(ny_epoch("2026-11-23 01:00"))
             tracker.start(["scrape"])
             tracker.fail("scrape", "exit code 3")
             monitor = Monitor(config, clock=clock)  # one process: the delivery worker's view
@@ -473,6 +472,7 @@ EXPECTED_HEADERS = [
     "Content-Transfer-Encoding",
     "MIME-Version",
 ]
+HOSTILE_DEADLINE = DailyDeadline(5, 0, NEW_YORK)
 names = st.text(alphabet=sorted(NAME_CHARACTERS), min_size=1, max_size=64)
 reasons = st.one_of(
     st.text(max_size=300),
@@ -520,14 +520,99 @@ def check_message(raw: bytes, notification_type: str) -> object:
     return message
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def hostile_night(batch_id: str, stage: str, reason: str) -> tuple[Batch, Batch]:
+    """The tracker's records of a batch that failed at ``stage`` with ``reason`` at 01:01 New York time
+    (the reason as the tracker stores it: its one rule where text enters, ``clean_text``), and of the
+    same batch resumed at 01:02 and completed at 01:03."""
+    started = ny_epoch("2026-11-23 01:00")
+    failure = {"stage": stage, "reason": clean_text(reason), "at": started + 60}
+    running = {
+        "id": batch_id,
+        "state": "running",
+        "started_at": started,
+        "updated_at": started + 60,
+        "expected_stages": [stage],
+        "stages": {stage: {"percentage": 40.0, "first_seen_at": started, "updated_at": started}},
+        "deadline_at": HOSTILE_DEADLINE.first_after(started),
+    }
+    failed = {**running, "state": "failed", "ended_at": started + 60, "failure": failure, "failures": [failure]}
+    completed = {
+        **running,
+        "state": "completed",
+        "updated_at": started + 180,
+        "ended_at": started + 180,
+        "duration_seconds": 180.0,
+        "failures": [failure],
+        "resumed_at": [started + 120],
+    }
+    return Batch.from_dict(failed), Batch.from_dict(completed)
+
+
+def alert_and_recovery(ctx: MailContext, failed: Batch, completed: Batch) -> tuple[bytes, bytes]:
+    """The alert for ``failed`` (detected by utils.incidents) and the recovery once ``completed``,
+    composed as the monitor composes them and serialized as the outbox stores them."""
+    opened_at = failed.ended_at + 60
+    broken = Snapshot(current=failed)
+    [incident] = incidents.open_incidents(broken, opened_at, HOSTILE_DEADLINE, watch_since=failed.started_at)
+    assert incident.identity == f"failed:{failed.id}"
+    record = {**incident.to_dict(), "opened_at": opened_at}  # the monitor's log record of it
+    alert = compose_message(
+        ctx,
+        notification_type=ALERT,
+        incident=record,
+        snapshot=broken,
+        now=opened_at,
+        message_id=message_id_for(incident.identity, opened_at, ALERT, 0, SENDER_DOMAIN),
+    )
+    cleared_at = completed.ended_at + 60
+    healed = Snapshot(current=completed)
+    assert incidents.open_incidents(healed, cleared_at, HOSTILE_DEADLINE, watch_since=failed.started_at) == []
+    recovery = compose_message(
+        ctx,
+        notification_type=RECOVERY,
+        incident=record,
+        snapshot=healed,
+        now=cleared_at,
+        message_id=message_id_for(incident.identity, opened_at, RECOVERY, 0, SENDER_DOMAIN),
+        resolution_text=resolution(record, healed, HOSTILE_DEADLINE, cleared_at),
+    )
+    return alert.as_bytes(policy=MAIL_POLICY), recovery.as_bytes(policy=MAIL_POLICY)
+
+
+def check_alert_and_recovery(alert_raw: bytes, recovery_raw: bytes, batch_name: str, batch_id: str, reason: str):
+    shown = body_safe(clean_text(reason))  # the tracker's one rule where text enters, then the body's
+    for raw, kind in ((alert_raw, ALERT), (recovery_raw, RECOVERY)):
+        message = check_message(raw, kind)
+        body = message.get_content().replace("\r\n", "\n")  # the SMTP policy's line ends
+        assert shown in body
+        assert all(ch.isprintable() or ch == "\n" for ch in body), "a control character reached the body"
+    alert_message = check_message(alert_raw, ALERT)
+    assert alert_message["Subject"].startswith(f"[FAILED] {batch_name} batch {batch_id}"[:190])
+
+
+@settings(max_examples=60, deadline=None)
 @given(batch_name=names, batch_id=names, stage=names, reason=reasons)
-def test_it_never_lets_tracker_text_inject_a_mail_header(tmp_path, batch_name, batch_id, stage, reason):
-    """Alert and recovery, composed and queued by the monitor's own check, as the outbox stores them."""
-    root = tmp_path / uuid.uuid4().hex
-    tracker_config = TrackerConfig(tracker_file=str(root / "batch_tracker.json"), batch_name=batch_name)
-    config = monitor_config(tracker_config, root / "outbox", None)
-    clock = FakeClock(ny("2026-11-23 01:00"))
+def test_it_never_lets_tracker_text_inject_a_mail_header(batch_name, batch_id, stage, reason):
+    """Alert and recovery for hostile tracker text, composed from the batch records in memory."""
+    ctx = MailContext(
+        batch_name=batch_name,
+        deadline=HOSTILE_DEADLINE,
+        sender=f"leadfactory@{SENDER_DOMAIN}",
+        recipients=("ops@example.com",),
+        tracker_file="/srv/data/batch_tracker.json",
+        hostname="worker-1",
+    )
+    alert_raw, recovery_raw = alert_and_recovery(ctx, *hostile_night(batch_id, stage, reason))
+    check_alert_and_recovery(alert_raw, recovery_raw, batch_name, batch_id, reason)
+
+
+def test_it_queues_only_safe_messages_for_hostile_tracker_text_through_the_monitor(tmp_path):
+    """The monitor's own check, real tracker files and outbox: alert and recovery as the outbox stores them."""
+    batch_name, batch_id, stage = "nightly.leads-2", "20261123T060000Z-ab12", "enrich_v2"
+    reason = "exit 3\r\nBcc: evil@example.com\nSubject: fake\x00\u2028" + "é" * 300
+    tracker_config = TrackerConfig(tracker_file=str(tmp_path / "batch_tracker.json"), batch_name=batch_name)
+    config = monitor_config(tracker_config, tmp_path / "outbox", None)
+    clock = FakeClock(ny_epoch("2026-11-23 01:00"))
     tracker = BatchTracker(tracker_config, clock=clock)
     tracker.start([stage], batch_id=batch_id)
     tracker.stage(stage, 40)
@@ -541,17 +626,10 @@ def test_it_never_lets_tracker_text_inject_a_mail_header(tmp_path, batch_name, b
     recovery = monitor.check().notifications
     assert [n.type for n in alert] == [ALERT] and [n.type for n in recovery] == [RECOVERY]
 
-    pending = root / "outbox" / "pending"
+    pending = tmp_path / "outbox" / "pending"
     alert_raw = (pending / f"{alert[0].outbox_id}.eml").read_bytes()
     recovery_raw = (pending / f"{recovery[0].outbox_id}.eml").read_bytes()
-    shown = body_safe(clean_text(reason))  # the tracker's one rule where text enters, then the body's
-    for raw, kind in ((alert_raw, ALERT), (recovery_raw, RECOVERY)):
-        message = check_message(raw, kind)
-        body = message.get_content().replace("\r\n", "\n")  # the SMTP policy's line ends
-        assert shown in body
-        assert all(ch.isprintable() or ch == "\n" for ch in body), "a control character reached the body"
-    alert_message = check_message(alert_raw, ALERT)
-    assert alert_message["Subject"].startswith(f"[FAILED] {batch_name} batch {batch_id}"[:190])
+    check_alert_and_recovery(alert_raw, recovery_raw, batch_name, batch_id, reason)
 
 
 @settings(max_examples=80, deadline=None)
@@ -576,7 +654,7 @@ def test_it_keeps_any_text_composed_into_a_header_on_one_line(
         tracker_file="/srv/data/batch_tracker.json",
         hostname="host\r\nBcc: evil@example.com",
     )
-    now = ny("2026-11-23 06:00")
+    now = ny_epoch("2026-11-23 06:00")
     incident = {"kind": kind, "key": key, "summary": summary, "since": now - 60, "batch_id": None, "opened_at": now}
     message = compose_message(
         ctx,
@@ -604,6 +682,7 @@ def test_it_keeps_any_text_composed_into_a_header_on_one_line(
 # --------------------------------------------------------------------------- the systemd watchdog
 
 
+@pytest.mark.slow
 def test_it_pings_the_watchdog_only_while_its_checks_complete(base_env, tmp_path, tracker_file):
     """A monitor whose every check fails must go quiet, so systemd's WatchdogSec restarts it."""
     name = f"batch-monitor-watchdog-{uuid.uuid4().hex}"

@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 
+import pytest
 from conftest import copy_for_other_users, python_for_other_users, run_tracker_cli
 from disk_faults import fill, remount, small_tmpfs
 from hypothesis import HealthCheck, given, settings
@@ -34,6 +35,7 @@ def _writer_loop(tracker_file: str, start_value: int) -> None:
         tracker.stage("scrape", value)
 
 
+@pytest.mark.slow
 def test_it_never_tears_the_file_when_writers_are_killed_mid_write(tracker_config):
     tracker = BatchTracker(tracker_config)
     tracker.start(["scrape"])
@@ -68,6 +70,7 @@ def _parallel_writer(tracker_file: str, writer: int, updates: int) -> None:
         tracker.stage(f"w{writer}_{index}", (index % 100) + 0.5)
 
 
+@pytest.mark.slow
 def test_it_keeps_every_update_from_8_processes_x_200(tracker_config):
     import multiprocessing
 
