@@ -30,7 +30,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from utils.batch_tracker import BatchTracker, TrackerConfig
+from utils.batch_tracker import BatchTracker
+from utils.config import TrackerConfig
 from utils.state_store import sibling_file
 from utils.tracker_files import SCHEMA_VERSION
 
@@ -237,7 +238,7 @@ def bench_alert(work: Path) -> dict:
             before = len(smtp.received())
             monitor.cli("fail", "--stage", "enrich", "--reason", "exit code 3")
             failed_at = (
-                BatchTracker(TrackerConfig(tracker_file=str(monitor.tracker_file))).snapshot().current["failure"]["at"]
+                BatchTracker(TrackerConfig(tracker_file=str(monitor.tracker_file))).snapshot().current.failure.at
             )
             smtp.wait_for(before + 1, timeout=30)
             latency = time.time() - failed_at
@@ -449,7 +450,7 @@ def bench_concurrency(work: Path, writers: int = 8, updates: int = 200) -> dict:
     for process in processes:
         process.join()
     elapsed = time.perf_counter() - started
-    stages = BatchTracker(TrackerConfig(tracker_file=str(tracker_file))).snapshot().current["stages"]
+    stages = BatchTracker(TrackerConfig(tracker_file=str(tracker_file))).snapshot().current.stages
     lost = writers * updates - len(stages)
     rows = [
         _row(

@@ -382,7 +382,8 @@ if $venv; then
   # from run to run): the byte-compile step below does it reproducibly.
   pip_install=("$target/.venv/bin/python" -m pip install --quiet --disable-pip-version-check)
   "${pip_install[@]}" -r "$target/requirements.txt"
-  "${pip_install[@]}" --no-deps --no-compile --editable "$target"
+  # compat mode: a plain path in a .pth file, not an import hook that costs every start (the hooks').
+  "${pip_install[@]}" --no-deps --no-compile --editable "$target" --config-settings editable_mode=compat
   # setuptools leaves its build metadata in the source tree: not part of the install.
   rm -rf -- "$target"/*.egg-info "$target/build"
   if [ -n "$root" ]; then

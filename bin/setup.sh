@@ -65,7 +65,7 @@ fi
 requirements="requirements.txt"
 if $with_test_tools; then requirements="requirements-test.txt"; fi
 # The dependency ranges, and the project itself (its import path and console scripts).
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements" --editable .
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements" --editable . --config-settings editable_mode=compat
 .venv/bin/python -m compileall -q utils bin >/dev/null
 mkdir -p data logs
 echo "setup.sh: ready (.venv/bin/python, $(.venv/bin/python --version))"

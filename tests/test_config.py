@@ -3,7 +3,6 @@ the deadline built once, the password never shown."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 
 from utils.config import PROJECT_ROOT, VARIABLES, ConfigError, MonitorConfig, Secret, TrackerConfig, help_text
 from utils.state_store import sibling_file
+from utils.values import FrozenInstanceError
 
 COMMON_MONITOR_VARIABLES = (
     "BATCH_TRACKER_FILE BATCH_COMPLETION_DEADLINE_HOUR BATCH_COMPLETION_DEADLINE_MINUTE BATCH_COMPLETION_TIMEZONE "
@@ -174,7 +174,7 @@ def test_it_rejects_an_empty_or_multi_line_password_file_without_showing_it(tmp_
 
 def test_it_is_frozen():
     config = MonitorConfig.from_env({})
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(FrozenInstanceError):
         config.check_interval_seconds = 1  # type: ignore[misc]
 
 

@@ -7,12 +7,12 @@ call imports this module, so heavy modules (email, ipaddress, pytz) are imported
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from utils.errors import TrackerError
 from utils.model import is_valid_name
 from utils.state_store import sibling_file
+from utils.values import Value, frozen
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,14 +68,14 @@ class ConfigError(TrackerError, ValueError):
     """An environment variable has a value that is not allowed; the message names it."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True, repr=False)
-class Secret:
+@frozen()
+class Secret(Value):
     """A string that never shows itself in ``repr``/``str`` (so never in logs or tracebacks)."""
 
-    _value: str
+    value: str
 
     def reveal(self) -> str:
-        return self._value
+        return self.value
 
     def __repr__(self) -> str:
         return "Secret('********')"
@@ -83,8 +83,8 @@ class Secret:
     __str__ = __repr__
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class TrackerConfig:
+@frozen()
+class TrackerConfig(Value):
     """Tracker settings. ``tracker_file`` is absolute (relative values: from the project root in
     :meth:`from_env`, else from the working directory)."""
 
@@ -97,14 +97,11 @@ class TrackerConfig:
     pushgateway_url: str | None = None
     batch_name: str = "nightly"
     # The deadline, built on first use and kept (a cache, not a setting).
-    _deadline: DailyDeadline | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _deadline: DailyDeadline | None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tracker_file", os.path.abspath(os.fspath(self.tracker_file)))
         object.__setattr__(self, "expected_stages", tuple(self.expected_stages))
-
-    def replace(self, **changes: object) -> TrackerConfig:
-        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> TrackerConfig:
@@ -153,8 +150,8 @@ class TrackerConfig:
         return self._deadline
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class MonitorConfig:
+@frozen()
+class MonitorConfig(Value):
     """Everything the monitor needs; paths are absolute. ``smtp_server`` None: write .eml files into the outbox."""
 
     tracker: TrackerConfig
@@ -168,7 +165,7 @@ class MonitorConfig:
     smtp_port: int = 587
     smtp_security: str = "starttls"
     smtp_username: str | None = None
-    smtp_password: Secret | None = dataclasses.field(default=None, repr=False)
+    smtp_password: Secret | None = None
     smtp_timeout_seconds: float = 10.0
     metrics_addr: str = "127.0.0.1"
     metrics_port: int = 9469

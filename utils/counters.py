@@ -8,16 +8,15 @@ without them gets them once from :func:`rebuild`, carrying on from an older rele
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import os
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from utils.numbers import finite_number
 from utils.state_store import StorageError, read_json_object
+from utils.values import Value, frozen
 
 #: Duration histogram bounds (seconds): 30 s to 12 h, each 1.3-1.5x the previous, so ``histogram_quantile``
 #: reads a 100 s or a 7 h run within a few percent.
@@ -43,8 +42,8 @@ def bucket_index(seconds: float) -> int:
     return next((i for i, bound in enumerate(DURATION_BUCKETS) if seconds <= bound), len(DURATION_BUCKETS))
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Counters:
+@frozen()
+class Counters(Value):
     """Totals over every batch ever recorded; they only grow (``last_*`` fields move forward).
     ``duration_counts``: one per bucket of :data:`DURATION_BUCKETS` plus +Inf (not cumulative).
     ``last_finished_on_time``: whether the newest batch in history completed by its deadline (None before any)."""
@@ -70,14 +69,13 @@ class Counters:
     def after_start(self, started_at: float, archived_on_time: bool | None = None) -> Counters:
         """A batch started at ``started_at``; ``archived_on_time``: the verdict of the batch it archived, if any."""
         verdict = self.last_finished_on_time if archived_on_time is None else bool(archived_on_time)
-        return dataclasses.replace(self, last_started_at=started_at, last_finished_on_time=verdict)
+        return self.replace(last_started_at=started_at, last_finished_on_time=verdict)
 
     def after_end(self, *, duration: float, ended_at: float, on_time: bool) -> Counters:
         """A batch completed (``end``): observe its duration, count it on time or late."""
         counts = list(self.duration_counts)
         counts[bucket_index(duration)] += 1
-        return dataclasses.replace(
-            self,
+        return self.replace(
             duration_counts=tuple(counts),
             duration_sum=self.duration_sum + duration,
             completed_on_time=self.completed_on_time + (1 if on_time else 0),
@@ -88,11 +86,11 @@ class Counters:
     def add_gpu(self, dollars: float) -> Counters:
         """``dollars`` (>= 0) more GPU spend."""
         # Capped at the largest float: JSON cannot hold infinity, and the tracker file must stay writable.
-        return dataclasses.replace(self, gpu_dollars=min(self.gpu_dollars + dollars, sys.float_info.max))
+        return self.replace(gpu_dollars=min(self.gpu_dollars + dollars, sys.float_info.max))
 
     def after_cost(self, cost_per_lead: float) -> Counters:
         """The newest cost per lead recorded."""
-        return dataclasses.replace(self, last_cost_per_lead=cost_per_lead)
+        return self.replace(last_cost_per_lead=cost_per_lead)
 
     def to_dict(self) -> dict:
         return {
@@ -108,7 +106,7 @@ class Counters:
         }
 
     @classmethod
-    def from_dict(cls, record: Any) -> Counters:
+    def from_dict(cls, record: object) -> Counters:
         """The counters in ``record``; :class:`CountersError` unless it is what :meth:`to_dict` writes
         with today's bucket bounds (counts in other buckets cannot be re-bucketed: rebuild instead)."""
         try:
@@ -142,11 +140,11 @@ class Counters:
         )
 
 
-def _duration(batch: Any) -> float:
+def _duration(batch: object) -> float:
     return batch.duration_seconds if batch.duration_seconds is not None else batch.ended_at - batch.started_at
 
 
-def after_change(counters: Counters, before: Any, after: Any, verdict: Callable[[Any], bool]) -> Counters:
+def after_change(counters: Counters, before: object, after: object, verdict: Callable[[object], bool]) -> Counters:
     """``counters`` after one locked write replaced batch ``before`` with ``after`` (or None). A new id is a
     start (``before`` went to history, judged by ``verdict``); the same batch turning ``completed`` is counted
     once (no write sees that transition twice); GPU spend counts as it grows; a new cost per lead is the newest."""
@@ -201,8 +199,7 @@ def load_legacy_metrics_state(path: str | os.PathLike) -> tuple | None:
         # An older release's buckets: its counts cannot be re-bucketed. Rebuild the histogram from
         # the batches still on file (a counter reset, as that release did); keep the GPU spend.
         return counters, set(), counted, None
-    counters = dataclasses.replace(
-        counters,
+    counters = counters.replace(
         duration_counts=tuple(histogram["counts"]),
         duration_sum=float(histogram["sum"]),
         completed_on_time=completed["on_time"],
@@ -212,7 +209,7 @@ def load_legacy_metrics_state(path: str | os.PathLike) -> tuple | None:
 
 
 def rebuild(
-    current: Any, history: Iterable[Any], verdict: Callable[[Any], bool], legacy: tuple | None = None
+    current: object, history: Iterable[object], verdict: Callable[[object], bool], legacy: tuple | None = None
 ) -> Counters:
     """Counters for a tracker file that has none, from ``current`` (or None) and ``history`` (oldest first);
     ``verdict(batch)``: whether a finished batch was done by its deadline. The totals of ``legacy`` (from
@@ -234,8 +231,7 @@ def rebuild(
             counters = counters.add_gpu(spend)
     newest_cost = next((b.cost_per_lead for b in batches if b.cost_per_lead is not None), None)
     archived = [b for b in batches if b is not current]
-    return dataclasses.replace(
-        counters,
+    return counters.replace(
         last_cost_per_lead=newest_cost,
         last_finished_on_time=verdict(archived[0]) if archived else None,
         last_started_at=max((b.started_at for b in batches), default=None),

@@ -238,7 +238,7 @@ def _at_risk(
         f"batch {batch.id} is projected to finish at {format_local(projection.completion_at, deadline)}, "
         f"{format_duration(overshoot)} after its deadline {format_local(due, deadline)}{slow}"
     )
-    return [dataclasses.replace(candidate, summary=summary)]
+    return [candidate.replace(summary=summary)]
 
 
 def _stalled(batch: Batch, history: list[Batch], now: float) -> list[Incident]:

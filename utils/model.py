@@ -7,12 +7,11 @@ with unknown keys kept (``extra``), so releases can share a file.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from typing import Any
 
 from utils.counters import Counters
 from utils.numbers import finite_number
+from utils.values import EMPTY, Value, frozen
 
 RUNNING, COMPLETED, FAILED, ABANDONED = "running", "completed", "failed", "abandoned"
 BATCH_STATES = (RUNNING, COMPLETED, FAILED, ABANDONED)
@@ -37,18 +36,23 @@ def _number(record: Mapping, key: str, where: str, *, default: float | None = No
     return number
 
 
-def _extra(record: Mapping, cls: type, not_stored: tuple[str, ...] = ("extra",)) -> dict:
+def _extra(record: Mapping, cls: type, not_stored: tuple[str, ...] = ("extra",)) -> Mapping:
     """The keys of ``record`` that no stored field of ``cls`` reads: kept and written back unchanged."""
-    known = {field.name for field in dataclasses.fields(cls)} - set(not_stored)
+    known = set(cls._fields) - set(not_stored)
+    if len(record) <= len(known) and known.issuperset(record):
+        return EMPTY  # the common case: nothing unknown to keep
     return {key: value for key, value in record.items() if key not in known}
+
+
+_STAGE_KEYS = ("percentage", "first_seen_at", "updated_at", "completed_at")
 
 
 def _pick(value: object, *names: str) -> dict:
     return {name: getattr(value, name) for name in names}
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Stage:
+@frozen(hidden=("extra",))
+class Stage(Value):
     """One stage of a batch: its latest percentage and when it was first seen, updated, completed."""
 
     name: str
@@ -56,41 +60,44 @@ class Stage:
     first_seen_at: float
     updated_at: float
     completed_at: float | None = None
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    extra: Mapping[str, object] = EMPTY
 
     @classmethod
     def from_dict(cls, name: str, record: object, where: str) -> Stage:
-        if not is_valid_name(name) or not isinstance(record, Mapping):
+        # The hot path of every hook (one call per stage): no per-field helpers.
+        if not is_valid_name(name) or not isinstance(record, dict):
             raise RecordError(f"{where} has an invalid stage entry")
-        try:
-            return cls(
-                name=name,
-                percentage=_number(record, "percentage", where, required=True),
-                first_seen_at=_number(record, "first_seen_at", where, required=True),
-                updated_at=_number(record, "updated_at", where, required=True),
-                completed_at=_number(record, "completed_at", where),
-                extra=_extra(record, cls, ("name", "extra")),
-            )
-        except RecordError:
-            raise RecordError(f"{where} stage {name!r} is malformed") from None
+        get = record.get
+        percentage, first_seen_at = finite_number(get("percentage")), finite_number(get("first_seen_at"))
+        updated_at, completed_at = finite_number(get("updated_at")), finite_number(get("completed_at"))
+        if None in (percentage, first_seen_at, updated_at) or (completed_at is None and record.get("completed_at")):
+            raise RecordError(f"{where} stage {name!r} is malformed")
+        extra = EMPTY if len(record) <= len(_STAGE_KEYS) else _extra(record, cls, ("name", "extra"))
+        return cls._of(name, percentage, first_seen_at, updated_at, completed_at, extra)
 
     def to_dict(self) -> dict:
-        return {**self.extra, **_pick(self, "percentage", "first_seen_at", "updated_at", "completed_at")}
+        stored = {
+            "percentage": self.percentage,
+            "first_seen_at": self.first_seen_at,
+            "updated_at": self.updated_at,
+            "completed_at": self.completed_at,
+        }
+        return {**self.extra, **stored} if self.extra else stored
 
     @property
     def done(self) -> bool:
         return self.percentage >= 100
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Failure:
+@frozen(hidden=("extra",))
+class Failure(Value):
     """A recorded failure: where, why, when, and the failed stage's last output lines."""
 
     at: float
     stage: str | None = None
     reason: str = ""
     output_tail: str | None = None
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    extra: Mapping[str, object] = EMPTY
 
     @classmethod
     def from_dict(cls, record: object, where: str) -> Failure:
@@ -115,8 +122,8 @@ class Failure:
         return f"{where}{why}".lstrip()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Batch:
+@frozen(hidden=("extra",))
+class Batch(Value):
     """One run of the nightly pipeline. ``deadline_at``: fixed when it started (None only in records written
     before deadlines were stored: readers use the settings). ``stages``: in the order first reported."""
 
@@ -138,7 +145,7 @@ class Batch:
     deadline_timezone: str | None = None
     deadline_time: str | None = None
     abandoned_by: str | None = None
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    extra: Mapping[str, object] = EMPTY
 
     @classmethod
     def from_dict(cls, record: object) -> Batch:
@@ -204,9 +211,6 @@ class Batch:
             **_pick(self, "cost_per_lead", "gpu_cost_dollars"),
             **{key: value for key, value in optional.items() if value is not None},
         }
-
-    def replace(self, **changes: Any) -> Batch:
-        return dataclasses.replace(self, **changes)
 
     @property
     def is_running(self) -> bool:
@@ -277,13 +281,13 @@ class Batch:
         return {name: done - start for name, (start, done) in self.stage_windows().items() if done is not None}
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class StorageEvent:
+@frozen(hidden=("details",))
+class StorageEvent(Value):
     """Something the tracker did to its own files, e.g. moving a corrupt file aside."""
 
     event: str
     at: float
-    details: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    details: Mapping[str, object] = EMPTY
 
     @classmethod
     def from_dict(cls, record: object) -> StorageEvent:
@@ -296,8 +300,8 @@ class StorageEvent:
         return {**self.details, "event": self.event, "at": self.at}
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Snapshot:
+@frozen()
+class Snapshot(Value):
     """Both tracker files at one moment. ``error`` is set (and ``current`` None) when the tracker
     file cannot be read or parsed; ``history_error`` likewise for the history file."""
 
@@ -323,8 +327,8 @@ class Snapshot:
         return next((batch for batch in self.batches_newest_first() if batch.id == batch_id), None)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Incident:
+@frozen()
+class Incident(Value):
     """An open problem. ``(kind, key)`` is its identity: a batch id, or a deadline instant."""
 
     kind: str

@@ -7,8 +7,6 @@ finished batches live in a bounded history file beside it. :class:`utils.model.R
 
 from __future__ import annotations
 
-from typing import Any
-
 from utils import counters
 from utils.config import TrackerConfig
 from utils.counters import Counters, CountersError
@@ -18,7 +16,7 @@ from utils.state_store import CorruptStateError, JsonStateStore, StorageError, s
 SCHEMA_VERSION = 1
 
 
-def _log(level: str, message: str, *args: Any) -> None:
+def _log(level: str, message: str, *args: object) -> None:
     # Imported only when something is worth saying (hooks run on the critical path); the tracker's
     # logger name is kept, operators filter on it.
     import logging
