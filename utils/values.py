@@ -1,11 +1,10 @@
 """Frozen, slotted value classes, built without the ``dataclasses`` machinery.
 
-The nightly hooks import the model at every call: ``dataclasses`` (inspect, ast) and the code it
-generates and compiles per class doubled their start-up. :func:`frozen` gives what the model uses of
-``@dataclass(frozen=True, slots=True)``: fields declared as annotations (defaults as class attributes),
-positional or keyword construction (then ``__post_init__`` if defined), immutability, ``==``/``hash``/``repr`` over the fields, ``replace``.
-``hidden`` fields take no part in ``==``, ``hash`` or ``repr``; fields named ``_x`` are private slots
-(not constructor arguments, ``None`` until set with ``object.__setattr__``, e.g. a cache).
+The hooks import the model at every call; ``dataclasses`` (inspect, ast, code compiled per class) doubled
+their start-up. :func:`frozen` gives what the model used of ``@dataclass(frozen=True, slots=True)``: fields
+from annotations (defaults as class attributes), positional or keyword construction, ``__post_init__``,
+immutability, ``==``/``hash``/``repr`` over the fields but ``hidden`` ones, ``replace``, pickling. Fields named
+``_x`` are private slots: no constructor argument, ``None`` until set with ``object.__setattr__`` (a cache).
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ class Value:
 
     __slots__ = ()
     _fields: tuple[str, ...] = ()  # constructor arguments, in order
-    _private: tuple[str, ...] = ()
     _compared: tuple[str, ...] = ()
     _setters: tuple = ()  # the slots' setters: fields in order, then private slots
     _defaults: dict = {}  # noqa: RUF012 - replaced per class by frozen(), never mutated
@@ -110,7 +108,6 @@ def frozen(*, hidden: tuple[str, ...] = ()):
         namespace.pop("__weakref__", None)
         namespace["__slots__"] = tuple(names)
         namespace["_fields"] = tuple(name for name in names if not name.startswith("_"))
-        namespace["_private"] = tuple(name for name in names if name.startswith("_"))
         namespace["_compared"] = tuple(n for n in namespace["_fields"] if n not in hidden)
         namespace["_defaults"] = {name: cls.__dict__[name] for name in names if name in cls.__dict__}
         built = type(cls)(cls.__name__, cls.__bases__, namespace)
