@@ -54,10 +54,8 @@ class IncidentRecord:
     moved_at: float | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
-    _KEYS = (
-        *("kind", "key", "summary", "since", "batch_id", "opened_at", "alerted_at", "last_notified_at"),
-        *("reminders_sent", "continues", "moved_to", "moved_at"),
-    )
+    _KEYS = ("kind", "key", "summary", "since", "batch_id", "opened_at", "alerted_at", "last_notified_at")
+    _KEYS += ("reminders_sent", "continues", "moved_to", "moved_at")
     identity = _incident_field("identity")
     kind = _incident_field("kind")
     key = _incident_field("key")
@@ -175,7 +173,7 @@ def fresh_outbox() -> dict:
 
 @dataclasses.dataclass(slots=True)
 class AlertLog:
-    """The state file in memory; see the module docstring. Mutated by one check under the lock."""
+    """The state file in memory, mutated by one check under the lock."""
 
     watch_since: float
     last_check_at: float | None = None
@@ -338,8 +336,7 @@ class AlertLogStore(JsonStateStore):
                 self.save(log)
 
     def read_view(self) -> dict:
-        """The log as the status page shows it (times as UTC ISO-8601), read without the lock. Never raises:
-        a missing or unreadable file gives empty lists and ``state_error``."""
+        """The log for the status page (UTC ISO-8601 times), read without the lock; never raises (``state_error``)."""
         try:
             document, error = self.read() or {}, None
         except StorageError as exc:

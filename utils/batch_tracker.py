@@ -1,19 +1,9 @@
 """Batch tracker: durable state of nightly batches (the library; the CLI is :mod:`utils.tracker_cli`).
 
-The API names are fixed (shell hooks, the monitor and people's scripts use them). :func:`record_batch_start`,
-:func:`record_batch_stage_completion`, :func:`record_batch_end`, :func:`record_batch_failure`,
-:func:`record_batch_resume` and :func:`record_batch_cost` move a batch through ``none -> running -> completed | failed |
-abandoned`` (``failed -> running`` on resume; a start abandons an unfinished batch); :func:`check_batch_completion`,
-:func:`get_batch_status` and :func:`load_snapshot` read. Each takes optional ``path``, ``clock`` (UTC epoch seconds) and
-``config`` (default :meth:`TrackerConfig.from_env`, read once per call); writers return model values
-(:class:`utils.model.Batch`, ``Stage``).
-
-Storage: the tracker file holds the current batch only, so a hook's write costs the same however long the history grows;
-finished batches move to a bounded ``<name>.history.json`` when the next starts. Both use :mod:`utils.state_store`'s
-lock-and-replace protocol; a writer moves a file aside exactly when readers (:meth:`utils.model.Batch.from_dict`) would
-call it corrupt.
-
-Every hook call imports this module: no prometheus_client, pytz or logging at import time.
+The ``record_batch_*`` functions (fixed names: hooks and scripts use them) move a batch through ``none -> running ->
+completed | failed | abandoned`` (``failed -> running`` on resume); each takes optional ``path``, ``clock`` and
+``config`` (default :meth:`TrackerConfig.from_env`). The tracker file holds the current batch only; finished batches
+move to a bounded ``<name>.history.json``. Every hook imports this module: no prometheus_client, pytz or logging here.
 """
 
 from __future__ import annotations
@@ -47,8 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 MAX_REASON_LENGTH = 2000
-# The failed stage's last output lines kept with a failure record (fail --output-file): bounded so a
-# chatty stage cannot bloat the state file every hook rewrites.
+# Bounded so a chatty failed stage cannot bloat the state file every hook rewrites.
 MAX_OUTPUT_TAIL_LINES = 100
 MAX_OUTPUT_TAIL_BYTES = 8192
 
@@ -97,20 +86,14 @@ def _non_negative(raw: object, what: str) -> float:
 
 
 def clean_text(value: object, limit: int = MAX_REASON_LENGTH) -> str:
-    """Free text from a hook (a failure reason) as stored: :func:`utils.text_safety.visible_line`,
-    one printable line of at most ``limit`` characters (line breaks and tabs a space, other
-    controls visible escapes), so it cannot add a line to a notify message, log or mail header."""
+    """Free text from a hook as stored: one printable line of at most ``limit`` characters (see
+    :func:`utils.text_safety.visible_line`), so it cannot add a line to a message, log or header."""
     return visible_line(value, limit)
 
 
 def clean_output_tail(output: str | bytes | None) -> str | None:
-    """The last lines of a stage's output, bounded and safe to store and show; None when empty.
-
-    Bytes are decoded as UTF-8 (undecodable bytes replaced). ANSI escape sequences are
-    removed, tabs become spaces, every other control character (CR included) is dropped:
-    only newlines separate lines. At most :data:`MAX_OUTPUT_TAIL_LINES` lines and
-    :data:`MAX_OUTPUT_TAIL_BYTES` bytes (UTF-8) are kept, the last ones.
-    """
+    """The last lines (at most :data:`MAX_OUTPUT_TAIL_LINES` and :data:`MAX_OUTPUT_TAIL_BYTES`) of a stage's
+    output without ANSI escapes or controls (tabs become spaces), safe to store and show; None when empty."""
     if output is None:
         return None
     if isinstance(output, bytes):
@@ -159,11 +142,7 @@ def _ended(batch: Batch, now: float, state: str, **changes: Any) -> Batch:
 
 
 class BatchTracker:
-    """Records batch lifecycle events in the tracker file. Thread- and process-safe.
-
-    Every write reads the file under the lock, builds the new :class:`utils.model.Batch`
-    and writes the whole document back; unknown document keys are kept.
-    """
+    """Records batch lifecycle events in the tracker file (thread- and process-safe; unknown keys are kept)."""
 
     def __init__(
         self,
@@ -230,11 +209,8 @@ class BatchTracker:
         return self._update_running(lambda batch, now: _ended(batch, now, COMPLETED), "end the batch")
 
     def fail(self, stage: str | None = None, reason: str = "", output_tail: str | bytes | None = None) -> Batch:
-        """Mark the running batch failed at ``stage`` with ``reason``; return it.
-
-        ``output_tail``: the failed stage's last output; stored (as ``output_tail`` in the
-        failure record) after :func:`clean_output_tail` bounds and sanitises it.
-        """
+        """Mark the running batch failed at ``stage`` with ``reason`` and ``output_tail`` (the stage's last
+        output, through :func:`clean_output_tail`); return it."""
         failed_stage = validate_stage_name(stage) if stage is not None else None
         text = clean_text(reason)
         tail = clean_output_tail(output_tail)
@@ -366,13 +342,8 @@ def load_snapshot(*, path=None, config=None) -> Snapshot:
 
 
 def check_batch_completion(now=None, *, path=None, clock=None, config=None) -> tuple[bool, str]:
-    """Return ``(ok, reason)`` for the batch whose deadline matters at ``now``.
-
-    ok: the current batch completed by its deadline, or is running before it.
-    Not ok (with an actionable reason): it is late, failed, completed late, the
-    tracker file is unreadable, or a deadline passed with no batch started in its
-    window ("missing").
-    """
+    """``(ok, reason)`` for the batch whose deadline matters at ``now``: ok when it completed by its deadline or
+    runs before it; else why (late, failed, completed late, tracker unreadable, or missing)."""
     from utils import incidents
 
     tracker = _tracker(path, clock, config)

@@ -1,8 +1,7 @@
-"""Settings of the tracker, its CLI and the monitor: every environment variable, read and validated once.
+"""Every environment variable of the tracker, its CLI and the monitor, validated once by ``from_env``.
 
-``from_env`` returns frozen values; a bad value raises :class:`ConfigError` with one line naming the
-variable and what is allowed (exit status 2). Relative paths are taken from the project root. Every hook
-call imports this module, so heavy modules (email, ipaddress, pytz) are imported where needed.
+A bad value raises :class:`ConfigError` naming the variable and what is allowed (exit 2); relative paths are
+from the project root. Every hook imports this module, so email, ipaddress and pytz are imported where needed.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "plain": 25}  # its keys are the S
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_OUTBOX_DIR = os.path.join("data", "outbox")
 MAX_PASSWORD_FILE_BYTES = 4096
+_DECIMAL_CHARACTERS = frozenset("0123456789.eE+-")
 
 # (variable, default as documented, meaning): the single source for --help and the docs.
 VARIABLES: tuple[tuple[str, str, str], ...] = (
@@ -85,8 +85,7 @@ class Secret(Value):
 
 @frozen()
 class TrackerConfig(Value):
-    """Tracker settings. ``tracker_file`` is absolute (relative values: from the project root in
-    :meth:`from_env`, else from the working directory)."""
+    """Tracker settings; ``tracker_file`` is made absolute (from the working directory outside :meth:`from_env`)."""
 
     tracker_file: str
     deadline_hour: int = 5
@@ -96,7 +95,6 @@ class TrackerConfig(Value):
     expected_stages: tuple[str, ...] = ()
     pushgateway_url: str | None = None
     batch_name: str = "nightly"
-    # The deadline, built on first use and kept (a cache, not a setting).
     _deadline: DailyDeadline | None
 
     def __post_init__(self) -> None:
@@ -235,7 +233,6 @@ class MonitorConfig(Value):
 
 
 def help_text() -> str:
-    """Every variable with its default and meaning, for ``--help``."""
     width = max(len(name) for name, _, _ in VARIABLES)
     lines = [f"  {name:<{width}}  {meaning} [{default}]" for name, default, meaning in VARIABLES]
     return "\n".join(["environment variables (default in brackets):", *lines])
@@ -247,12 +244,8 @@ def is_plain_whole_number(text: str) -> bool:
 
 
 def is_plain_decimal(text: str) -> bool:
-    """True when ``text`` may spell a decimal number in ASCII (``12``, ``-0.5``, ``1e3``): refuses the
-    whitespace, underscores, other scripts' digits and ``inf``/``nan`` that ``float()`` accepts."""
+    """True when ``text`` may spell an ASCII decimal (``-0.5``, ``1e3``); ``float()`` also takes `` 5_0 ``, ``inf``."""
     return 0 < len(text) <= 400 and _DECIMAL_CHARACTERS.issuperset(text) and any(c.isdigit() for c in text)
-
-
-_DECIMAL_CHARACTERS = frozenset("0123456789.eE+-")
 
 
 def _raw(env: dict, name: str) -> str:
@@ -369,8 +362,7 @@ def _http_url(env: dict, name: str) -> str | None:
 
 
 def _host(env: dict, name: str, examples: str, default: str = "") -> str | None:
-    """An IP address (``[v6]`` brackets removed) or a host name: ASCII labels of letters, digits, ``-``, ``_``,
-    1-63 each, 253 in all, the last not all digits (that is a mistyped IPv4 address). None when unset."""
+    """An IP address (``[v6]`` unbracketed) or a host name of ASCII labels, the last not all digits; None if unset."""
     import ipaddress
 
     raw = _raw(env, name) or default

@@ -34,8 +34,7 @@ KIND_LABELS = {
     "too_short": "TOO SHORT",
     "stalled_stage": "STALLED",
 }
-# Long header lines rather than folding: Python folds a subject that fits on one continuation
-# line right after "Subject:", which some readers show with a leading space. RFC 5322 allows 998.
+# No folding (RFC 5322 allows 998): some readers show a subject folded after "Subject:" with a leading space.
 MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
 
 
@@ -72,7 +71,6 @@ class MailContext:
 
     @property
     def sender_domain(self) -> str:
-        """The domain of the sender address (it names Message-IDs)."""
         return parseaddr(self.sender)[1].rpartition("@")[2]
 
 
@@ -266,7 +264,6 @@ def alert_message_id_for(incident: object, domain: str) -> str:
 
 
 def _address_objects(entries) -> tuple[Address, ...]:
-    """``user@domain`` / ``Name <user@domain>`` strings (validated by the config) as Address objects."""
     return tuple(Address(name, addr_spec=addr) for name, addr in getaddresses(list(entries)) if addr)
 
 
@@ -313,8 +310,7 @@ def _body(
 
 
 def _original_summary(facts: IncidentFacts, batch: Batch | None, notification_type: str) -> str:
-    """What the alert said. The monitor refreshes the summary while the incident is open, so
-    after a resume it reads "(resumed, not yet completed)"; a recovery must not repeat that."""
+    """What the alert said: a recovery drops the "(resumed, not yet completed)" the monitor added since."""
     if notification_type == RECOVERY and facts.kind == "failed" and batch and batch.failures:
         return f"batch {batch.id} failed {batch.failures[-1].describe()}".rstrip()
     if notification_type == RECOVERY:

@@ -1,14 +1,8 @@
-"""Prometheus metrics of the nightly batch, computed at scrape time.
+"""Prometheus metrics of the nightly batch, computed at scrape time (reading files, writing nothing).
 
-:func:`register_batch_metrics` registers a :class:`BatchMetricsCollector`: every scrape reads the tracker and the
-monitor's alert-state file (missing or corrupt: no monitor data) and writes nothing. :func:`batch_metric_families` is
-the pure part, shared with the Pushgateway path (:mod:`utils.pushgateway`).
-
-The families (all ``anthrasite_batch_*``) are documented by their HELP texts; :func:`exported_sample_names` lists every
-sample name. The "current batch" is the tracker file's: running, or the last one finished until the next starts. The
-histogram, ``completed_total{on_time}``, ``gpu_cost_dollars_total`` and the last success are the tracker's persisted
-counters (:mod:`utils.counters`), updated in the same locked write that ends a batch or records a cost: a batch counts
-once however many processes scrape or push, and the totals survive restarts and new batches.
+:func:`batch_metric_families` is the pure part, shared with the Pushgateway path; the families are documented by their
+HELP texts. Counters come from the tracker's persisted :mod:`utils.counters`: a batch counts once however many
+processes scrape or push, and totals survive restarts.
 """
 
 from __future__ import annotations
@@ -135,13 +129,8 @@ def batch_metric_families(
     batch_name: str = "",
     host: str = "",
 ) -> list[Metric]:
-    """The metric families for ``snapshot`` at ``now`` (pure: no I/O).
-
-    With ``snapshot.counters`` None (tracker unreadable) the persisted families are left out
-    rather than exported as zeros (a false counter reset). ``include_monitor=False`` leaves
-    out the monitor's families (the Pushgateway path). ``batch_name`` and ``host`` label
-    ``source_info``, which rules and panels join on to count a batch once however it arrives.
-    """
+    """The metric families for ``snapshot`` at ``now`` (pure). Without ``snapshot.counters`` the persisted families
+    are left out (zeros would read as a counter reset); ``batch_name`` and ``host`` label ``source_info``."""
     current = snapshot.current
     counters = snapshot.counters
     state = current.state if current else "none"
@@ -185,13 +174,8 @@ def batch_metric_families(
 
 
 def next_start_due(snapshot: Snapshot, deadline, now: float, watch_since: float | None = None) -> float:
-    """The deadline by which the next batch must start, else that deadline is "missing".
-
-    The newest batch covers the first deadline at or after its start, so the next start is
-    due by the deadline after that one; with no batch recorded, the first deadline after
-    ``watch_since`` (the monitor's first start) if known, else after ``now``. Depends on
-    the batches, not on ``now``, so a value pushed hours ago is still right.
-    """
+    """The deadline by which the next batch must start: the one after the deadline the newest batch covers; with no
+    batch, the first after ``watch_since`` (else ``now``). Independent of ``now`` otherwise, so a pushed value stays right."""
     if snapshot.current is not None:
         start = snapshot.current.started_at  # the newest batch: starts only move forward
     else:
@@ -316,18 +300,14 @@ class BatchMetricsCollector:
         yield from _every_family(self.deadline, self.include_monitor)
 
     def snapshot(self) -> Snapshot:
-        """``tracker.snapshot()``, parsed again only when the tracker or history file changed.
-
-        The key (both files' bytes) is taken before the snapshot reads them: a write
-        racing the read only causes one more parse at the next scrape, never a stale value.
-        """
+        """``tracker.snapshot()``, parsed again only when either file changed. The key is read first: a racing
+        write costs one more parse at the next scrape, never a stale value."""
         key = (_file_key(self.tracker.store.path), _file_key(self.tracker.history_store.path))
         cached = self._cached_snapshot
         if cached is not None and cached[0] == key:
             return cached[1]
         snapshot = self.tracker.snapshot()
-        # One assignment of a (key, snapshot) pair: concurrent scrapes never pair a newer
-        # key with an older snapshot.
+        # One assignment: concurrent scrapes never pair a newer key with an older snapshot.
         self._cached_snapshot = (key, snapshot)
         return snapshot
 

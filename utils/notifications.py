@@ -1,10 +1,7 @@
-"""Planning notifications: reconcile the incidents detected now with the notification log.
+"""Planning notifications (pure, no I/O): reconcile the incidents detected now with the :class:`AlertLog`.
 
-Pure (no I/O): updates the :class:`~utils.alert_log.AlertLog` in memory and plans :class:`~utils.alert_log.Notice`
-values. Each incident (identity ``"<kind>:<key>"``) alerts once when it opens, reminds every ``repeat_seconds`` (if
-set), recovers once when it clears. :data:`utils.incidents.PRECEDENCE` applies to the log too: a superseded open record
-is retired without a recovery; a late start answering a missing night continues its alert chain. A late incident
-clears only when its batch or a newer one completes, never because the clock stepped back.
+An incident alerts once when it opens, reminds every ``repeat_seconds`` (if set) and recovers once when it clears;
+a superseded record is retired without a recovery; a late start answering a missing night continues its alert chain.
 """
 
 from __future__ import annotations
@@ -53,9 +50,8 @@ def detect(
 
 
 def one_shot_incidents(snapshot: Snapshot, now: float, deadline: DailyDeadline, log: AlertLog) -> list[Incident]:
-    """Problems between two checks that left no open condition: the newest batch completed late
-    with no late alert ever opened, or a hook moved a corrupt tracker file aside. Each is
-    reported once (its identity is remembered) and cleared with a recovery at the next check."""
+    """Problems between two checks that left no open condition (a late completion never alerted, a corrupt
+    tracker file moved aside): each reported once, cleared with a recovery at the next check."""
     if not snapshot.readable:
         return []
     reported = log.ever_reported()
@@ -128,15 +124,6 @@ def resolution_text(record: IncidentRecord, snapshot: Snapshot, deadline: DailyD
     return resolution(record, snapshot, deadline, now)
 
 
-def _continued(log: AlertLog, incident: Incident) -> IncidentRecord | None:
-    """The open record whose alert chain ``incident`` continues (a missing night answered by a late start)."""
-    for record in log.open_incidents.values():
-        hit = incidents.superseded_by(record.incident, [incident])
-        if hit is not None and hit[1].continues:  # (superseding incident, PRECEDENCE rule)
-            return record
-    return None
-
-
 def plan(
     log: AlertLog,
     detected: list[Incident],
@@ -147,11 +134,7 @@ def plan(
     repeat_seconds: float = 0,
     domain: str = "localhost",
 ) -> Plan:
-    """Update the open records of ``log`` and append the notices they call for to ``log.pending``.
-
-    A notice already planned (a crash left it pending) is not planned twice; its stable
-    Message-ID makes the outbox ignore a second copy anyway.
-    """
+    """Update the open records of ``log`` and append the notices they call for to ``log.pending`` (once each)."""
     records = log.open_incidents
     planned = {(n.identity, n.type) for n in log.pending}
     opened, cleared, retired = [], [], []
@@ -162,7 +145,9 @@ def plan(
         if record is None:
             log.remember(ident)
             opened.append(ident)
-            earlier = _continued(log, incident)
+            # The open record whose alert chain this continues (a missing night answered by a late start).
+            rules = ((record, incidents.superseded_by(record.incident, [incident])) for record in records.values())
+            earlier = next((record for record, hit in rules if hit is not None and hit[1].continues), None)
             if earlier is None:
                 record = records[ident] = IncidentRecord(incident=incident, opened_at=now)
                 log.pending.append(Notice.planned(ALERT, record, message_id_for(ident, now, ALERT, 0, domain), now))

@@ -1,8 +1,6 @@
-"""The monitor as a service: the loop, signals, the watchdog, file wake-ups, HTTP, and ``main``.
+"""The monitor as a service (loop, signals, watchdog, file wake-ups, HTTP) and its command line, :func:`main`.
 
-:class:`Service` steps a :class:`~utils.monitor.Monitor`, then waits for the next relevant instant
-(:meth:`Monitor.next_wake_at`), a tracker file change or SIGTERM/SIGINT. Delivery runs in a background
-thread so a slow SMTP server delays neither checks nor shutdown. :func:`main` is the command line.
+Delivery runs in a background thread so a slow SMTP server delays neither checks nor shutdown.
 """
 
 from __future__ import annotations
@@ -124,7 +122,7 @@ class DeliveryWorker(threading.Thread):
 
 
 class Service:
-    """Runs ``monitor`` until asked to stop; see the module docstring."""
+    """Steps ``monitor``, then waits for its next wake-up, a tracker file change or a stop request."""
 
     def __init__(self, monitor: Monitor, notifier: SystemdNotifier | None = None):
         self.monitor = monitor
@@ -144,13 +142,9 @@ class Service:
             self._waker.set()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT stop :meth:`run` (call from the main thread)."""
-
-        def handler(signum, _frame):
-            self.request_stop(signum)  # no logging here: a handler must not take locks
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        """SIGTERM and SIGINT stop :meth:`run` (call from the main thread); the handler logs nothing (locks)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda number, _frame: self.request_stop(number))
 
     def run(self) -> int:
         """Step, wait until the next relevant instant, repeat; return 0 after a stop request."""
@@ -345,22 +339,6 @@ def outbox_command(args: argparse.Namespace, config: MonitorConfig, out) -> int:
     return EXIT_OK
 
 
-def run(args: argparse.Namespace, env) -> int:
-    """Everything after parsing; raises the domain errors :func:`main` maps to exit codes."""
-    config = MonitorConfig.from_env(env)
-    if args.command == "outbox":
-        configure_logging("WARNING", env)  # the command's own output says what it did
-        return outbox_command(args, config, sys.stdout)
-    configure_logging(config.log_level, env)
-    if args.once:
-        result = Monitor(config).step()
-        sys.stdout.write(result.status_line() + "\n")
-        return result.exit_code
-    service = Service(Monitor(config), SystemdNotifier(env))
-    service.install_signal_handlers()
-    return service.run()
-
-
 def main(argv: list[str] | None = None, environ=None) -> int:
     """Entry point: domain errors become exit codes here, and only here."""
     env = os.environ if environ is None else environ
@@ -372,7 +350,18 @@ def main(argv: list[str] | None = None, environ=None) -> int:
         if args.action == "retry" and bool(args.ids) == bool(args.all):
             parser.error("outbox retry: give one or more IDs or --all (not both)")
     try:
-        return run(args, env)
+        config = MonitorConfig.from_env(env)
+        if args.command == "outbox":
+            configure_logging("WARNING", env)  # the command's own output says what it did
+            return outbox_command(args, config, sys.stdout)
+        configure_logging(config.log_level, env)
+        if args.once:
+            result = Monitor(config).step()
+            sys.stdout.write(result.status_line() + "\n")
+            return result.exit_code
+        service = Service(Monitor(config), SystemdNotifier(env))
+        service.install_signal_handlers()
+        return service.run()
     except tuple(error for error, _code, _label in EXIT_CODES) as exc:
         code, label = next((code, label) for error, code, label in EXIT_CODES if isinstance(exc, error))
         sys.stderr.write(f"{PROG}: {label}: {exc}\n")

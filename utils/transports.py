@@ -1,10 +1,7 @@
 """Mail transports: SMTP with TLS and login, or ``.eml`` files when no server is configured.
 
-A transport's ``send`` returns where the message went or raises :class:`TransientDeliveryError` (worth retrying) or
-:class:`PermanentDeliveryError` (5xx). Once the server accepted DATA the message is delivered: whatever QUIT or closing
-the connection raises is logged and ignored, so a broken QUIT never repeats an alert nor files it as refused. Server
-replies are scrubbed of the password and its AUTH PLAIN/LOGIN base64 forms before they reach an exception, a log line or
-the outbox.
+``send`` returns where the message went or raises :class:`TransientDeliveryError` (retry) or
+:class:`PermanentDeliveryError` (5xx). Server replies are scrubbed of the password before they reach any text.
 """
 
 from __future__ import annotations
@@ -81,11 +78,8 @@ class FileTransport:
 
 
 class SmtpTransport:
-    """Sends over SMTP with STARTTLS, implicit TLS (``ssl``) or in the clear (``plain``).
-
-    Logs in only when ``username`` is given. Never downgrades: with ``starttls`` a
-    server that does not offer STARTTLS is an error, not a reason to send in the clear.
-    """
+    """Sends over SMTP with STARTTLS, implicit TLS (``ssl``) or in the clear (``plain``); logs in when ``username``
+    is given. Never downgrades: with ``starttls``, a server without STARTTLS is an error."""
 
     def __init__(
         self,
@@ -125,10 +119,7 @@ class SmtpTransport:
         return reveal() if reveal else str(self._password)
 
     def _scrub(self, text: str) -> str:
-        """``text`` without the password or the base64 forms AUTH LOGIN and AUTH PLAIN send it in.
-
-        Call before truncating: no fragment of a secret stays.
-        """
+        """``text`` without the password or its AUTH LOGIN/PLAIN base64 forms (call before truncating)."""
         password = self._password_text()
         if not password:
             return text
@@ -207,9 +198,7 @@ class SmtpTransport:
             with contextlib.suppress(Exception):
                 client.close()
             raise
-        # DATA was accepted: the message is delivered. Not ``with client`` (its QUIT raises on a
-        # reply other than 221): a 421/500 to QUIT or a reset while closing must neither resend
-        # the alert nor file it as refused.
+        # DATA was accepted: delivered. Not ``with client``: a bad QUIT must neither resend nor refuse the alert.
         self._quit(client)
         if refused:
             # Accepted for some recipients: resending would duplicate it for the others.
