@@ -59,4 +59,3 @@ def test_it_replaces_copies_and_pickles():
     moved = point.replace(y=5)
     assert moved == Point(1, 5) and moved.note == {"a": 1} and point.y == 2
     assert copy.deepcopy(point) == point and pickle.loads(pickle.dumps(point)).note == {"a": 1}
-    assert Point._of(7.0, 8.0, EMPTY, None) == Point(7, 8)

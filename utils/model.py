@@ -8,6 +8,7 @@ with unknown keys kept (``extra``), so releases can share a file.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from math import isfinite
 
 from utils.counters import Counters
 from utils.numbers import finite_number
@@ -45,6 +46,7 @@ def _extra(record: Mapping, cls: type, not_stored: tuple[str, ...] = ("extra",))
 
 
 _STAGE_KEYS = ("percentage", "first_seen_at", "updated_at", "completed_at")
+_REAL = frozenset({int, float})  # exact types: a bool is no number here
 
 
 def _pick(value: object, *names: str) -> dict:
@@ -64,16 +66,31 @@ class Stage(Value):
 
     @classmethod
     def from_dict(cls, name: str, record: object, where: str) -> Stage:
-        # The hot path of every hook (one call per stage): no per-field helpers.
-        if not is_valid_name(name) or not isinstance(record, dict):
+        # The hot path of every write (one call per stage, thousands in a big batch): no helper calls.
+        if not is_valid_name(name) or type(record) is not dict:
             raise RecordError(f"{where} has an invalid stage entry")
         get = record.get
-        percentage, first_seen_at = finite_number(get("percentage")), finite_number(get("first_seen_at"))
-        updated_at, completed_at = finite_number(get("updated_at")), finite_number(get("completed_at"))
-        if None in (percentage, first_seen_at, updated_at) or (completed_at is None and record.get("completed_at")):
+        percentage, first_seen_at, updated_at = get("percentage"), get("first_seen_at"), get("updated_at")
+        completed_at = get("completed_at")
+        if not (
+            type(percentage) in _REAL
+            and type(first_seen_at) in _REAL
+            and type(updated_at) in _REAL
+            and isfinite(percentage)
+            and isfinite(first_seen_at)
+            and isfinite(updated_at)
+            and (completed_at is None or (type(completed_at) in _REAL and isfinite(completed_at)))
+        ):
             raise RecordError(f"{where} stage {name!r} is malformed")
-        extra = EMPTY if len(record) <= len(_STAGE_KEYS) else _extra(record, cls, ("name", "extra"))
-        return cls._of(name, percentage, first_seen_at, updated_at, completed_at, extra)
+        stage = object.__new__(cls)
+        set_name, set_percentage, set_first_seen, set_updated, set_completed, set_extra = cls._setters
+        set_name(stage, name)
+        set_percentage(stage, float(percentage))
+        set_first_seen(stage, float(first_seen_at))
+        set_updated(stage, float(updated_at))
+        set_completed(stage, None if completed_at is None else float(completed_at))
+        set_extra(stage, EMPTY if len(record) <= len(_STAGE_KEYS) else _extra(record, cls, ("name", "extra")))
+        return stage
 
     def to_dict(self) -> dict:
         stored = {

@@ -85,14 +85,6 @@ class Value:
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)  # type: ignore[misc]
 
-    @classmethod
-    def _of(cls, *values: object) -> Value:
-        """A value from every field in order, unchecked: for ``from_dict`` hot paths that checked them."""
-        value = object.__new__(cls)
-        for set_field, field_value in zip(cls._setters, values, strict=False):
-            set_field(value, field_value)
-        return value
-
     def replace(self, **changes: object) -> Value:
         """A copy with ``changes`` applied (like ``dataclasses.replace``)."""
         return type(self)(**{**{field: getattr(self, field) for field in self._fields}, **changes})
