@@ -63,6 +63,7 @@ class Stage(Value):
     updated_at: float
     completed_at: float | None = None
     extra: Mapping[str, object] = EMPTY
+    _source: dict | None  # the record it was read from: written back as it was while the stage is unchanged
 
     @classmethod
     def from_dict(cls, name: str, record: object, where: str) -> Stage:
@@ -83,16 +84,20 @@ class Stage(Value):
         ):
             raise RecordError(f"{where} stage {name!r} is malformed")
         stage = object.__new__(cls)
-        set_name, set_percentage, set_first_seen, set_updated, set_completed, set_extra = cls._setters
+        set_name, set_percentage, set_first_seen, set_updated, set_completed, set_extra, set_source = cls._setters
         set_name(stage, name)
         set_percentage(stage, float(percentage))
         set_first_seen(stage, float(first_seen_at))
         set_updated(stage, float(updated_at))
         set_completed(stage, None if completed_at is None else float(completed_at))
         set_extra(stage, EMPTY if len(record) <= len(_STAGE_KEYS) else _extra(record, cls, ("name", "extra")))
+        set_source(stage, record)
         return stage
 
     def to_dict(self) -> dict:
+        """The JSON record: the one it was read from while unchanged (shared: callers must not modify it)."""
+        if self._source is not None:
+            return self._source
         stored = {
             "percentage": self.percentage,
             "first_seen_at": self.first_seen_at,
