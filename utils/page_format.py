@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import math
 
 import pytz
 
 from utils.deadline import format_duration, format_utc
+from utils.numbers import finite_number
 from utils.text_safety import control_pictures
 
 DASH = "\u2013"
@@ -24,7 +24,7 @@ def escape(value: object) -> str:
 
 
 def is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return finite_number(value) is not None
 
 
 def as_dict(value: object) -> dict:

@@ -16,8 +16,8 @@ import ssl
 import time
 from collections.abc import Callable
 
-from utils.mail_compose import header_safe
 from utils.state_store import StorageError, ensure_directory, write_bytes_atomically
+from utils.text_safety import header_safe
 
 LOGGER = logging.getLogger(__name__)
 
