@@ -673,14 +673,16 @@ def test_it_never_reuses_an_id_from_history(base_env, tracker_file):
     cli(base_env, "start", "--id", "night-1", check=True)
     cli(base_env, "end", check=True)
     cli(base_env, "start", "--id", "night-2", check=True)
-    history_file = tracker_file.with_name("batch_tracker.history.json")
-    before = (tracker_file.read_bytes(), history_file.read_bytes())
+    history_files = [
+        tracker_file.with_name(f"batch_tracker.{name}") for name in ("history.jsonl", "history-summary.json")
+    ]
+    before = [path.read_bytes() for path in (tracker_file, *history_files)]
 
     again = cli(base_env, "start", "--id", "night-1")
 
     assert again.returncode == 2
     assert "'night-1' is already used by a batch in history" in again.stderr
-    assert (tracker_file.read_bytes(), history_file.read_bytes()) == before
+    assert [path.read_bytes() for path in (tracker_file, *history_files)] == before
     ids = [b["id"] for b in json.loads(cli(base_env, "history", "--json", check=True).stdout)]
     assert ids == ["night-2", "night-1"]
 
@@ -738,7 +740,8 @@ def test_it_creates_the_state_directory_0750_and_files_0640_under_umask_000(base
     for directory in (tmp_path / "fresh", tracker.parent):
         assert os.stat(directory).st_mode & 0o777 == 0o750, directory
     files = sorted(tracker.parent.iterdir())
-    assert {f.name for f in files} >= {"batch_tracker.json", "batch_tracker.json.lock", "batch_tracker.history.json"}
+    names = {"batch_tracker.json", "batch_tracker.json.lock", "batch_tracker.history.jsonl"}
+    assert {f.name for f in files} >= {*names, "batch_tracker.history-summary.json"}
     for path in files:
         assert os.stat(path).st_mode & 0o027 == 0, f"{path.name}: {oct(os.stat(path).st_mode & 0o777)}"
 

@@ -503,7 +503,9 @@ def test_it_scrapes_50_stages_and_90_nights_of_history_in_under_5_ms(tracker_fil
             for key in ("first_seen_at", "updated_at", "completed_at"):
                 detail[key] += shift
         nights.append(batch)
-    write_json_atomically(tracker.history_store.path, {"schema_version": 1, "batches": nights})
+    write_json_atomically(
+        tracker.history.legacy_store.path, {"schema_version": 1, "batches": nights}
+    )  # an older release's
     tracker.start(stages)
     forget_counters(tracker)  # as an older release left it: the next write counts the 90 nights in history
     for stage in stages[:30]:

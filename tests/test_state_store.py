@@ -20,6 +20,7 @@ from utils.batch_tracker import (
     check_batch_completion,
     get_batch_status,
 )
+from utils.history_archive import SUMMARY_SCHEMA_VERSION
 from utils.state_store import (
     CorruptStateError,
     JsonStateStore,
@@ -310,7 +311,8 @@ def test_it_writes_a_schema_version_in_both_files(tracker, clock):
     clock.advance(10)
     tracker.start()
     assert json.loads(open(tracker.path).read())["schema_version"] == SCHEMA_VERSION
-    assert json.loads(open(sibling_file(tracker.path, "history")).read())["schema_version"] == SCHEMA_VERSION
+    summary = json.loads(open(tracker.history.summary_store.path).read())
+    assert summary["schema_version"] == SUMMARY_SCHEMA_VERSION
 
 
 def test_it_bounds_the_history_to_the_configured_limit(tracker_config, clock):

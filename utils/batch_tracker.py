@@ -3,7 +3,7 @@
 The ``record_batch_*`` functions (fixed names: hooks and scripts use them) move a batch through ``none -> running ->
 completed | failed | abandoned`` (``failed -> running`` on resume); each takes optional ``path``, ``clock`` and
 ``config`` (default :meth:`TrackerConfig.from_env`). The tracker file holds the current batch only; finished batches
-move to a bounded ``<name>.history.json``. Every hook imports this module: no prometheus_client, pytz or logging here.
+move to a bounded ``<name>.history.jsonl`` (:mod:`utils.history_archive`). Every hook imports this module: no prometheus_client, pytz or logging here.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class BatchTracker:
         self.path = os.path.abspath(os.fspath(path)) if path else config.tracker_file
         self.clock = clock or time.time
         self.files = TrackerFiles(self.path, config)
-        self.store, self.history_store = self.files.store, self.files.history_store
+        self.store, self.history = self.files.store, self.files.history
 
     def start(self, stages: list[str] | tuple[str, ...] | None = None, *, batch_id: str | None = None) -> str:
         """Start a new batch and return its id; an unfinished one becomes ``abandoned``."""
@@ -169,8 +169,8 @@ class BatchTracker:
         daily = self.config.deadline()  # the batch's deadline is fixed now, with today's settings
         with self.files.locked():
             # Once a night is often enough to sweep what killed writers left behind.
-            remove_stale_temp_files(self.store.path)
-            remove_stale_temp_files(self.history_store.path)
+            for path in (self.store.path, self.history.path, self.history.summary_store.path):
+                remove_stale_temp_files(path)
             document, previous, events = self.files.read_for_update(now)
             if batch_id is not None:
                 self._refuse_used_id(batch_id, previous)
@@ -179,7 +179,7 @@ class BatchTracker:
                 if previous.is_running:
                     previous = previous.replace(state=ABANDONED, ended_at=now, abandoned_by=new_id)
                     _log("warning", "batch %s was still running; marked abandoned by new batch %s", previous.id, new_id)
-                self.files.archive(previous, now)
+                self.files.archive(previous)
             batch = Batch(
                 id=new_id,
                 state=RUNNING,
@@ -287,10 +287,10 @@ class BatchTracker:
             user = f"the current batch ({current.state})"
         else:
             try:
-                batches = self.files.history()
+                used = self.history.contains_id(batch_id)
             except CorruptStateError:
-                batches = ()  # archiving moves it aside; its ids cannot be known
-            if not any(batch.id == batch_id for batch in batches):
+                used = False  # archiving moves it aside; its ids cannot be known
+            if not used:
                 return
             user = "a batch in history"
         raise InvalidInputError(

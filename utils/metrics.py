@@ -302,7 +302,7 @@ class BatchMetricsCollector:
     def snapshot(self) -> Snapshot:
         """``tracker.snapshot()``, parsed again only when either file changed. The key is read first: a racing
         write costs one more parse at the next scrape, never a stale value."""
-        key = (_file_key(self.tracker.store.path), _file_key(self.tracker.history_store.path))
+        key = (_file_key(self.tracker.store.path), _file_key(self.tracker.history.summary_store.path))
         cached = self._cached_snapshot
         if cached is not None and cached[0] == key:
             return cached[1]

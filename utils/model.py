@@ -323,9 +323,65 @@ class StorageEvent(Value):
 
 
 @frozen()
+class HistoryTotals(Value):
+    """Counts over every kept finished batch. ``decided``: completed or failed (abandoned ones are neither on time
+    nor late); ``on_time``: completed by their deadline."""
+
+    count: int = 0
+    completed: int = 0
+    failed: int = 0
+    abandoned: int = 0
+    on_time: int = 0
+    median_duration_seconds: float | None = None
+
+    @classmethod
+    def from_ledger(cls, entries: object) -> HistoryTotals:
+        """Totals of ledger ``entries``: ``[started_at, state, duration (completed) or None, on time or None]``
+        each; :class:`RecordError` unless every entry has that shape."""
+        counts = dict.fromkeys(BATCH_STATES, 0)
+        durations: list[float] = []
+        on_time = 0
+        for entry in entries if isinstance(entries, list) else [None]:
+            if type(entry) is not list or len(entry) != 4 or entry[1] not in counts:
+                raise RecordError("history ledger has an invalid entry")
+            started_at, state, duration, punctual = entry
+            if finite_number(started_at) is None or not (duration is None or finite_number(duration) is not None):
+                raise RecordError("history ledger has an invalid entry")
+            if not (punctual is None or type(punctual) is bool):
+                raise RecordError("history ledger has an invalid entry")
+            counts[state] += 1
+            if duration is not None:
+                durations.append(float(duration))
+            on_time += punctual is True
+        durations.sort()
+        middle = len(durations) // 2
+        median = None
+        if durations:
+            median = durations[middle] if len(durations) % 2 else (durations[middle - 1] + durations[middle]) / 2
+        return cls(
+            count=len(entries),  # type: ignore[arg-type]
+            completed=counts[COMPLETED],
+            failed=counts[FAILED],
+            abandoned=counts[ABANDONED],
+            on_time=on_time,
+            median_duration_seconds=median,
+        )
+
+    @property
+    def decided(self) -> int:
+        return self.completed + self.failed
+
+    @property
+    def on_time_rate(self) -> float | None:
+        """On time / (completed + failed), rounded to 4 places; None before any batch was decided."""
+        return round(self.on_time / self.decided, 4) if self.decided else None
+
+
+@frozen()
 class Snapshot(Value):
-    """Both tracker files at one moment. ``error`` is set (and ``current`` None) when the tracker
-    file cannot be read or parsed; ``history_error`` likewise for the history file."""
+    """The tracker's files at one moment. ``error`` is set (and ``current`` None) when the tracker file cannot
+    be read or parsed; ``history_error`` likewise for the history. ``history``: the newest finished batches
+    (oldest first; see :mod:`utils.history_archive` for how many), ``history_totals`` counts every kept one."""
 
     current: Batch | None = None
     history: tuple[Batch, ...] = ()
@@ -333,6 +389,7 @@ class Snapshot(Value):
     error: str | None = None
     history_error: str | None = None
     counters: Counters | None = None  # None when unreadable: readers leave totals out, not report a reset
+    history_totals: HistoryTotals | None = None
 
     @property
     def readable(self) -> bool:

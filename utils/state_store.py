@@ -134,6 +134,43 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
         raise StorageError(_describe_os_error("write", path, exc)) from exc
 
 
+def append_line(path: str, line: bytes) -> int:
+    """Append ``line`` (one JSON record, no newline) and a newline to ``path``, fsynced; return the file's new
+    size. A torn last line a crashed writer left (no final newline) is cut off first, so every line a reader
+    splits off is whole. Callers hold the lock. Raises :class:`StorageError`; a failed append leaves at most a
+    torn line, which the next append cuts off."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, STATE_FILE_MODE)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                size = _end_of_last_whole_line(fd, size)
+                os.ftruncate(fd, size)
+            data = line + b"\n"
+            written = 0
+            while written < len(data):
+                written += os.pwrite(fd, data[written:], size + written)
+            os.fsync(fd)
+            return size + len(data)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StorageError(_describe_os_error("append to", path, exc)) from exc
+
+
+def _end_of_last_whole_line(fd: int, size: int) -> int:
+    block = 65536
+    end = size
+    while end > 0:
+        start = max(0, end - block)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
+
+
 def read_json_object(path: str) -> dict | None:
     """Return the JSON object stored at ``path``, or None when the file does not exist.
 

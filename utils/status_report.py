@@ -8,11 +8,9 @@ output is plain JSON-shaped data (dicts, lists, strings, numbers).
 
 from __future__ import annotations
 
-import statistics
-
 from utils.deadline import DailyDeadline, format_utc
 from utils.incidents import check, open_incidents
-from utils.model import ABANDONED, COMPLETED, FAILED, Batch, Failure, Snapshot, Stage
+from utils.model import Batch, Failure, HistoryTotals, Snapshot, Stage
 from utils.projection import batch_deadline, on_time, project
 
 
@@ -49,19 +47,16 @@ def summarize_batch(batch: Batch, deadline: DailyDeadline, now: float) -> dict:
 
 
 def history_summary(snapshot: Snapshot, deadline: DailyDeadline, now: float, recent: int = 7) -> dict:
-    """Counts by outcome, on-time rate (on time / (completed + failed)), median duration, recent batches."""
-    finished = [b for b in snapshot.history if not b.is_running]
-    completed = [b for b in finished if b.state == COMPLETED]
-    durations = [b.duration_seconds for b in completed if b.duration_seconds is not None]
-    decided = [b for b in finished if b.state in (COMPLETED, FAILED)]
-    punctual = [b for b in decided if on_time(b, deadline, now)]
+    """Counts by outcome over every kept batch, on-time rate (on time / (completed + failed)), median
+    duration, and the ``recent`` newest batches."""
+    totals = snapshot.history_totals or HistoryTotals()
     return {
-        "count": len(snapshot.history),
-        "completed": len(completed),
-        "failed": sum(1 for b in finished if b.state == FAILED),
-        "abandoned": sum(1 for b in finished if b.state == ABANDONED),
-        "on_time_rate": round(len(punctual) / len(decided), 4) if decided else None,
-        "median_duration_seconds": statistics.median(durations) if durations else None,
+        "count": totals.count,
+        "completed": totals.completed,
+        "failed": totals.failed,
+        "abandoned": totals.abandoned,
+        "on_time_rate": totals.on_time_rate,
+        "median_duration_seconds": totals.median_duration_seconds,
         "recent": [summarize_batch(b, deadline, now) for b in list(reversed(snapshot.history))[:recent]],
         "error": snapshot.history_error,
     }

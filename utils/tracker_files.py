@@ -1,7 +1,7 @@
 """The tracker's two files, as model values: read, checked once, repaired, written.
 
 The tracker file holds the current batch, storage events and the counters of :mod:`utils.counters`;
-finished batches live in a bounded history file beside it. :class:`utils.model.RecordError` becomes
+finished batches go to the bounded archive of :mod:`utils.history_archive` beside it. :class:`utils.model.RecordError` becomes
 :class:`CorruptStateError`, so a writer moves a file aside exactly when readers would call it corrupt.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from utils import counters
 from utils.config import TrackerConfig
 from utils.counters import Counters, CountersError
+from utils.history_archive import HistoryArchive
 from utils.model import COMPLETED, Batch, RecordError, Snapshot, StorageEvent
 from utils.state_store import CorruptStateError, JsonStateStore, StorageError, sibling_file
 
@@ -53,25 +54,11 @@ class TrackerFiles:
         self.path = path
         self.config = config
         self.store = JsonStateStore(path)
-        self.history_store = JsonStateStore(sibling_file(path, "history"), lock_path=self.store.lock_path)
+        self.history = HistoryArchive(path, self.store.lock_path, self._on_time, config.history_limit)
 
     def locked(self):
-        """The exclusive lock both files are written under."""
+        """The exclusive lock every file of the tracker is written under."""
         return self.store.locked()
-
-    def history(self) -> tuple[Batch, ...]:
-        """The archived batches, oldest first (CorruptStateError / StorageError when unreadable)."""
-        document = self.history_store.read()
-        if document is None:
-            return ()
-        _check_version(document, "history")
-        batches = document.get("batches")
-        if not isinstance(batches, list):
-            raise CorruptStateError("history file has no batches list")
-        try:
-            return tuple(Batch.from_dict(batch) for batch in batches)
-        except RecordError as exc:
-            raise CorruptStateError(str(exc)) from None
 
     def write(self, document: dict, current: Batch | None, events: tuple[StorageEvent, ...]) -> None:
         """Write the tracker document with ``current`` and ``events``. Caller holds the lock."""
@@ -87,6 +74,7 @@ class TrackerFiles:
     def read_for_update(self, now: float) -> tuple[dict, Batch | None, tuple[StorageEvent, ...]]:
         """The document, its current batch and storage events. Caller holds the lock. A corrupt file
         is moved aside and replaced by a fresh one that records the repair."""
+        self.history.migrate(now)  # an older release's history file, once
         try:
             document = self.store.read()
             if document is None:
@@ -103,17 +91,9 @@ class TrackerFiles:
             self.write({}, None, events)
             return {}, None, events
 
-    def archive(self, batch: Batch, now: float) -> None:
-        """Append a finished batch to the bounded history file. Caller holds the lock."""
-        try:
-            batches = self.history()
-        except CorruptStateError as exc:
-            moved_to = self.history_store.move_aside(now)
-            _log("error", "history file %s is corrupt (%s); moved aside to %s", self.history_store.path, exc, moved_to)
-            batches = ()
-        kept = [b for b in batches if b.id != batch.id] + [batch]
-        records = [b.to_dict() for b in kept[-self.config.history_limit :]]
-        self.history_store.write({"schema_version": SCHEMA_VERSION, "batches": records})
+    def archive(self, batch: Batch) -> None:
+        """Append a finished batch to the bounded history. Caller holds the lock."""
+        self.history.append(batch)
 
     def counted(self, document: dict, before: Batch | None, after: Batch | None) -> dict:
         """``document`` with its counters moved on by the write of ``after`` over ``before``; a document
@@ -130,7 +110,7 @@ class TrackerFiles:
             pass  # none, or a hand-edited one: rebuilt like missing ones, it must not stop the tracker
         if history is None:
             try:
-                history = self.history()
+                history = self.history.all_batches()
             except StorageError:
                 history = ()  # the next start moves it aside; its batches cannot be counted
         legacy = counters.load_legacy_metrics_state(sibling_file(self.path, "metrics"))
@@ -146,7 +126,7 @@ class TrackerFiles:
         return batch.ended_at <= self.config.deadline().first_after(batch.started_at)
 
     def snapshot(self) -> Snapshot:
-        """Read both files without locking and without repairing anything."""
+        """Read the tracker file and the history summary without locking and without repairing anything."""
         current, events, error, document = None, (), None, None
         try:
             document = self.store.read()
@@ -155,10 +135,21 @@ class TrackerFiles:
                 current, events = _parse_tracker(document)
         except StorageError as exc:
             error = str(exc)
-        history, history_error = (), None
+        history, totals, history_error = (), None, None
         try:
-            history = self.history()
+            view = self.history.read()
+            history, totals = view.window, view.totals
         except StorageError as exc:
             history_error = str(exc)
-        totals = None if error is not None else self.counters_in(document, current, history)
-        return Snapshot(current, history, events, error, history_error, totals)
+        counters = None if error is not None else self.counters_in(document, current, None)
+        return Snapshot(current, history, events, error, history_error, counters, totals)
+
+    def newest_batches(self, count: int) -> list[Batch]:
+        """The current batch and the newest kept ones, newest first, at most ``count``: what ``history`` prints,
+        read from the archive's end when the summary's window is too short."""
+        current = self.snapshot().current
+        archived = self.history.newest(count)
+        newest = ([current] if current is not None else []) + [
+            b for b in archived if current is None or b.id != current.id
+        ]
+        return newest[:count]

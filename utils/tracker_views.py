@@ -43,7 +43,7 @@ def run(command, args, tracker, out, take_options, expect_positionals) -> int:
     expect_positionals(positionals, [], command)
     limit = _positive_int(options.get("--limit", "20"), "--limit")
     deadline, now = tracker.config.deadline(), tracker.clock()
-    newest = tracker.snapshot().batches_newest_first()[:limit]
+    newest = tracker.files.newest_batches(limit)
     batches = [status_report.summarize_batch(b, deadline, now) for b in newest]
     if options.get("--json"):
         out.write(json.dumps(batches, indent=2, sort_keys=True) + "\n")
