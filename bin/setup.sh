@@ -9,8 +9,9 @@
 #
 #   --test   also installs requirements-test.txt and the Debian packages the test
 #            suite drives for real, when missing: prometheus + promtool,
-#            prometheus-pushgateway, the shell linter, chromium, systemd-analyze,
-#            flock, libfaketime, and a system python3 with venv (installer tests).
+#            prometheus-pushgateway, prometheus-alertmanager (+ amtool), the shell
+#            linter, chromium, systemd-analyze, flock, libfaketime, and a system
+#            python3 with venv (installer tests).
 #            Needs root or sudo.
 #
 # Idempotent: re-running only installs what is missing (and refreshes the editable
@@ -41,6 +42,7 @@ if $with_test_tools; then
   # command -> Debian package that provides it
   declare -A package_for=(
     [promtool]=prometheus [prometheus]=prometheus [prometheus-pushgateway]=prometheus-pushgateway
+    [prometheus-alertmanager]=prometheus-alertmanager [amtool]=prometheus-alertmanager
     [shellcheck]=shellcheck [chromium]=chromium [systemd-analyze]=systemd [flock]=util-linux
     [faketime]=faketime
   )
@@ -54,7 +56,8 @@ if $with_test_tools; then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     echo "setup.sh: installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq
-    # Installing prometheus tries to start its service; without a running systemd that is skipped.
+    # Installing prometheus (or the alertmanager) tries to start its service; without a running systemd
+    # that is skipped. The tests start their own instances, with their own config, on free ports.
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 fi

@@ -341,3 +341,105 @@ def test_it_refuses_an_unknown_zone():
 )
 def test_it_formats_durations_for_people(seconds, text):
     assert format_duration(seconds) == text
+
+
+# --------------------------------------------------------------------------- schedules: days, start-by, excused nights
+
+SYDNEY = "Australia/Sydney"
+SATURDAY = 5
+
+
+@pytest.mark.parametrize(("zone", "days"), [(SYDNEY, {SATURDAY}), (NEW_YORK, {0, 2, 4}), ("Europe/Berlin", {6})])
+def test_it_puts_deadlines_only_on_scheduled_days_all_year_across_dst(zone, days):
+    schedule = DailyDeadline(12, 0, zone, days=days)
+    every_day = DailyDeadline(12, 0, zone)
+    after, until = every_day.on_local_date(dt.date(2025, 12, 31)), every_day.on_local_date(dt.date(2026, 12, 31))
+    found = schedule.between(after, until, limit=400)
+    year = (dt.date(2026, 1, 1) + dt.timedelta(days=n) for n in range(365))
+    expected = [every_day.on_local_date(day) for day in year if day.weekday() in days]
+    assert found == expected
+    for due in found:  # each one at 12:00 local, whatever the offset that day
+        local = schedule.to_local(due)
+        assert (local.weekday() in days, local.hour, local.minute) == (True, 12, 0)
+    for start in (utc(2026, 1, 1) + n * 7 * 3600 for n in range(1200)):
+        due = schedule.first_after(start)
+        assert start < due <= start + 8 * 86400 and schedule.previous(due) <= start
+        assert schedule.last_at_or_before(start) <= start < schedule.first_after(schedule.last_at_or_before(start))
+
+
+def test_it_keeps_a_weekly_sydney_deadline_at_noon_across_both_transitions():
+    weekly = DailyDeadline(12, 0, SYDNEY, days={SATURDAY})
+    # Spring forward on Sunday 4 October 2026 (+10 -> +11), fall back on Sunday 5 April 2026 (+11 -> +10).
+    assert weekly.first_after(utc(2026, 10, 3, 3)) == utc(2026, 10, 10, 1)  # Sat 10 Oct 12:00 AEDT
+    assert weekly.previous(utc(2026, 10, 10, 1)) == utc(2026, 10, 3, 2)  # Sat 3 Oct 12:00 AEST
+    assert weekly.between(utc(2026, 3, 30), utc(2026, 4, 12)) == [utc(2026, 4, 4, 1), utc(2026, 4, 11, 2)]
+
+
+def test_it_answers_a_missed_weekly_deadline_only_within_a_day_of_it():
+    weekly = DailyDeadline(12, 0, SYDNEY, days={SATURDAY})
+    last_week = utc(2026, 10, 2, 23)  # Sat 3 Oct 09:00 AEST
+    # Saturday 10 Oct 12:00 AEDT was missed: a start that afternoon answers it (late from its start) ...
+    assert weekly.for_new_batch(utc(2026, 10, 10, 4), last_week) == utc(2026, 10, 10, 1)
+    # ... a start on Wednesday is a new week's run, judged by the next Saturday.
+    assert weekly.for_new_batch(utc(2026, 10, 14, 4), last_week) == utc(2026, 10, 17, 1)
+
+
+@pytest.mark.parametrize(
+    ("start_by", "day", "expected_local"),
+    [
+        ((1, 30), dt.date(2026, 6, 2), (2026, 6, 2, 1, 30)),  # that morning
+        ((22, 0), dt.date(2026, 6, 2), (2026, 6, 1, 22, 0)),  # the evening before
+        ((2, 30), dt.date(2026, 3, 8), (2026, 3, 8, 3, 0)),  # skipped by spring forward: the gap's end
+        ((22, 0), dt.date(2026, 3, 8), (2026, 3, 7, 22, 0)),  # the evening before a 23-hour night
+        ((5, 0), dt.date(2026, 6, 2), (2026, 6, 2, 5, 0)),  # at the deadline itself
+    ],
+)
+def test_it_puts_the_start_by_time_on_the_deadlines_morning_or_the_evening_before(start_by, day, expected_local):
+    schedule = DailyDeadline(5, 0, NEW_YORK, start_by=start_by)
+    assert schedule.start_by_for(schedule.on_local_date(day)) == local_epoch(NEW_YORK, *expected_local)
+
+
+def test_it_takes_the_earlier_01_30_as_the_start_by_time_on_the_fall_back_day():
+    schedule = DailyDeadline(5, 0, NEW_YORK, start_by=(1, 30))
+    due = schedule.on_local_date(dt.date(2026, 11, 1))
+    assert due == utc(2026, 11, 1, 10)  # 05:00 EST
+    assert schedule.start_by_for(due) == utc(2026, 11, 1, 5, 30)  # 01:30 EDT, the first of the two
+    assert DailyDeadline(5, 0, NEW_YORK).start_by_for(due) is None
+
+
+def test_it_leaves_skipped_dates_and_paused_nights_out_of_the_schedule(five_am_new_york):
+    excused = five_am_new_york.excusing(
+        {dt.date(2026, 12, 24): "holiday"}, [(utc(2026, 12, 27), utc(2027, 1, 2, 10), "freeze")]
+    )
+    # Dec 24 skipped; Dec 27 05:00 .. Jan 2 05:00 EST (10:00 UTC, the pause's end: not included) paused.
+    assert [excused.to_local(d).day for d in excused.between(utc(2026, 12, 22), utc(2027, 1, 4))] == [
+        22,
+        23,
+        25,
+        26,
+        2,
+        3,
+    ]
+    assert excused.first_after(utc(2026, 12, 23, 12)) == utc(2026, 12, 25, 10)
+    assert excused.last_at_or_before(utc(2027, 1, 1, 12)) == utc(2026, 12, 26, 10)
+    assert excused.first_after(utc(2026, 12, 26, 12)) == utc(2027, 1, 2, 10)
+    assert excused.is_excused(utc(2026, 12, 24, 10)) and excused.is_excused(utc(2026, 12, 30, 10))
+    assert not excused.is_excused(utc(2026, 12, 25, 10)) and not five_am_new_york.is_excused(utc(2026, 12, 24, 10))
+    assert excused.reasons[dt.date(2026, 12, 24)] == "holiday"
+    # The schedule it came from is unchanged, and excusing nothing gives it back.
+    assert five_am_new_york.first_after(utc(2026, 12, 23, 12)) == utc(2026, 12, 24, 10)
+    assert excused.excusing().between(utc(2026, 12, 22), utc(2026, 12, 26)) == five_am_new_york.between(
+        utc(2026, 12, 22), utc(2026, 12, 26)
+    )
+
+
+def test_it_jumps_over_a_long_pause_in_both_directions():
+    weekly = DailyDeadline(12, 0, SYDNEY, days={SATURDAY}).excusing((), [(utc(2026, 1, 1), utc(2026, 9, 1))])
+    assert weekly.first_after(utc(2026, 2, 1)) == utc(2026, 9, 5, 2)  # the first Saturday after it
+    assert weekly.last_at_or_before(utc(2026, 8, 1)) == utc(2025, 12, 27, 1)  # the last Saturday before it
+
+
+@pytest.mark.parametrize("days", [set(), {7}, {-1, 2}])
+def test_it_refuses_a_schedule_without_valid_days(days):
+    with pytest.raises(ValueError, match="days"):
+        DailyDeadline(5, 0, NEW_YORK, days=days)

@@ -32,8 +32,16 @@ def test_it_runs_the_main_job_end_to_end_with_the_embedded_defaults(tmp_path, ba
     # The script shows the alert and the recovery it waited for, then the final check and status.
     assert f"   Subject: {mails[0]['Subject']}" in result.stdout
     assert f"   Subject: {mails[1]['Subject']}" in result.stdout
+    # The same two notifications reached the demo's local webhook sink, with their Slack-style text.
+    assert f"got: *{mails[0]['Subject']}*" in result.stdout and f"got: *{mails[1]['Subject']}*" in result.stdout
     assert "\nOK: batch " in result.stdout
     assert "state completed  100% complete" in result.stdout
+    # Last, one monitor checks both jobs of etc/jobs.demo.toml: the weekly one failed, its alert names it.
+    (weekly,) = outbox_mails(outbox / "jobs-demo")
+    assert weekly["X-Batch-Job"] == "weekly-rescore"
+    assert str(weekly["Subject"]).startswith("[FAILED] weekly-rescore batch ")
+    assert "\nPROBLEM: weekly-rescore: failed: batch " in result.stdout
+    assert f"   Subject: {weekly['Subject']}" in result.stdout
     # The monitor ran and stopped cleanly, logging where it was told to.
     monitor_log = (tmp_path / "logs" / "demo_monitor.log").read_text()
     assert "stopping on SIGTERM" in monitor_log

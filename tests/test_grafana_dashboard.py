@@ -38,7 +38,9 @@ REQUIRED_GRAFANA_ALERTS = {
     "High GPU cost",
     "Alert e-mails stuck",
 }
-SOURCE_JOIN = "* on (job, instance) group_left (batch, host) anthrasite_batch_source_info"
+SOURCE_JOIN = "* on (job, instance, batch) group_left (host) anthrasite_batch_source_info"
+# The outbox gauges are the monitor's, one outbox for all its jobs (no batch label): joined to its hosts only.
+OUTBOX_JOIN = "* on (job, instance) group_left (host) group by (job, instance, host) (anthrasite_batch_source_info"
 GRID_WIDTH = 24
 
 
@@ -173,7 +175,8 @@ def test_it_counts_each_batch_once_whichever_sources_report_it(dashboard):
     for panel in data_panels(dashboard):
         for target in panel["targets"]:
             expr = target["expr"]
-            assert SOURCE_JOIN + '{batch=~"$batch", host=~"$host"}' in expr, panel["title"]
+            join = OUTBOX_JOIN if "anthrasite_batch_alerts_" in expr and "_total" not in expr else SOURCE_JOIN
+            assert join + '{batch=~"$batch", host=~"$host"}' in expr, panel["title"]
             assert "job=" not in expr and "$job" not in expr, panel["title"]
 
 
@@ -186,5 +189,19 @@ def test_it_shows_spend_as_dollars_and_the_on_time_rate_as_a_share_of_batches(da
 def test_it_joins_every_grafana_alert_query_to_its_source():
     for rule in grafana_rules():
         expr = next(step for step in rule["data"] if step["refId"] == "A")["model"]["expr"]
+        if "anthrasite_batch_alerts_" in expr:  # the shared outbox: one alert per monitor host
+            assert " ".join(expr.split()).count(OUTBOX_JOIN) == 1 and "max by (host)" in expr, rule["title"]
+            continue
         assert " ".join(expr.split()).count(SOURCE_JOIN) == 1, rule["title"]
         assert "max by (batch, host)" in expr, rule["title"]
+
+
+def test_it_has_a_job_variable_and_names_the_job_in_every_per_job_series(dashboard):
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    job = variables["batch"]  # the job's name is the label "batch" (see etc/prometheus/batch_completion_rules.yml)
+    assert job["label"].startswith("Job") and job["multi"] and job["includeAll"]
+    assert job["query"] == "label_values(anthrasite_batch_source_info, batch)"
+    for panel in data_panels(dashboard):
+        for target in panel["targets"]:
+            if "max by (batch, host" in target["expr"] and "{{host}}" in target.get("legendFormat", "{{host}}"):
+                assert "{{batch}}" in target["legendFormat"], panel["title"]

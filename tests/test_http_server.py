@@ -110,8 +110,8 @@ def test_it_serves_the_batch_collector(tmp_path, tracker_config, clock, provider
         "127.0.0.1", free_port(), registry=registry, status_provider=dict, health_provider=lambda: (True, "")
     ) as server:
         body = get(server, "/metrics")[2].decode()
-    assert 'anthrasite_batch_stage_completion_percentage{stage="scrape"} 75.0' in body
-    assert 'anthrasite_batch_state{state="running"} 1.0' in body
+    assert 'anthrasite_batch_stage_completion_percentage{batch="nightly",stage="scrape"} 75.0' in body
+    assert 'anthrasite_batch_state{batch="nightly",state="running"} 1.0' in body
 
 
 def test_it_reports_health(server, providers):
@@ -789,7 +789,7 @@ def test_it_shows_a_person_the_running_batch_its_projection_and_the_alerts(chrom
         assert response.status == 200 and response.url == url + "/metrics"
         metrics = response.text()
         assert "anthrasite_batch_completion_percentage" in metrics
-        assert 'anthrasite_batch_stage_completion_percentage{stage="enrich"} 10.0' in metrics
+        assert 'anthrasite_batch_stage_completion_percentage{batch="nightly",stage="enrich"} 10.0' in metrics
 
 
 @pytest.mark.chromium

@@ -12,6 +12,7 @@ from utils.deadline import DailyDeadline
 from utils.incidents import (
     AT_RISK,
     LATE,
+    LATE_START,
     MISSING,
     PRECEDENCE,
     STALLED_STAGE,
@@ -279,6 +280,8 @@ def test_it_states_which_incident_supersedes_which_in_one_table():
         (LATE, AT_RISK, False),
         (FAILED, STALLED_STAGE, False),
         (LATE, MISSING, True),
+        (MISSING, LATE_START, False),
+        (LATE, LATE_START, False),
     }
 
 

@@ -223,6 +223,17 @@ def test_it_derives_a_stable_message_id_per_notification():
     assert first.startswith("<") and first.endswith("@example.com>")
 
 
+def test_it_keeps_the_message_ids_of_two_jobs_apart_and_one_jobs_as_before():
+    # One monitor, many jobs: two jobs may open the same identity at the same check (the same deadline missed).
+    leads, rescore = (message_id_for("missing:100", 5.0, ALERT, 0, "example.com", scope) for scope in ("a", "b"))
+    assert leads != rescore
+    # Hard-coded: the id of one job without a jobs file stays what it was before jobs existed (threads and
+    # pending notices of an upgraded monitor keep matching).
+    assert message_id_for("late:b1", 100.0, ALERT, 0, "example.com", "") == (
+        "<batch-monitor.2e803ff4711ec7c370bdd52799817625.alert@example.com>"
+    )
+
+
 # --------------------------------------------------------------------------- resolutions
 
 

@@ -25,6 +25,7 @@ from utils.projection import batch_deadline
 from utils.state_store import read_json_object, sibling_file, write_json_atomically
 
 HOUR = 3600.0
+OUTBOX_GAUGES = ("anthrasite_batch_alerts_queued", "anthrasite_batch_alerts_failed", "anthrasite_batch_alerts_oldest")
 
 
 class Scraper:
@@ -41,7 +42,10 @@ class Scraper:
         )
 
     def value(self, name: str, **labels: str) -> float | None:
-        """Scrape (a full collect) and return one sample's value."""
+        """Scrape (a full collect) and return one sample's value; every series but the outbox's carries the
+        job's name as ``batch``."""
+        if not name.startswith(OUTBOX_GAUGES):
+            labels = {"batch": self.tracker.config.batch_name, **labels}
         return self.registry.get_sample_value(name, labels)
 
     def families(self) -> dict:
@@ -503,9 +507,7 @@ def test_it_scrapes_50_stages_and_90_nights_of_history_in_under_5_ms(tracker_fil
             for key in ("first_seen_at", "updated_at", "completed_at"):
                 detail[key] += shift
         nights.append(batch)
-    write_json_atomically(
-        tracker.history.legacy_store.path, {"schema_version": 1, "batches": nights}
-    )  # an older release's
+    write_json_atomically(tracker.history.legacy_store.path, {"schema_version": 1, "batches": nights})  # older release
     tracker.start(stages)
     forget_counters(tracker)  # as an older release left it: the next write counts the 90 nights in history
     for stage in stages[:30]:

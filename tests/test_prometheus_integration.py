@@ -380,16 +380,20 @@ def test_it_alerts_nothing_while_all_is_well_and_catches_a_stopped_monitor(past_
     cli(base_env, "stage", "scrape", "100")
     prometheus.wait_for('anthrasite_batch_stage_completion_percentage{stage="scrape"} == 100', "the progress")
     prometheus.wait_for("anthrasite_batch:deadline_remaining_seconds", "the recording rules on the monitor's data")
-    # Rules evaluated (twice) on the monitor's data: nothing pending, nothing firing.
+    # Rules evaluated (twice) on the monitor's data: nothing pending, nothing firing but the heartbeat.
     since = time.time() + 1
     wait_until(lambda: evaluated_after(prometheus, since), 20, 0.2, message="two more rule evaluations")
-    assert alerts_of(prometheus) == []
+    assert [(a["labels"]["alertname"], a["state"]) for a in alerts_of(prometheus)] == [
+        ("BatchMonitorHeartbeat", "firing")
+    ]
 
     monitor_process.stop()
     (down,) = wait_until(lambda: alerts_of(prometheus, "BatchMonitorDown"), 20, 0.2, message="BatchMonitorDown")
     (guide_job,) = [job["job_name"] for job in guide_scrape_configs("x:1")]
     assert down["labels"]["job"] == guide_job and down["labels"]["instance"] == f"127.0.0.1:{monitor_port}"
     assert down["state"] == "pending"  # "for: 5m" as shipped; it fires if the monitor stays down
+    # The failed scrape marks the monitor's series stale: the heartbeat stops, which a dead-man's switch notices.
+    wait_until(lambda: not alerts_of(prometheus, "BatchMonitorHeartbeat"), 20, 0.2, message="the heartbeat to stop")
     assert [a["labels"]["alertname"] for a in alerts_of(prometheus)] == ["BatchMonitorDown"]
 
 
@@ -438,3 +442,45 @@ def test_it_alerts_and_counts_a_batch_once_when_the_monitor_and_a_pushgateway_bo
             assert panel_value(prometheus, "Batch state") == 1.0  # one state series, not one per source
         finally:
             prometheus.process.stop()
+
+
+def test_it_alerts_per_job_when_one_monitor_watches_a_jobs_file(binaries, base_env, tmp_path):
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(
+        '[jobs.leads]\ndeadline = "05:00"\n\n[jobs.rescore]\ntimezone = "Australia/Sydney"\ndays = ["sat"]\n'
+    )
+    env = {**base_env, "BATCH_JOBS_FILE": str(jobs), "BATCH_OUTBOX_DIR": str(tmp_path / "outbox")}
+    port = free_port()
+    settings = {"METRICS_PORT": str(port), "BATCH_COMPLETION_CHECK_INTERVAL_SECONDS": "1"}
+    monitor = Process([sys.executable, str(MONITOR)], tmp_path / "monitor.log", env={**env, **settings})
+    (tmp_path / "prometheus").mkdir()
+    try:
+        monitor.wait_ready(f"http://127.0.0.1:{port}/metrics", "the jobs monitor's /metrics")
+        prometheus = start_prometheus(
+            binaries["prometheus"], tmp_path / "prometheus", guide_scrape_configs(f"127.0.0.1:{port}")
+        )
+        try:
+            prometheus.wait_for('count(anthrasite_batch_source_info{source="monitor"}) == 2', "both jobs' series")
+            for job in ("leads", "rescore"):
+                cli({**env, "BATCH_NAME": job}, "start", "--stages", "load,score")
+            cli({**env, "BATCH_NAME": "rescore"}, "fail", "--stage", "load", "--reason", "exit code 3")
+            (failed,) = wait_until(lambda: alerts_of(prometheus, "BatchFailed"), 20, 0.2, message="BatchFailed")
+            assert failed["labels"]["batch"] == "rescore"  # the job that failed, not the one still running
+            # Two jobs behind one target: every rule, panel and Grafana alert query still runs (no
+            # many-to-many match), and the per-job panels show each job.
+            since = time.time() + 1
+            wait_until(lambda: evaluated_after(prometheus, since), 20, 0.2, message="two more rule evaluations")
+            groups = prometheus.api("rules")["data"]["groups"]
+            assert [r["name"] for g in groups for r in g["rules"] if r["health"] != "ok"] == []
+            for where, expr in dashboard_queries() + grafana_alert_queries():
+                assert prometheus.query(substitute(expr))["status"] == "success", where
+            ((_, state),) = [(w, e) for w, e in dashboard_queries() if w == "panel 'Batch state' A"]
+            shown = prometheus.query(substitute(state))["data"]["result"]
+            assert sorted((s["metric"]["batch"], s["metric"]["state"]) for s in shown) == [
+                ("leads", "running"),
+                ("rescore", "failed"),
+            ]
+        finally:
+            prometheus.process.stop()
+    finally:
+        monitor.stop()

@@ -71,6 +71,9 @@ def pushgateway(tmp_path):
         yield url
 
 
+NIGHTLY = {"batch": "nightly"}  # the job's name, on every batch series
+
+
 def gateway_samples(url: str) -> dict:
     """``{(name, frozenset(labels)): value}`` of the anthrasite_batch_* samples the gateway exposes."""
     with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
@@ -84,7 +87,8 @@ def gateway_samples(url: str) -> dict:
 
 
 def value(samples: dict, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset({"job": "nightly", "instance": HOST, **labels}.items())))
+    # Every pushed series carries the job's name as "batch", as the monitor's do; the group key has it as "job".
+    return samples.get((name, frozenset({"job": "nightly", "instance": HOST, "batch": "nightly", **labels}.items())))
 
 
 def cli(env, *args):
@@ -138,7 +142,8 @@ def test_it_groups_by_batch_name_and_instance(base_env, pushgateway):
     env = {**base_env, "BATCH_PUSHGATEWAY_URL": pushgateway, "BATCH_NAME": "weekly-rescore"}
     assert cli(env, "start").returncode == 0
     samples = gateway_samples(pushgateway)
-    key = ("anthrasite_batch_state", frozenset({"job": "weekly-rescore", "instance": HOST, "state": "running"}.items()))
+    labels = {"job": "weekly-rescore", "instance": HOST, "batch": "weekly-rescore", "state": "running"}
+    key = ("anthrasite_batch_state", frozenset(labels.items()))
     assert samples[key] == 1.0
     assert host_name() == HOST
 
@@ -183,8 +188,9 @@ def test_it_builds_the_same_batch_families_as_the_monitor(tracker_config, clock)
     tracker.start()
     tracker.stage("scrape", 30)
     registry = build_registry(tracker_config, tracker.snapshot(), clock())
-    assert registry.get_sample_value("anthrasite_batch_stage_completion_percentage", {"stage": "scrape"}) == 30.0
-    assert registry.get_sample_value("anthrasite_batch_state", {"state": "running"}) == 1.0
+    stage = {**NIGHTLY, "stage": "scrape"}
+    assert registry.get_sample_value("anthrasite_batch_stage_completion_percentage", stage) == 30.0
+    assert registry.get_sample_value("anthrasite_batch_state", {**NIGHTLY, "state": "running"}) == 1.0
     assert registry.get_sample_value("anthrasite_batch_alert_delivery_failures_total") is None
 
 
@@ -198,9 +204,9 @@ def test_it_builds_the_push_from_the_trackers_counters_and_writes_nothing(tracke
     directory = os.path.dirname(tracker.path)
     before = {name: os.stat(os.path.join(directory, name)).st_mtime_ns for name in os.listdir(directory)}
     registry = build_registry(tracker_config, tracker.snapshot(), clock())
-    assert registry.get_sample_value("anthrasite_batch_gpu_cost_dollars_total") == 2.5
-    assert registry.get_sample_value("anthrasite_batch_completion_time_seconds_count") == 1.0
-    assert registry.get_sample_value("anthrasite_batch_completed_total", {"on_time": "true"}) == 1.0
+    assert registry.get_sample_value("anthrasite_batch_gpu_cost_dollars_total", NIGHTLY) == 2.5
+    assert registry.get_sample_value("anthrasite_batch_completion_time_seconds_count", NIGHTLY) == 1.0
+    assert registry.get_sample_value("anthrasite_batch_completed_total", {**NIGHTLY, "on_time": "true"}) == 1.0
     after = {name: os.stat(os.path.join(directory, name)).st_mtime_ns for name in os.listdir(directory)}
     assert after == before  # no metrics state file, nothing rewritten
 

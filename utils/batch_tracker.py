@@ -155,6 +155,7 @@ class BatchTracker:
         self.path = os.path.abspath(os.fspath(path)) if path else config.tracker_file
         self.clock = clock or time.time
         self.files = TrackerFiles(self.path, config)
+        self._excuses: tuple[tuple, object] | None = None  # (the file's identity when read, its Excuses)
         self.store, self.history = self.files.store, self.files.history
 
     def start(self, stages: list[str] | tuple[str, ...] | None = None, *, batch_id: str | None = None) -> str:
@@ -174,6 +175,10 @@ class BatchTracker:
             document, previous, events = self.files.read_for_update(now)
             if batch_id is not None:
                 self._refuse_used_id(batch_id, previous)
+            if "excused" in document:  # skipped and paused nights are no deadlines (utils.jobs.EXCUSED_KEY)
+                from utils.jobs import Excuses
+
+                daily = Excuses.from_document(document).apply(daily)
             due = daily.for_new_batch(now, previous.started_at if previous is not None else None)
             if previous is not None:
                 if previous.is_running:
@@ -301,6 +306,71 @@ class BatchTracker:
         """Read both files without locking and without repairing anything."""
         return self.files.snapshot()
 
+    def skip(self, date: str, reason: str = ""):
+        """Record that the night whose deadline falls on local ``date`` (``YYYY-MM-DD``) is deliberately not run:
+        no missing, late or late-start alert for it. A date the job is not scheduled on is refused. Returns
+        the :class:`utils.jobs.Skip`."""
+        import datetime as _dt
+
+        from utils.deadline import WEEKDAY_NAMES
+        from utils.jobs import Skip, parse_skip_date
+
+        now = self.clock()
+        day = parse_skip_date(date, now)
+        weekday = _dt.date.fromisoformat(day).weekday()
+        if weekday not in self.config.days:
+            runs = ", ".join(WEEKDAY_NAMES[d] for d in sorted(self.config.days))
+            raise InvalidInputError(
+                f"--date {day} is a {WEEKDAY_NAMES[weekday]}; job {self.config.batch_name} runs on {runs} only"
+            )
+        skip = Skip(day, clean_text(reason), now)
+        self._update_excuses(lambda excuses: excuses.with_skip(skip), now)
+        return skip
+
+    def pause(self, until: str, reason: str = ""):
+        """Pause the job from now until ``until`` (ISO-8601 with an offset): no deadline in between counts.
+        Returns the :class:`utils.jobs.Pause`."""
+        from utils.jobs import Pause, parse_pause_until
+
+        now = self.clock()
+        pause = Pause(now, parse_pause_until(until, now), clean_text(reason), now)
+        self._update_excuses(lambda excuses: excuses.with_pause(pause), now)
+        return pause
+
+    def _update_excuses(self, change: Callable, now: float) -> None:
+        # Kept as a top-level key of the tracker document: the write path keeps keys it does not know.
+        from utils.jobs import EXCUSED_KEY, Excuses
+
+        with self.files.locked():
+            document, current, events = self.files.read_for_update(now)
+            excuses = change(Excuses.from_document(document))
+            self.files.write({**document, EXCUSED_KEY: excuses.to_dict()}, current, events)
+
+    def excuses(self):
+        """The skipped dates and pauses on file (:class:`utils.jobs.Excuses`; none when unreadable). Read again
+        only when the file was replaced since (every write replaces it): the monitor asks at every check."""
+        from utils.jobs import Excuses
+        from utils.state_store import StorageError
+
+        try:
+            info = os.stat(self.store.path)
+            identity = (info.st_ino, info.st_mtime_ns, info.st_size)
+        except OSError:
+            identity = None
+        if identity is not None and self._excuses is not None and self._excuses[0] == identity:
+            return self._excuses[1]
+        try:
+            excuses = Excuses.from_document(self.store.read())
+        except StorageError:  # reported by snapshot() (tracker unreadable); no excuses meanwhile
+            excuses = Excuses()
+        self._excuses = None if identity is None else (identity, excuses)
+        return excuses
+
+    def schedule(self):
+        """This job's :class:`utils.deadline.DailyDeadline` with its skipped and paused nights excused: the one
+        every reader judges missing, late and late-start incidents by."""
+        return self.excuses().apply(self.config.deadline())
+
 
 def _tracker(path, clock, config) -> BatchTracker:
     return BatchTracker(config if config is not None else TrackerConfig.from_env(), path=path, clock=clock)
@@ -348,7 +418,7 @@ def check_batch_completion(now=None, *, path=None, clock=None, config=None) -> t
 
     tracker = _tracker(path, clock, config)
     moment = tracker.clock() if now is None else now
-    return incidents.check(tracker.snapshot(), moment, tracker.config.deadline())
+    return incidents.check(tracker.snapshot(), moment, tracker.schedule())
 
 
 def get_batch_status(now=None, *, path=None, clock=None, config=None) -> dict:
@@ -357,7 +427,7 @@ def get_batch_status(now=None, *, path=None, clock=None, config=None) -> dict:
 
     tracker = _tracker(path, clock, config)
     moment = tracker.clock() if now is None else now
-    status = status_report.describe(tracker.snapshot(), moment, tracker.config.deadline())
+    status = status_report.describe(tracker.snapshot(), moment, tracker.schedule())
     status["tracker"]["path"] = tracker.path
     return status
 

@@ -22,6 +22,7 @@ DEFAULT_TRACKER_FILE = os.path.join("data", "batch_tracker.json")
 DEFAULT_CLI_COMMAND = os.path.join(PROJECT_ROOT, "bin", "batch_tracker")
 DEFAULT_RUN_COMMAND = os.path.join(PROJECT_ROOT, "bin", "run_nightly.sh")
 NAME_RULE = "use 1-64 of A-Z a-z 0-9 _ . -"
+ALL_DAYS = frozenset(range(7))  # Monday = 0, as datetime.date.weekday()
 
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "plain": 25}  # its keys are the SMTP_SECURITY modes
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -37,8 +38,10 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("BATCH_COMPLETION_TIMEZONE", "America/New_York", "IANA time zone of the deadline"),
     ("BATCH_HISTORY_LIMIT", "90", "finished batches kept in the history file"),
     ("BATCH_EXPECTED_STAGES", "(empty)", "comma-separated stages a batch must finish, if it declares none"),
-    ("BATCH_NAME", "nightly", "batch name used in e-mail subjects and metrics"),
+    ("BATCH_NAME", "nightly", "batch (job) name in e-mail subjects and metrics; with BATCH_JOBS_FILE: the hooks' job"),
+    ("BATCH_JOBS_FILE", "(unset)", "TOML file of [jobs.NAME] tables (many jobs; see the user guide); unset = one job"),
     ("BATCH_PUSHGATEWAY_URL", "(unset)", "Pushgateway the tracker CLI pushes to (not used by the monitor)"),
+    ("BATCH_PING_URL", "(unset)", "dead-man's switch (healthchecks.io protocol) the hooks ping on start, end, fail"),
     ("BATCH_COMPLETION_CHECK_INTERVAL_SECONDS", "300", "longest sleep between checks, 1-86400"),
     ("BATCH_ALERT_REPEAT_SECONDS", "0", "reminder interval while an incident stays open; 0 = no reminders"),
     ("BATCH_AT_RISK_MARGIN_SECONDS", "1800", "early warning when the projected finish passes the deadline by this"),
@@ -51,6 +54,9 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("LOG_DIR", "logs", "directory of the nightly logs (nightly_YYYYMMDD.log), named in the e-mails"),
     ("STATUS_PAGE_URL", "(unset)", "public http(s) URL of the status page, linked from the e-mails"),
     ("ALERT_OUTPUT_TAIL_LINES", "20", "last lines of the failed stage's output in a failure e-mail, 0-100"),
+    ("ALERTMANAGER_URL", "(unset)", "Alertmanager base URL(s), comma-separated; each open incident is posted there"),
+    ("ALERT_WEBHOOK_URL", "(unset)", "http(s) URL that gets a JSON POST per notification (Slack-compatible text)"),
+    ("ALERT_EMAIL", "on", "on | off: off sends no e-mail (needs ALERTMANAGER_URL or ALERT_WEBHOOK_URL)"),
     ("SMTP_SERVER", "(unset)", "SMTP host; unset = write alerts as .eml files into BATCH_OUTBOX_DIR"),
     ("SMTP_PORT", "587 starttls / 465 ssl / 25 plain", "SMTP port"),
     ("SMTP_SECURITY", "starttls", "starttls | ssl (implicit TLS) | plain"),
@@ -95,6 +101,9 @@ class TrackerConfig(Value):
     expected_stages: tuple[str, ...] = ()
     pushgateway_url: str | None = None
     batch_name: str = "nightly"
+    ping_url: str | None = None
+    days: frozenset[int] = ALL_DAYS  # weekdays with a deadline (0 = Monday); a jobs file's ``days``
+    start_by: tuple[int, int] | None = None  # local (hour, minute) a batch must have started by; ``start_by``
     _deadline: DailyDeadline | None
 
     def __post_init__(self) -> None:
@@ -128,6 +137,7 @@ class TrackerConfig(Value):
             expected_stages=expected,
             pushgateway_url=_http_url(env, "BATCH_PUSHGATEWAY_URL"),
             batch_name=batch_name,
+            ping_url=_endpoint_url(env, "BATCH_PING_URL"),
         )
 
     def deadline(self) -> DailyDeadline:
@@ -138,7 +148,9 @@ class TrackerConfig(Value):
             from utils.deadline import DailyDeadline
 
             try:
-                deadline = DailyDeadline(self.deadline_hour, self.deadline_minute, self.timezone)
+                deadline = DailyDeadline(
+                    self.deadline_hour, self.deadline_minute, self.timezone, days=self.days, start_by=self.start_by
+                )
             except pytz.UnknownTimeZoneError:
                 raise ConfigError(
                     f"BATCH_COMPLETION_TIMEZONE={self.timezone!r} is not an IANA time zone "
@@ -175,6 +187,9 @@ class MonitorConfig(Value):
     status_page_url: str | None = None
     output_tail_lines: int = 20
     under_systemd: bool = False  # started by systemd (INVOCATION_ID set): its log is in the journal
+    alertmanager_urls: tuple[str, ...] = ()
+    webhook_url: str | None = None
+    email_enabled: bool = True
 
     @property
     def monitor_state_file(self) -> str:
@@ -205,6 +220,15 @@ class MonitorConfig(Value):
         password = _password(env)
         if password is not None and username is None:
             raise ConfigError("SMTP_PASSWORD/SMTP_PASSWORD_FILE is set but SMTP_USERNAME is not (set both or neither)")
+        alertmanagers = tuple(_endpoint_urls(env, "ALERTMANAGER_URL"))
+        webhook = _endpoint_url(env, "ALERT_WEBHOOK_URL")
+        email = _choice(env, "ALERT_EMAIL", "on", ("on", "off"), lower=True) == "on"
+        if not email and not (alertmanagers or webhook):
+            raise ConfigError(
+                "ALERT_EMAIL=off but neither ALERTMANAGER_URL nor ALERT_WEBHOOK_URL is set (no alert would go out)"
+            )
+        if not email and _raw(env, "SMTP_SERVER"):
+            raise ConfigError("ALERT_EMAIL=off but SMTP_SERVER is set (unset SMTP_SERVER or set ALERT_EMAIL=on)")
         return cls(
             tracker=tracker,
             check_interval_seconds=_int(env, "BATCH_COMPLETION_CHECK_INTERVAL_SECONDS", 300, 1, 86_400),
@@ -229,6 +253,9 @@ class MonitorConfig(Value):
             status_page_url=_http_url(env, "STATUS_PAGE_URL"),
             output_tail_lines=_int(env, "ALERT_OUTPUT_TAIL_LINES", 20, 0, 100),
             under_systemd=bool(_raw(env, "INVOCATION_ID")),
+            alertmanager_urls=alertmanagers,
+            webhook_url=webhook,
+            email_enabled=email,
         )
 
 
@@ -359,6 +386,34 @@ def _http_url(env: dict, name: str) -> str | None:
     if sep != "://" or scheme.lower() not in ("http", "https") or not host or not raw.isprintable() or " " in raw:
         raise ConfigError(f"{name}={_shown(raw)} is not an http:// or https:// URL")
     return raw
+
+
+def _endpoint_urls(env: dict, name: str, *, single: bool = False) -> list[str]:
+    """Comma-separated http(s) URLs, each with a host (and a valid port, no user:password); [] when unset."""
+    raw = _raw(env, name)
+    urls = [part.strip() for part in raw.split(",") if part.strip()]
+    if not urls:
+        return urls
+    from urllib.parse import urlsplit  # only when set: every hook reads this configuration
+
+    if single and len(urls) > 1:
+        raise ConfigError(f"{name}={_shown(raw)} names more than one URL (allowed: one http:// or https:// URL)")
+    for url in urls:
+        allowed = "an http:// or https:// URL with a host, e.g. http://alertmanager.example.com:9093"
+        try:
+            parts = urlsplit(url)
+            valid = parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a port that is not a number, or out of range
+            valid = False
+        if not valid or not url.isprintable() or " " in url:
+            raise ConfigError(f"{name}={_shown(url)} is not allowed ({allowed})")
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(f"{name}: user:password@ in the URL is not supported (allowed: {allowed})")
+    return urls
+
+
+def _endpoint_url(env: dict, name: str) -> str | None:
+    return next(iter(_endpoint_urls(env, name, single=True)), None)
 
 
 def _host(env: dict, name: str, examples: str, default: str = "") -> str | None:

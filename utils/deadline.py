@@ -17,32 +17,106 @@ module, built with pytz ``localize``/``normalize`` (never ``tzinfo=``).
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import pytz
 
 _MAX_GAP_MINUTES = 24 * 60
+_MAX_WALK_DAYS = 16  # a week and a bit either way, plus one day per skipped date and four per pause
+ALL_WEEKDAYS = frozenset(range(7))  # Monday = 0, as datetime.date.weekday()
+WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_MISSED_DEADLINE_AGE = 24 * 3600  # a start later than this after a missed deadline is a new night
 
 
 class DailyDeadline:
-    """The daily local ``hour:minute`` deadline in ``timezone``."""
+    """The local ``hour:minute`` deadline in ``timezone`` on the scheduled ``days`` (weekdays, 0 = Monday; every
+    day by default), optionally with a ``start_by`` ``(hour, minute)`` by which a batch must have started.
 
-    def __init__(self, hour: int, minute: int, timezone: str):
+    A schedule's deadlines are the instants of :meth:`on_local_date` on its scheduled local dates, less the
+    excused ones (:meth:`excusing`: skipped local dates and paused windows): every query below
+    (:meth:`first_after`, :meth:`last_at_or_before`, :meth:`previous`, :meth:`between`, :meth:`for_new_batch`)
+    sees only those, so an unscheduled, skipped or paused night is never a deadline, hence never missing.
+    """
+
+    def __init__(
+        self,
+        hour: int,
+        minute: int,
+        timezone: str,
+        *,
+        days: Iterable[int] | None = None,
+        start_by: tuple[int, int] | None = None,
+    ):
         if not 0 <= hour <= 23:
             raise ValueError(f"hour {hour!r} is not in 0-23")
         if not 0 <= minute <= 59:
             raise ValueError(f"minute {minute!r} is not in 0-59")
+        scheduled = ALL_WEEKDAYS if days is None else frozenset(days)
+        if not scheduled or not scheduled <= ALL_WEEKDAYS:
+            raise ValueError(f"days {sorted(scheduled)!r} is not a non-empty set of weekdays 0-6")
+        if start_by is not None and not (0 <= start_by[0] <= 23 and 0 <= start_by[1] <= 59):
+            raise ValueError(f"start_by {start_by!r} is not an (hour 0-23, minute 0-59) pair")
         self.hour = hour
         self.minute = minute
         self.zone = pytz.timezone(timezone)
+        self.days = scheduled
+        self.start_by = None if start_by is None else (int(start_by[0]), int(start_by[1]))
+        self.skipped_dates: frozenset[_dt.date] = frozenset()
+        self.paused: tuple[tuple[float, float], ...] = ()
+        self.reasons: dict = {}  # a skipped date or a paused window -> why (for the status views)
 
     def __repr__(self) -> str:
-        return f"DailyDeadline({self.hour:02d}:{self.minute:02d} {self.zone.zone})"
+        days = "" if self.days == ALL_WEEKDAYS else " " + ",".join(WEEKDAY_NAMES[d] for d in sorted(self.days))
+        return f"DailyDeadline({self.hour:02d}:{self.minute:02d} {self.zone.zone}{days})"
+
+    @property
+    def every_day(self) -> bool:
+        """True when every local day has its deadline (no weekday left out, nothing excused)."""
+        return self.days == ALL_WEEKDAYS and not self.skipped_dates and not self.paused
+
+    def excusing(
+        self, skipped: Mapping[_dt.date, str] | Iterable[_dt.date] = (), paused: Iterable[tuple] = ()
+    ) -> DailyDeadline:
+        """A copy of this schedule without the deadlines on the ``skipped`` local dates and those inside a
+        ``paused`` window ``(from, until[, reason])``, ``from <= deadline < until`` (UTC epochs): nights
+        deliberately not run. ``skipped`` may map each date to its reason."""
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        reasons = dict(skipped) if isinstance(skipped, Mapping) else dict.fromkeys(skipped, "")
+        windows = {(float(w[0]), float(w[1])): (w[2] if len(w) > 2 else "") for w in paused if w[1] > w[0]}
+        copy.skipped_dates = frozenset(reasons)
+        copy.paused = tuple(sorted(windows))
+        copy.reasons = {**reasons, **windows}
+        return copy
+
+    def is_excused(self, due: float) -> bool:
+        """True when the deadline instant ``due`` falls on a skipped date or inside a pause (a batch that
+        stored it when it started is not late for it)."""
+        if not self.skipped_dates and not self.paused:
+            return False
+        return self.to_local(due).date() in self.skipped_dates or self.pause_at(due) is not None
+
+    def pause_at(self, instant: float) -> tuple[float, float] | None:
+        """The paused window ``(from, until)`` holding ``instant``, or None."""
+        return next((window for window in self.paused if window[0] <= instant < window[1]), None)
+
+    def start_by_for(self, due: float) -> float | None:
+        """The instant by which a batch must have started for the deadline ``due``: the latest local
+        ``start_by`` time at or before it (that morning, or the evening before when ``start_by`` is later in
+        the day than the deadline); None without ``start_by``. DST as for deadlines."""
+        if self.start_by is None:
+            return None
+        day = self.to_local(due).date()
+        if self.start_by > (self.hour, self.minute):
+            day -= _dt.timedelta(days=1)
+        return min(self._wall_instant(day, *self.start_by), due)
 
     def on_local_date(self, day: _dt.date) -> float:
-        """The UTC epoch instant of this deadline on local date ``day``."""
-        wall = _dt.datetime(day.year, day.month, day.day, self.hour, self.minute)
+        """The UTC epoch instant of this deadline's wall time on local date ``day`` (scheduled or not)."""
+        return self._wall_instant(day, self.hour, self.minute)
+
+    def _wall_instant(self, day: _dt.date, hour: int, minute: int) -> float:
+        wall = _dt.datetime(day.year, day.month, day.day, hour, minute)
         try:
             local = self.zone.localize(wall, is_dst=None)
         except pytz.AmbiguousTimeError:
@@ -80,13 +154,32 @@ class DailyDeadline:
         today = self.to_local(instant).date()
         return (self.on_local_date(today + _dt.timedelta(days=offset)) for offset in days)
 
+    def _walk(self, instant: float, step: int) -> Iterator[float]:
+        """The schedule's deadlines from the local date before (``step`` 1) or after (-1) ``instant``'s, in
+        that direction, jumping over pauses; raises ValueError after a bounded search."""
+        one = _dt.timedelta(days=step)
+        day = self.to_local(instant).date() - one
+        for _ in range(_MAX_WALK_DAYS + len(self.skipped_dates) + 4 * len(self.paused)):
+            if day.weekday() in self.days and day not in self.skipped_dates:
+                due = self.on_local_date(day)
+                window = self.pause_at(due)
+                if window is None:
+                    yield due
+                else:  # to the pause's far edge: the next deadline that can count is on its local date
+                    edge = self.to_local(window[1] if step > 0 else window[0]).date() - one
+                    day = max(day, edge) if step > 0 else min(day, edge)
+            day += one
+        raise ValueError(f"no deadline of {self!r} near {format_utc(instant)}")
+
     def first_after(self, instant: float) -> float:
         """The first deadline strictly after ``instant`` (a batch's deadline)."""
-        return next(due for due in self._around(instant, range(-1, 3)) if due > instant)
+        days = self._around(instant, range(-1, 3)) if self.every_day else self._walk(instant, 1)
+        return next(due for due in days if due > instant)
 
     def last_at_or_before(self, instant: float) -> float:
         """The most recent deadline at or before ``instant``."""
-        return next(due for due in self._around(instant, range(1, -3, -1)) if due <= instant)
+        days = self._around(instant, range(1, -3, -1)) if self.every_day else self._walk(instant, -1)
+        return next(due for due in days if due <= instant)
 
     def for_new_batch(self, start: float, previous_start: float | None) -> float:
         """The deadline a batch starting at ``start`` is judged by, fixed once, when it starts.

@@ -1,14 +1,17 @@
 """The monitor's small HTTP endpoint: Prometheus metrics, liveness, status JSON and an HTML page.
 
 GET and HEAD of ``/metrics``, ``/healthz`` (200 ``ok`` or 503 with the reason), ``/status.json`` and
-``/`` (:func:`utils.status_page.render_status_page`); anything else 404, other methods 405, a provider
-that raises 500 with a one-line reason. At most ``max_connections`` are handled at once (the rest wait
+``/`` (:func:`utils.status_page.render_status_page`), and per job ``/jobs/NAME`` and ``/jobs/NAME/status.json``;
+with an ``overview_provider`` (one monitor, many jobs), ``/`` and ``/status.json`` list every job
+(:func:`utils.status_page.render_jobs_page`). Anything else 404, other methods 405, a provider that raises 500
+with a one-line reason. At most ``max_connections`` are handled at once (the rest wait
 in the kernel's listen queue) and each read times out, so clients cannot starve the checks and alerts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import resource
@@ -23,7 +26,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from utils.status_page import PAGE_POLICY, render_status_page
+from utils.model import is_valid_name
+from utils.status_page import PAGE_POLICY, render_jobs_page, render_status_page
 
 LOGGER = logging.getLogger(__name__)
 
@@ -37,6 +41,8 @@ TEXT_TYPE = "text/plain; charset=utf-8"
 HTML_TYPE = "text/html; charset=utf-8"
 # The client went away: nothing to answer, nothing worth a traceback.
 HANGUPS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+JOBS_PREFIX = "/jobs/"  # /jobs/NAME: one job's page; /jobs/NAME/status.json: its JSON
+JSON_SUFFIX = "/status.json"
 
 
 def default_max_connections(limit: int | None = None) -> int:
@@ -56,7 +62,17 @@ class MonitorHTTPServer(socketserver.TCPServer):
     allow_reuse_address = True  # a restarted monitor must be able to bind its port again at once
     request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, server_address, registry, status_provider, health_provider, max_connections, read_timeout):
+    def __init__(
+        self,
+        server_address,
+        registry,
+        status_provider,
+        health_provider,
+        max_connections,
+        read_timeout,
+        job_status_provider=None,
+        overview_provider=None,
+    ):
         if ":" in server_address[0]:
             self.address_family = socket.AF_INET6
         self._wake_read, self._wake_write = socket.socketpair()  # before binding: a failed bind closes them
@@ -65,6 +81,8 @@ class MonitorHTTPServer(socketserver.TCPServer):
         self.registry = registry
         self.status_provider = status_provider
         self.health_provider = health_provider
+        self.job_status_provider = job_status_provider
+        self.overview_provider = overview_provider
         self.max_connections = max_connections
         self.read_timeout = read_timeout
         self.active_connections = 0
@@ -167,8 +185,12 @@ def serve(
     health_provider: Callable[[], tuple[bool, str]],
     max_connections: int | None = None,
     read_timeout: float = READ_TIMEOUT_SECONDS,
+    job_status_provider: Callable[[str], dict | None] | None = None,
+    overview_provider: Callable[[], dict] | None = None,
 ) -> MonitorHTTPServer:
     """Serve on ``(address, port)`` (port 0: a free one) in a daemon thread and return at once.
+    ``job_status_provider(name)``: a job's status for ``/jobs/NAME`` (None: no such job, 404); ``overview_provider``:
+    every job, for ``/`` and ``/status.json`` (None: they show ``status_provider``'s one job).
 
     OSError when the address cannot be bound, ValueError for ``max_connections`` < 1 or ``read_timeout`` <= 0.
     """
@@ -178,7 +200,16 @@ def serve(
         raise ValueError(f"max_connections {max_connections!r} is out of range (allowed: 1 or more)")
     if not read_timeout > 0:
         raise ValueError(f"read_timeout {read_timeout!r} is out of range (allowed: more than 0 seconds)")
-    return MonitorHTTPServer((address, port), registry, status_provider, health_provider, max_connections, read_timeout)
+    return MonitorHTTPServer(
+        (address, port),
+        registry,
+        status_provider,
+        health_provider,
+        max_connections,
+        read_timeout,
+        job_status_provider,
+        overview_provider,
+    )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -207,6 +238,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, send_body: bool) -> None:
         path = self.path.split("?", 1)[0]
+        if path.startswith(JOBS_PREFIX):
+            self._job_route(path[len(JOBS_PREFIX) :], send_body)
+            return
         routes = {
             "/metrics": self._metrics,
             "/healthz": self._health,
@@ -217,7 +251,10 @@ class _Handler(BaseHTTPRequestHandler):
         if (route := routes.get(path)) is None:
             self._respond(404, TEXT_TYPE, b"not found (try /, /metrics, /healthz, /status.json)\n", send_body)
             return
-        headers = {"Content-Security-Policy": PAGE_POLICY} if route == self._status_page else None
+        self._serve_route(path, route, route == self._status_page, send_body)
+
+    def _serve_route(self, path: str, route, is_page: bool, send_body: bool) -> None:
+        headers = {"Content-Security-Policy": PAGE_POLICY} if is_page else None
         try:
             status, content_type, body = route()
         except Exception as exc:  # a provider's bug must not kill the endpoint
@@ -225,6 +262,21 @@ class _Handler(BaseHTTPRequestHandler):
             status, content_type, headers = 500, TEXT_TYPE, None
             body = f"internal error: {type(exc).__name__}: {exc}\n".encode()
         self._respond(status, content_type, body, send_body, headers)
+
+    def _job_route(self, rest: str, send_body: bool) -> None:
+        """``/jobs/NAME`` (its page) and ``/jobs/NAME/status.json``; 404 for a job the monitor does not watch."""
+        as_json = rest.endswith(JSON_SUFFIX)
+        name = rest[: -len(JSON_SUFFIX)] if as_json else rest
+        provider = self.server.job_status_provider
+        status = provider(name) if provider is not None and is_valid_name(name) else None
+        if status is None:
+            self._respond(404, TEXT_TYPE, f"not found: no job {name!r} (see /)\n".encode(), send_body)
+            return
+        if as_json:
+            route = functools.partial(self._json, status)
+        else:
+            route = functools.partial(self._page, status, json_path=JOBS_PREFIX + name + JSON_SUFFIX, home="/")
+        self._serve_route(self.path, route, not as_json, send_body)
 
     def _respond(
         self, status: int, content_type: str, body: bytes, send_body: bool, headers: dict | None = None
@@ -251,8 +303,19 @@ class _Handler(BaseHTTPRequestHandler):
         return (200, TEXT_TYPE, b"ok\n") if healthy else (503, TEXT_TYPE, f"unhealthy: {reason}\n".encode())
 
     def _status_json(self) -> tuple[int, str, bytes]:
-        body = json.dumps(self.server.status_provider(), indent=2, sort_keys=True, default=str)
-        return 200, JSON_TYPE, (body + "\n").encode()
+        overview = self.server.overview_provider
+        return self._json(self.server.status_provider() if overview is None else overview())
 
     def _status_page(self) -> tuple[int, str, bytes]:
-        return 200, HTML_TYPE, render_status_page(self.server.status_provider()).encode("utf-8", "replace")
+        if self.server.overview_provider is not None:
+            return 200, HTML_TYPE, render_jobs_page(self.server.overview_provider()).encode("utf-8", "replace")
+        return self._page(self.server.status_provider())
+
+    @staticmethod
+    def _json(status: dict) -> tuple[int, str, bytes]:
+        body = json.dumps(status, indent=2, sort_keys=True, default=str)
+        return 200, JSON_TYPE, (body + "\n").encode()
+
+    @staticmethod
+    def _page(status: dict, **links: str) -> tuple[int, str, bytes]:
+        return 200, HTML_TYPE, render_status_page(status, **links).encode("utf-8", "replace")

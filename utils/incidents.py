@@ -28,6 +28,7 @@ from utils.projection import (
 MAX_MISSING_DEADLINES = 7
 
 LATE, FAILED, MISSING, UNREADABLE = "late", "failed", "missing", "tracker_unreadable"
+LATE_START = "late_start"  # no batch started by the job's start_by time; keyed, like missing, by the deadline
 AT_RISK, TOO_SHORT, STALLED_STAGE = "at_risk", "too_short", "stalled_stage"
 TOO_SHORT_FRACTION = 0.30
 STALL_FACTOR = 1.5
@@ -55,7 +56,12 @@ class Precedence:
             return False
         if self.subject == SAME_BATCH:
             return winner.batch_id is not None and winner.batch_id == loser.batch_id
-        return f"{winner.since:.0f}" == f"{loser.since:.0f}"
+        return _deadline_of(winner) == _deadline_of(loser)
+
+
+def _deadline_of(incident: Incident) -> str:
+    """The deadline instant an incident concerns (``%.0f``): a late start's key; every other kind's ``since``."""
+    return incident.key if incident.kind == LATE_START else f"{incident.since:.0f}"
 
 
 PRECEDENCE: tuple[Precedence, ...] = (
@@ -65,6 +71,10 @@ PRECEDENCE: tuple[Precedence, ...] = (
     Precedence(FAILED, STALLED_STAGE, SAME_BATCH, continues=False),
     # A late start answers the missing night: one alert chain, whose recovery says how late it finished.
     Precedence(LATE, MISSING, SAME_DEADLINE, continues=True),
+    # Once the deadline itself passes, the missing night (or the late batch) alerts on its own; the late start
+    # closes without a recovery (it did not get better).
+    Precedence(MISSING, LATE_START, SAME_DEADLINE, continues=False),
+    Precedence(LATE, LATE_START, SAME_DEADLINE, continues=False),
 )
 
 
@@ -108,14 +118,17 @@ def apply_precedence(
 def open_incidents(
     snapshot: Snapshot, now: float, deadline: DailyDeadline, watch_since: float | None = None
 ) -> list[Incident]:
-    """The problems open at ``now``: late, failed, missing or unreadable.
+    """The problems open at ``now``: late, failed, missing, late start or unreadable.
 
     ``watch_since`` (the monitor's first start) keeps deadlines from before anyone
     was watching from counting as missing; without it only the latest deadline can.
+    ``deadline`` is the job's schedule: its unscheduled, skipped and paused nights are
+    not deadlines, so they are never missing, and a batch is not late for an excused one.
     """
     if not snapshot.readable:
         return [Incident(UNREADABLE, "tracker", f"tracker file unreadable: {snapshot.error}", now, None)]
     found = _late_and_failed(snapshot, now, deadline) + _missing_deadlines(snapshot, now, deadline, watch_since)
+    found += _late_start(snapshot, now, deadline, watch_since)
     return apply_precedence(found)
 
 
@@ -124,7 +137,7 @@ def _late_and_failed(snapshot: Snapshot, now: float, deadline: DailyDeadline) ->
     current = snapshot.current
     if current is not None and (current.is_running or current.is_failed):
         due = batch_deadline(current, deadline)
-        if now >= due:
+        if now >= due and not deadline.is_excused(due):
             summary = (
                 f"batch {current.id} missed its deadline {format_local(due, deadline)} by {format_duration(now - due)}"
                 f": {'failed' if current.is_failed else 'still running'} at {current.overall_percentage():.0f}%"
@@ -163,6 +176,26 @@ def _missing_deadlines(
     ]
 
 
+def _late_start(snapshot: Snapshot, now: float, deadline: DailyDeadline, watch_since: float | None) -> list[Incident]:
+    """A ``late_start`` incident when the coming deadline's start-by time has passed and no batch started in
+    its window (the latest batch covers an earlier deadline); it gives way to missing/late at the deadline."""
+    if deadline.start_by is None:
+        return []
+    due = deadline.first_after(now)
+    start_by = deadline.start_by_for(due)
+    if start_by is None or now < start_by or (watch_since is not None and start_by < watch_since):
+        return []
+    starts = [batch.started_at for batch in snapshot.batches_newest_first()]
+    if starts and deadline.first_after(max(starts)) >= due:
+        return []
+    why = f"; last batch started {format_local(max(starts), deadline)}" if starts else ""
+    summary = (
+        f"no batch started by {format_local(start_by, deadline)}, the start-by time for the deadline "
+        f"{format_local(due, deadline)}{why}"
+    )
+    return [Incident(LATE_START, f"{due:.0f}", summary, start_by)]
+
+
 def check(snapshot: Snapshot, now: float, deadline: DailyDeadline) -> tuple[bool, str]:
     """``(ok, reason)``; see :func:`utils.batch_tracker.check_batch_completion`."""
     incidents = open_incidents(snapshot, now, deadline)
@@ -176,6 +209,8 @@ def check(snapshot: Snapshot, now: float, deadline: DailyDeadline) -> tuple[bool
     if current.is_completed:
         margin = due - current.ended_at
         when = f"its deadline {format_local(due, deadline)}"
+        if margin < 0 and deadline.is_excused(due):
+            return True, f"batch {current.id} completed after {when}, a skipped or paused night"
         if margin < 0:
             return False, f"batch {current.id} completed {format_duration(margin)} late, after {when}"
         return True, f"batch {current.id} completed on time, {format_duration(margin)} before {when}"
@@ -223,6 +258,8 @@ def _at_risk(
     if projection is None:
         return []
     due = batch_deadline(batch, deadline)
+    if deadline.is_excused(due):
+        return []
     overshoot = projection.completion_at - due
     candidate = Incident(AT_RISK, batch.id, "", due, batch.id)
     threshold = 0.0 if candidate.identity in already_open else margin_seconds

@@ -29,6 +29,7 @@ KIND_LABELS = {
     "late": "LATE",
     "failed": "FAILED",
     "missing": "MISSING",
+    "late_start": "LATE START",
     "tracker_unreadable": "TRACKER UNREADABLE",
     "at_risk": "AT RISK",
     "too_short": "TOO SHORT",
@@ -38,9 +39,14 @@ KIND_LABELS = {
 MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
 
 
-def message_id_for(incident_identity: str, opened_at: float, notification_type: str, number: int, domain: str) -> str:
-    """The Message-ID of one notification about one occurrence of an incident; the same inputs give the same id."""
-    seed = f"{incident_identity}\0{opened_at!r}\0{notification_type}\0{number}".encode()
+def message_id_for(
+    incident_identity: str, opened_at: float, notification_type: str, number: int, domain: str, scope: str = ""
+) -> str:
+    """The Message-ID of one notification about one occurrence of an incident; the same inputs give the same id.
+    ``scope``, the job's name when one monitor watches several, keeps two jobs' ids apart (both may open
+    ``tracker_unreadable:tracker`` or the same deadline's ``missing`` at one check); "" gives the ids of before."""
+    seed = f"{incident_identity}\0{opened_at!r}\0{notification_type}\0{number}"
+    seed = (f"{scope}\0{seed}" if scope else seed).encode()
     digest = hashlib.sha256(seed).hexdigest()[:32]
     return f"<batch-monitor.{digest}.{notification_type}@{header_safe(domain, 253)}>"
 
@@ -68,6 +74,7 @@ class MailContext:
     status_page_url: str | None = None
     output_tail_lines: int = 20
     under_systemd: bool = False
+    scope: str = ""  # the job's name when one monitor watches several jobs (see message_id_for), else ""
 
     @property
     def sender_domain(self) -> str:
@@ -139,6 +146,9 @@ def alert_subject(ctx: MailContext, incident: object, snapshot: Snapshot) -> str
         text = f"{name} batch {bid} failed{where} ({format_local(at, deadline)})"
     elif kind == "missing":
         text = f"no {name} batch started before the {_deadline_words(float(facts.key), deadline)}"
+    elif kind == "late_start":
+        start_by = deadline.to_local(facts.since)
+        text = f"no {name} batch started by {start_by:%H:%M %Z} for the {_deadline_words(float(facts.key), deadline)}"
     elif kind == "tracker_unreadable":
         text = f"{name} batch tracker file cannot be read (since {format_local(facts.opened_at, deadline)})"
     elif kind == "stalled_stage":
@@ -171,6 +181,17 @@ def resolution(incident: object, snapshot: Snapshot, deadline: DailyDeadline, no
         return (
             f"batch {first.id} started at {format_local(first.started_at, deadline)}, "
             f"{when} the {format_local(due, deadline)} deadline"
+        )
+    if kind == "late_start":
+        due, start_by = float(facts.key), facts.since
+        window_start = deadline.previous(due)
+        first = min((b for b in batches if b.started_at >= window_start), key=lambda b: b.started_at, default=None)
+        if first is None:
+            return None  # not started: the missing alert at the deadline speaks for it (or the night was excused)
+        late_by = first.started_at - start_by
+        return (
+            f"batch {first.id} started at {format_local(first.started_at, deadline)}, "
+            f"{format_duration(late_by)} after the start-by time {format_local(start_by, deadline)}"
         )
     if kind == "tracker_unreadable":
         return "the tracker file is readable again"
@@ -247,9 +268,12 @@ def compose_message(
     message["Date"] = formatdate(now, usegmt=True)
     message["Message-ID"] = message_id
     if notification_type != ALERT:
-        message["In-Reply-To"] = message["References"] = alert_message_id_for(facts, ctx.sender_domain)
+        message["In-Reply-To"] = message["References"] = alert_message_id_for(facts, ctx.sender_domain, ctx.scope)
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to an alert
-    message["X-Batch-Incident"] = header_safe(facts.identity, 200)
+    # Jobs apart: the outbox keeps one incident's messages in order, and two jobs may share an identity.
+    message["X-Batch-Incident"] = header_safe(f"{ctx.scope}/{facts.identity}" if ctx.scope else facts.identity, 200)
+    if ctx.scope:  # one monitor, many jobs: name the job for filters and tools (one job: the headers of before)
+        message["X-Batch-Job"] = header_safe(ctx.batch_name, 64)
     message["X-Batch-Notification"] = notification_type
     message.set_content(
         _body(ctx, notification_type, facts, snapshot, now, headline), charset="utf-8", cte="quoted-printable"
@@ -257,10 +281,10 @@ def compose_message(
     return message
 
 
-def alert_message_id_for(incident: object, domain: str) -> str:
+def alert_message_id_for(incident: object, domain: str, scope: str = "") -> str:
     """The Message-ID of this occurrence's alert (a late incident continuing a missing one: the missing one's)."""
     facts = IncidentFacts.of(incident)
-    return message_id_for(str(facts.continues or facts.identity), facts.opened_at, ALERT, 0, domain)
+    return message_id_for(str(facts.continues or facts.identity), facts.opened_at, ALERT, 0, domain, scope)
 
 
 def _address_objects(entries) -> tuple[Address, ...]:

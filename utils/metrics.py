@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from utils.counters import Counters
-from utils.incidents import AT_RISK, LATE, MISSING, STALLED_STAGE, TOO_SHORT, UNREADABLE
+from utils.incidents import AT_RISK, LATE, LATE_START, MISSING, STALLED_STAGE, TOO_SHORT, UNREADABLE
 from utils.model import FAILED, Batch, Snapshot, is_valid_name
 from utils.numbers import finite_number
 from utils.projection import batch_deadline, on_time, project
@@ -29,9 +29,14 @@ LOGGER = logging.getLogger(__name__)
 PREFIX = "anthrasite_batch_"
 BATCH_STATE_VALUES = ("none", "running", "completed", "failed", "abandoned")
 #: Incident kinds of :mod:`utils.incidents`.
-KNOWN_INCIDENT_KINDS = (LATE, FAILED, MISSING, UNREADABLE, AT_RISK, TOO_SHORT, STALLED_STAGE)
+KNOWN_INCIDENT_KINDS = (LATE, FAILED, MISSING, LATE_START, UNREADABLE, AT_RISK, TOO_SHORT, STALLED_STAGE)
 MAX_STAGE_SERIES = 100
 MAX_LABEL_KINDS = 32
+# The label naming the job (BATCH_NAME, or a [jobs.NAME] of the jobs file) on every batch series. Not "job": a
+# scrape sets its own job label (a target's "job" becomes "exported_job", or with honor_labels replaces the scrape
+# job that "up" carries), and the Pushgateway path already groups by job=BATCH_NAME. "batch" means the same
+# whether scraped from the monitor or pushed, and source_info has always carried it.
+BATCH_LABEL = "batch"
 
 
 def host_name() -> str:
@@ -119,6 +124,12 @@ def _stage_family(current: Batch | None) -> Metric:
     return family
 
 
+def with_batch_label(family: Metric, batch_name: str) -> Metric:
+    """``family`` with ``batch="<batch_name>"`` first on every sample (a sample's own ``batch`` is kept)."""
+    family.samples = [sample._replace(labels={BATCH_LABEL: batch_name, **sample.labels}) for sample in family.samples]
+    return family
+
+
 def batch_metric_families(
     snapshot: Snapshot,
     now: float,
@@ -126,11 +137,25 @@ def batch_metric_families(
     monitor_state: dict | None = None,
     *,
     include_monitor: bool = True,
+    include_outbox: bool = True,
     batch_name: str = "",
     host: str = "",
 ) -> list[Metric]:
     """The metric families for ``snapshot`` at ``now`` (pure). Without ``snapshot.counters`` the persisted families
-    are left out (zeros would read as a counter reset); ``batch_name`` and ``host`` label ``source_info``."""
+    are left out (zeros would read as a counter reset); ``batch_name`` and ``host`` label ``source_info``, and a
+    non-empty ``batch_name`` labels every series ``batch`` except the outbox gauges (:func:`outbox_families`: one
+    outbox per monitor, whatever its jobs), which ``include_outbox`` False leaves out."""
+    families = _batch_families(snapshot, now, deadline, monitor_state, include_monitor, batch_name, host)
+    if batch_name:
+        families = [with_batch_label(family, batch_name) for family in families]
+    if include_monitor and include_outbox:
+        families.extend(outbox_families((monitor_state or {}).get("outbox"), now))
+    return families
+
+
+def _batch_families(
+    snapshot: Snapshot, now: float, deadline, monitor_state: dict | None, include_monitor: bool, batch_name, host
+) -> list[Metric]:
     current = snapshot.current
     counters = snapshot.counters
     state = current.state if current else "none"
@@ -232,10 +257,10 @@ def _monitor_families(monitor_state: dict, now: float) -> list[Metric]:
     for kind in sorted(open_by_kind)[:MAX_LABEL_KINDS]:
         incidents.add_metric([kind], float(open_by_kind[kind]))
     last_check = _gauge("monitor_last_check_timestamp_seconds", finite_number(monitor_state.get("last_check_at")))
-    return [*families, incidents, last_check, *_outbox_families(monitor_state.get("outbox"), now)]
+    return [*families, incidents, last_check]
 
 
-def _outbox_families(summary: object, now: float) -> list[Metric]:
+def outbox_families(summary: object, now: float) -> list[Metric]:
     """The outbox gauges from the monitor's ``outbox`` summary (``Outbox.summary()``); absent without one."""
     summary = summary if isinstance(summary, dict) else {}
     pending, failed, oldest = (finite_number(summary.get(key)) for key in ("pending", "failed", "oldest_pending_at"))
@@ -311,17 +336,55 @@ class BatchMetricsCollector:
         self._cached_snapshot = (key, snapshot)
         return snapshot
 
-    def collect(self) -> Iterator[Metric]:
-        snapshot = self.snapshot()
-        monitor_state = read_monitor_state(self.monitor_state_path) if self.include_monitor else None
-        yield from batch_metric_families(
-            snapshot,
-            self.clock(),
+    def read_monitor_state(self) -> dict | None:
+        return read_monitor_state(self.monitor_state_path) if self.include_monitor else None
+
+    def families(self, monitor_state: dict | None, now: float, *, include_outbox: bool = True) -> list[Metric]:
+        """This job's families at ``now``, from ``monitor_state`` (as :meth:`read_monitor_state` reads it)."""
+        return batch_metric_families(
+            self.snapshot(),
+            now,
             self.deadline,
             monitor_state,
             include_monitor=self.include_monitor,
+            include_outbox=include_outbox,
             **self.source_labels,
         )
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families(self.read_monitor_state(), self.clock())
+
+
+class JobsMetricsCollector:
+    """One collector for the jobs of one monitor (one :class:`BatchMetricsCollector` each): every family once,
+    holding each job's series (told apart by ``batch``), and the shared outbox's gauges once, from the job state
+    the monitor wrote last. Two collectors could not do it: a registry refuses a family name twice."""
+
+    def __init__(self, parts: list[BatchMetricsCollector], *, clock: Callable[[], float] = time.time):
+        names = [part.source_labels["batch_name"] for part in parts]
+        if not parts or len(set(names)) != len(names):
+            raise ValueError(f"jobs {names!r}: need one or more, each named once")
+        self.parts = tuple(parts)
+        self.clock = clock
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self.parts[0].describe()
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.clock()
+        states = [part.read_monitor_state() for part in self.parts]
+        merged: dict[str, Metric] = {}
+        for part, state in zip(self.parts, states, strict=True):
+            for family in part.families(state, now, include_outbox=False):
+                into = merged.get(family.name)
+                if into is None:
+                    merged[family.name] = family
+                else:
+                    into.samples.extend(family.samples)
+        yield from merged.values()
+        if self.parts[0].include_monitor:
+            newest = max((s for s in states if s), key=lambda s: finite_number(s.get("last_check_at")) or 0, default={})
+            yield from outbox_families(newest.get("outbox"), now)
 
 
 def exported_sample_names(include_monitor: bool = True) -> set[str]:
@@ -348,5 +411,16 @@ def register_batch_metrics(
     """Register a :class:`BatchMetricsCollector` of ``tracker`` (a :class:`utils.batch_tracker.BatchTracker`)
     and the monitor's alert-state file (read-only) on ``registry``; return it. Raises ``ConfigError`` for a bad zone."""
     collector = BatchMetricsCollector(tracker, monitor_state_path=monitor_state_path, clock=clock)
+    registry.register(collector)
+    return collector
+
+
+def register_jobs_metrics(
+    registry, *, jobs: list[tuple[object, str | os.PathLike | None]], clock: Callable[[], float] = time.time
+) -> JobsMetricsCollector:
+    """Register one :class:`JobsMetricsCollector` for ``jobs``, pairs of (tracker, monitor state path), on
+    ``registry``; return it. ValueError when no job or a name twice; ``ConfigError`` for a bad zone."""
+    parts = [BatchMetricsCollector(tracker, monitor_state_path=path, clock=clock) for tracker, path in jobs]
+    collector = JobsMetricsCollector(parts, clock=clock)
     registry.register(collector)
     return collector

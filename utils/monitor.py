@@ -15,12 +15,14 @@ from collections.abc import Callable
 
 from utils import notifications, status_report
 from utils.alert_log import AlertLog, AlertLogStore, IncidentRecord, Notice
+from utils.alertmanager import REPOST_SECONDS, AlertmanagerTransport, channel_payload, make_channels
+from utils.alertmanager import alert as am_alert
 from utils.batch_tracker import BatchTracker
 from utils.config import MonitorConfig
 from utils.deadline import format_duration
 from utils.errors import EXIT_OK, EXIT_PROBLEM
 from utils.mail_compose import RECOVERY, MailContext, compose_message
-from utils.outbox import DeliveryReport, Outbox
+from utils.outbox import EMAIL, DeliveryReport, Outbox
 from utils.projection import batch_deadline
 from utils.state_store import StorageError
 from utils.status_chart import CHART_NIGHTS
@@ -85,16 +87,33 @@ def make_transport(config: MonitorConfig, clock: Callable[[], float] = time.time
 
 class Monitor:
     """Watches the tracker and alerts on-call. ``clock``: UTC epoch seconds; ``transport``: by default
-    :func:`make_transport`; ``early_warning`` adds at-risk, too-short and stalled-stage incidents."""
+    :func:`make_transport`; ``early_warning`` adds at-risk, too-short and stalled-stage incidents. One job's
+    monitor among several (:mod:`utils.monitor_jobs`) shares their ``outbox`` and ``transport`` and has its
+    ``scope``, the job's name, in its Message-IDs and incident headers; "" when it is the only one. ``channels``:
+    channel -> transport (default :func:`utils.alertmanager.make_channels`: e-mail, Alertmanager(s), webhook)."""
 
-    def __init__(self, config: MonitorConfig, *, clock=time.time, transport=None, early_warning: bool = True):
+    def __init__(
+        self,
+        config: MonitorConfig,
+        *,
+        clock=time.time,
+        transport=None,
+        early_warning: bool = True,
+        outbox: Outbox | None = None,
+        scope: str = "",
+        channels=None,
+    ):
         self.config = config
         self.clock = clock
+        self.scope = scope
         self.tracker = BatchTracker(config.tracker, clock=clock)
         self.deadline = config.tracker.deadline()
         self.log_store = AlertLogStore(config.monitor_state_file)
-        self.outbox = Outbox(config.outbox_dir, clock=clock)
+        self.outbox = outbox if outbox is not None else Outbox(config.outbox_dir, clock=clock)
         self.transport = transport if transport is not None else make_transport(config, clock)
+        # channel -> transport: e-mail (self.transport) unless switched off, Alertmanager(s), webhook.
+        self.channels = dict(channels) if channels is not None else make_channels(config, self.transport, clock)
+        self._reposted_at: float | None = None  # monotonic time of the last Alertmanager re-post
         self.early_warning = early_warning
         self.mail = MailContext(
             batch_name=config.tracker.batch_name,
@@ -102,6 +121,7 @@ class Monitor:
             sender=config.email_from,
             recipients=tuple(config.email_to),
             tracker_file=config.tracker.tracker_file,
+            scope=scope,
             **{name: getattr(config, name) for name in MAIL_SETTINGS},
         )
         self._last_log: AlertLog | None = None
@@ -110,6 +130,20 @@ class Monitor:
         self._last_result: StepResult | None = None
         self.last_error: str | None = None  # why the last check failed; None when it completed (or none ran)
         self._last_ok_monotonic: float | None = None
+
+    @property
+    def monitors(self) -> tuple[Monitor, ...]:
+        """The per-job monitors the service runs: this one (:class:`utils.monitor_jobs.JobsMonitor` has several)."""
+        return (self,)
+
+    @property
+    def watched_paths(self) -> tuple[str, ...]:
+        """The tracker files whose change wakes the loop."""
+        return (self.tracker.path,)
+
+    def job_status(self, name: str) -> dict | None:
+        """:meth:`status` when ``name`` is this monitor's job (``BATCH_NAME``), else None (``/jobs/NAME``)."""
+        return self.status() if name == self.config.tracker.batch_name else None
 
     def step(self, *, deliver: bool = True) -> StepResult:
         """One check; with ``deliver``, then one delivery pass over due outbox messages."""
@@ -130,7 +164,7 @@ class Monitor:
         return result
 
     def _check(self) -> StepResult:
-        deadline, now = self.deadline, self.clock()
+        deadline, now = self.tracker.schedule(), self.clock()  # the job's skipped and paused nights excused
         margin, repeat = self.config.at_risk_margin_seconds, self.config.alert_repeat_seconds
         snapshot = self.tracker.snapshot()
         queued: list[Notice] = []
@@ -139,7 +173,14 @@ class Monitor:
                 snapshot, now, deadline, log, early_warning=self.early_warning, margin_seconds=margin
             )
             plan = notifications.plan(
-                log, detected, snapshot, now, deadline, repeat_seconds=repeat, domain=self.config.sender_domain
+                log,
+                detected,
+                snapshot,
+                now,
+                deadline,
+                repeat_seconds=repeat,
+                domain=self.config.sender_domain,
+                scope=self.scope,
             )
             log.last_check_at = now
             if log.pending:
@@ -176,7 +217,24 @@ class Monitor:
             resolution_text=notice.resolution,
             reminder_number=notice.number,
         )
-        self.outbox.enqueue(message, kind=notice.kind, notification_type=notice.type)
+        for channel in self.channels:
+            payload = None
+            if channel != EMAIL:
+                payload = channel_payload(
+                    channel,
+                    notice.type,
+                    record,
+                    message,
+                    job=self.config.tracker.batch_name,
+                    now=now,
+                    status_page_url=self.config.status_page_url,
+                    resolution=notice.resolution,
+                )
+                if payload is None:
+                    continue
+            self.outbox.enqueue(
+                message, kind=notice.kind, notification_type=notice.type, channel=channel, payload=payload or b""
+            )
         subject = str(message["Subject"])
         level = logging.INFO if notice.type == RECOVERY else logging.WARNING
         LOGGER.log(
@@ -188,17 +246,49 @@ class Monitor:
         """One delivery pass over due outbox messages; failures are counted in the log. The first pass
         also tries messages still backing off: a restart often follows fixing the SMTP settings."""
         first_pass, self._delivered_once = not self._delivered_once, True
-        report = self.outbox.deliver_due(self.transport, retry_waiting=first_pass)
+        report = self.outbox.deliver_due(self.channels, retry_waiting=first_pass)
         if report.delivered or report.attempt_failures:
             with self.log_store.updating(self.clock()) as log:
                 log.count_delivery(len(report.deferred), len(report.failed))
                 log.outbox = self.outbox.summary()
                 self._last_log = log
+        if self.repost_due_in() <= 0:
+            self.repost_alerts()
         return report
+
+    def repost_due_in(self) -> float:
+        """Seconds until open incidents are due to be re-posted to Alertmanager (inf without one)."""
+        if not any(isinstance(t, AlertmanagerTransport) for t in self.channels.values()):
+            return float("inf")
+        if self._reposted_at is None:
+            return 0.0
+        return self._reposted_at + REPOST_SECONDS - time.monotonic()
+
+    def repost_alerts(self) -> int:
+        """Post every open incident to each Alertmanager again (firing, valid for a few minutes more); return
+        how many. Read from the state file as saved: a cleared incident is gone from it before its resolving
+        post is queued, so a re-post can never revive what that post resolved."""
+        self._reposted_at = time.monotonic()
+        try:
+            document = self.log_store.read()
+            log = AlertLog.from_dict(document) if document is not None else None
+        except StorageError as exc:
+            LOGGER.warning("cannot read the open incidents to re-post them to Alertmanager: %s", exc)
+            return 0
+        records = [] if log is None else list(log.open_incidents.values())
+        job, page = self.config.tracker.batch_name, self.config.status_page_url
+        alerts = [am_alert(record, job=job, status_page_url=page) for record in records]
+        for transport in self.channels.values():
+            if isinstance(transport, AlertmanagerTransport):
+                transport.repost(alerts)
+        return len(alerts)
 
     def next_wake_at(self, now: float) -> float:
         """The next instant a check could change something: interval, next deadline, next reminder."""
         candidates = [now + self.config.check_interval_seconds, self.deadline.first_after(now)]
+        start_by = self.deadline.start_by_for(candidates[1])  # a late start opens there (jobs with start_by)
+        if start_by is not None and start_by > now:
+            candidates.append(start_by)
         if self._current_due is not None and self._current_due > now:
             candidates.append(self._current_due)  # stored with the batch: may differ from today's settings
         reminder = notifications.next_reminder_at(self._last_log, self.config.alert_repeat_seconds)
@@ -224,14 +314,14 @@ class Monitor:
         last = self._last_result if self.last_error is None else None
         now = self.clock() if last is None else last.now
         snapshot = self.tracker.snapshot()
-        report = status_report.describe(snapshot, now, self.deadline)
+        report = status_report.describe(snapshot, now, self.tracker.schedule())
         report["tracker"]["path"] = self.tracker.path
         nights = snapshot.batches_newest_first()[:CHART_NIGHTS]
         report["history"]["nights"] = [status_report.summarize_batch(b, self.deadline, now) for b in nights]
         result = self._last_result
         report["monitor"] = {
             **self.log_store.read_view(),
-            "delivery": self.transport.describe(),
+            "delivery": "; ".join(transport.describe() for transport in self.channels.values()),
             "healthy": self.health()[0],
             # The verdict that alerts: deadlines count only from watch_since, early warnings included.
             "ok": None if result is None else result.ok,

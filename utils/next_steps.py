@@ -47,7 +47,7 @@ def next_steps(ctx, kind: str, batch: Batch | None) -> list[tuple[str, str]]:
         return steps
     if kind in ("late", "at_risk"):
         return [status, tail, history]
-    if kind == "missing":
+    if kind in ("missing", "late_start"):
         if ctx.under_systemd:
             scheduler = [
                 (f"systemctl list-timers {RUNNER_TIMER}", "when the nightly run last fired and fires next"),

@@ -60,7 +60,8 @@ def one_shot_incidents(snapshot: Snapshot, now: float, deadline: DailyDeadline, 
     if current is not None and current.is_completed and f"{LATE}:{current.id}" not in reported:
         due = batch_deadline(current, deadline)
         ended = current.ended_at
-        if ended is not None and ended > due and now - ended <= ONE_SHOT_WINDOW_SECONDS:
+        late = ended is not None and ended > due and not deadline.is_excused(due)
+        if late and now - ended <= ONE_SHOT_WINDOW_SECONDS:
             summary = (
                 f"batch {current.id} completed {format_duration(ended - due)} late, at "
                 f"{format_local(ended, deadline)}, after its deadline {format_local(due, deadline)}"
@@ -133,8 +134,10 @@ def plan(
     *,
     repeat_seconds: float = 0,
     domain: str = "localhost",
+    scope: str = "",
 ) -> Plan:
-    """Update the open records of ``log`` and append the notices they call for to ``log.pending`` (once each)."""
+    """Update the open records of ``log`` and append the notices they call for to ``log.pending`` (once each);
+    ``domain`` and ``scope`` (the job's name when one monitor watches several) go into their Message-IDs."""
     records = log.open_incidents
     planned = {(n.identity, n.type) for n in log.pending}
     opened, cleared, retired = [], [], []
@@ -150,7 +153,9 @@ def plan(
             earlier = next((record for record, hit in rules if hit is not None and hit[1].continues), None)
             if earlier is None:
                 record = records[ident] = IncidentRecord(incident=incident, opened_at=now)
-                log.pending.append(Notice.planned(ALERT, record, message_id_for(ident, now, ALERT, 0, domain), now))
+                log.pending.append(
+                    Notice.planned(ALERT, record, message_id_for(ident, now, ALERT, 0, domain, scope), now)
+                )
             else:  # one alert chain: the late record inherits the missing one's alert; no "missing" recovery
                 del records[earlier.identity]
                 records[ident] = dataclasses.replace(earlier, incident=incident, continues=earlier.identity)
@@ -161,7 +166,7 @@ def plan(
         last = record.last_notice_at
         if repeat_seconds and last is not None and (ident, REMINDER) not in planned and now - last >= repeat_seconds:
             number = record.reminders_sent + 1
-            message_id = message_id_for(ident, record.opened_at, REMINDER, number, domain)
+            message_id = message_id_for(ident, record.opened_at, REMINDER, number, domain, scope)
             log.pending.append(Notice.planned(REMINDER, record, message_id, now, number=number))
     for ident, record in list(records.items()):
         if ident in seen or stays_open(record, snapshot):
@@ -174,7 +179,7 @@ def plan(
             retired.append(ident)
             continue
         cleared.append(ident)
-        message_id = message_id_for(ident, record.opened_at, RECOVERY, 0, domain)
+        message_id = message_id_for(ident, record.opened_at, RECOVERY, 0, domain, scope)
         log.pending.append(Notice.planned(RECOVERY, record, message_id, now, resolution=text))
     return Plan(tuple(opened), tuple(cleared), tuple(retired))
 

@@ -4,8 +4,9 @@
 Message-ID. A message is recorded as sent only after the transport accepted it: a crash in between repeats that one
 e-mail, never loses it; a disk that refuses the record (full, read-only) repeats nothing, as the outbox remembers what
 the server accepted. Transient failures are retried with exponential backoff (5 s doubling to 10 min) for as long as it
-takes; permanent ones (SMTP 5xx) go to ``failed/``. Messages leave in enqueue order, and one never overtakes an earlier
-pending message of its incident (``X-Batch-Incident``).
+takes; permanent ones (SMTP 5xx, HTTP 4xx) go to ``failed/``. Messages leave in enqueue order, and one never overtakes
+an earlier pending message of its incident (``X-Batch-Incident``) on its channel: e-mail, or one of the HTTP channels
+(Alertmanager, webhook) whose JSON is queued beside the e-mail of the same notification, each channel its own queue.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
 
@@ -24,6 +25,8 @@ from utils.state_store import StorageError
 from utils.transports import KEEP_DELIVERED, DeliveryError, PermanentDeliveryError
 
 LOGGER = logging.getLogger(__name__)
+
+EMAIL = "email"  # the channel of e-mails; the others are named by utils.monitor.make_channels
 
 BACKOFF_INITIAL_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 600.0
@@ -70,15 +73,18 @@ class Outbox(OutboxStore):
         """Seconds to wait after the ``attempts``-th failed attempt: 5, 10, 20, ... up to 600."""
         return min(self.backoff_max, self.backoff_initial * 2 ** max(0, attempts - 1))
 
-    def enqueue(self, message: EmailMessage, *, kind: str, notification_type: str) -> QueuedMessage:
+    def enqueue(
+        self, message: EmailMessage, *, kind: str, notification_type: str, channel: str = EMAIL, payload: bytes = b""
+    ) -> QueuedMessage:
         """Store ``message`` durably before any delivery attempt; return its record.
 
-        A message with the same Message-ID already pending, sent or failed is not
-        stored again (its existing record is returned).
+        For another ``channel`` than e-mail, ``payload`` (its JSON) is stored instead, under the message's
+        Message-ID, subject and incident. A message with the same Message-ID and channel already pending,
+        sent or failed is not stored again (its existing record is returned).
         """
         self._ensure_dirs()
         message_id = str(message["Message-ID"])
-        oid = outbox_id(message_id)
+        oid = outbox_id(message_id if channel == EMAIL else f"{channel} {message_id}")
         for state in STATES:
             existing = self.read_sidecar(state, oid)
             if existing is not None:
@@ -97,13 +103,16 @@ class Outbox(OutboxStore):
                 type=notification_type,
                 incident=None if incident is None else str(incident),
                 # The envelope takes bare addresses; the headers keep the display names ("Ops <ops@x>").
-                recipients=tuple(addr for _, addr in getaddresses([str(message["To"])]) if addr),
+                recipients=tuple(addr for _, addr in getaddresses([str(message["To"])]) if addr)
+                if channel == EMAIL
+                else (),
                 sender=parseaddr(str(message["From"]))[1],
                 created_at=now,
                 next_attempt_at=now,
                 seq=seq,
+                channel=channel,
             )
-            self.write_pending(record, message.as_bytes(policy=MAIL_POLICY))
+            self.write_pending(record, message.as_bytes(policy=MAIL_POLICY) if channel == EMAIL else payload)
         return record
 
     def next_attempt_at(self) -> float | None:
@@ -111,12 +120,13 @@ class Outbox(OutboxStore):
 
         A message held behind an earlier one of its incident cannot go before that one.
         """
-        latest: dict[str, float] = {}
+        latest: dict[tuple[str, str], float] = {}
         due: list[float] = []
         for item in self.pending():
             at = item.next_attempt_at
             if item.incident is not None:
-                at = latest[item.incident] = max(at, latest.get(item.incident, at))
+                key = (item.channel, item.incident)
+                at = latest[key] = max(at, latest.get(key, at))
             due.append(at)
         return min(due, default=None)
 
@@ -133,37 +143,43 @@ class Outbox(OutboxStore):
     def deliver_due(self, transport, *, now: float | None = None, retry_waiting: bool = False) -> DeliveryReport:
         """Try every pending message that is due, oldest first; return what happened.
 
-        After a transient failure the rest of this pass's due messages are deferred
-        to the same retry time without an attempt: they would meet the same outage.
-        A message whose incident has an earlier message still pending after its turn
-        (not due, deferred, or held itself) is held back: it never overtakes that one.
+        ``transport``: the e-mail transport, or a mapping channel -> transport; a message whose
+        channel has none (its URL was unset since) is refused for good (``outbox retry`` once set again).
+        Each channel is its own queue: after a transient failure the rest of this pass's
+        due messages of that channel are deferred to the same retry time without an attempt:
+        they would meet the same outage (an Alertmanager down holds up no e-mail).
+        A message whose incident has an earlier message of its channel still pending after
+        its turn (not due, deferred, or held itself) is held back: it never overtakes that one.
         With ``retry_waiting``, messages still backing off are due too: a process that
         just started may have a fixed configuration, and on-call should not wait out
         a back-off of up to ten minutes earned by the previous one.
         """
         done: dict[str, list] = {"delivered": [], "receipts": [], "deferred": [], "failed": []}
         not_due = 0
+        transports = transport if isinstance(transport, Mapping) else {EMAIL: transport}
         with self.delivery_lock():
             moment = self.clock() if now is None else now
             self.repair(moment)
-            outage_until: float | None = None
-            held: set[str] = set()  # incidents with an earlier message still pending: later ones wait
+            outage_until: dict[str, float] = {}  # channel -> retry time of the outage this pass met
+            held: set[tuple[str, str]] = set()  # (channel, incident) with an earlier message still pending
             for item in self.pending():
                 if item.id in self._accepted:  # already with the server: record it, never send it twice
                     self._record_sent(item, done)
                     LOGGER.info("alert %r (%s) recorded as delivered at last", item.subject, item.message_id)
                     continue
-                blocked = item.incident in held or (item.next_attempt_at > moment and not retry_waiting)
-                if blocked or outage_until is not None:
+                key = (item.channel, item.incident)
+                blocked = key in held or (item.next_attempt_at > moment and not retry_waiting)
+                if blocked or item.channel in outage_until:
                     if not blocked:  # due, but this pass met an outage: same retry time, no attempt
-                        self.update_pending(item.id, next_attempt_at=outage_until)
+                        self.update_pending(item.id, next_attempt_at=outage_until[item.channel])
                     not_due += 1
                 else:
-                    outage_until = self._attempt(transport, item, moment, done)
-                    if outage_until is None:
+                    retry_at = self._attempt(transports.get(item.channel), item, moment, done)
+                    if retry_at is None:
                         continue  # delivered, refused for good, or gone: it holds nothing back
+                    outage_until[item.channel] = retry_at
                 if item.incident is not None:
-                    held.add(item.incident)
+                    held.add(key)
             self.prune()
         return DeliveryReport(
             **{key: tuple(values) for key, values in done.items()},
@@ -176,8 +192,11 @@ class Outbox(OutboxStore):
         raw = self.read_message(item)
         if raw is None:
             return None
-        meta = {"id": item.id, "kind": item.kind, "type": item.type}
+        meta = {"id": item.id, "kind": item.kind, "type": item.type, "channel": item.channel}
+        meta["message_id"] = item.message_id
         try:
+            if transport is None:
+                raise PermanentDeliveryError(f"channel {item.channel} is not configured (any more)", loud=True)
             receipt = transport.send(raw, sender=item.sender, recipients=list(item.recipients), meta=meta)
         except PermanentDeliveryError as exc:
             record = self.finish(item, "failed", attempts=item.attempts + 1, last_error=str(exc), failed_at=moment)

@@ -23,6 +23,7 @@ def listing_rows(outbox: Outbox, now: float) -> list[dict]:
             "state": message.state,
             "id": message.id,
             "type": message.type,
+            "channel": message.channel,
             "incident": message.incident,
             "subject": message.subject,
             "attempts": message.attempts,

@@ -1,6 +1,6 @@
 """The outbox directory on disk: each message's record, and the file handling under it::
 
-    <outbox>/pending/<id>.eml   the message, written atomically before any attempt
+    <outbox>/pending/<id>.eml   the message, written atomically before any attempt (JSON for the HTTP channels)
     <outbox>/pending/<id>.json  sidecar: recipients, incident, seq, attempts, next_attempt_at, last_error
     <outbox>/sent/              delivered messages (the newest ``keep`` are kept)
     <outbox>/failed/            messages refused permanently (the newest ``keep`` are kept)
@@ -61,6 +61,7 @@ class QueuedMessage:
     last_error: str | None = None
     state: str = "pending"
     incident: str | None = None  # X-Batch-Incident: messages of one incident leave in order
+    channel: str = "email"  # where it goes: "email", "webhook", "alertmanager@host:port" (the bytes: JSON)
     seq: int = 0  # enqueue order (0: stored by a version without it, so older than any numbered one)
     delivered_at: float | None = None
     receipt: str | None = None

@@ -120,6 +120,9 @@ class DeliveryWorker(threading.Thread):
             if self._stopping:
                 break
             wait = WORKER_IDLE_SECONDS if next_at is None else max(1.0, next_at - self.monitor.clock())
+            repost_due_in = getattr(self.monitor, "repost_due_in", None)  # open alerts re-posted to Alertmanager
+            if repost_due_in is not None:
+                wait = min(wait, max(1.0, repost_due_in()))
             self._nudge.wait(min(WORKER_IDLE_SECONDS, wait))
 
 
@@ -154,25 +157,36 @@ class Service:
         self._waker = Waker()
         if self._stop_requested:
             self._waker.set()
-        watcher = FileWatcher(monitor.tracker.path)
+        watchers = [FileWatcher(path) for path in monitor.watched_paths]  # every job's tracker file
         worker = self._worker = DeliveryWorker(monitor)
         http = start_http(monitor)
         worker.start()
         LOGGER.info(
             "monitoring %s (deadline %02d:%02d %s, check every %d s); alerts to %s via %s",
-            monitor.tracker.path,
+            ", ".join(monitor.watched_paths),
             config.tracker.deadline_hour,
             config.tracker.deadline_minute,
             config.tracker.timezone,
             config.check_interval_seconds,
-            ", ".join(config.email_to),
-            monitor.transport.describe(),
+            ", ".join(config.email_to) if config.email_enabled else "(e-mail off)",
+            "; ".join(t.describe() for t in getattr(monitor, "channels", {"": monitor.transport}).values()),
         )
+        for job in monitor.monitors if len(monitor.monitors) > 1 else ():  # a jobs file: each job's own settings
+            tracker = job.config.tracker
+            LOGGER.info(
+                "job %s: %s, deadline %02d:%02d %s; alerts to %s",
+                tracker.batch_name,
+                job.tracker.path,
+                tracker.deadline_hour,
+                tracker.deadline_minute,
+                tracker.timezone,
+                ", ".join(job.config.email_to),
+            )
         try:
             self.step()
             self.notifier.ready(self._status_text())
             while not self._stop_requested:
-                why = self.wait_until(monitor.next_wake_at(monitor.clock()), watcher)
+                why = self.wait_until(monitor.next_wake_at(monitor.clock()), watchers)
                 if why == "stop":
                     break
                 LOGGER.debug("woke up: %s", why)
@@ -203,8 +217,8 @@ class Service:
             self.notifier.status(self._status_text(result))
             self.ping_watchdog(force=True)
 
-    def wait_until(self, wake_at: float, watcher: FileWatcher) -> str:
-        """Wait until ``wake_at`` (by the monitor's clock), a stop request or a tracker file change."""
+    def wait_until(self, wake_at: float, watchers: list[FileWatcher]) -> str:
+        """Wait until ``wake_at`` (by the monitor's clock), a stop request or a change to any tracker file."""
         waker = self._waker
         if waker is None:
             return "stop"
@@ -217,14 +231,15 @@ class Service:
             if waker.wait(min(remaining, POLL_SECONDS)):
                 return "stop"
             self.ping_watchdog()
-            if watcher.changed():
+            if [watcher for watcher in watchers if watcher.changed()]:  # every one looks: no stale signature
                 return "tracker file changed"
         return "stop"
 
     def ping_watchdog(self, force: bool = False) -> None:
         """WATCHDOG=1, but only while checks complete: a monitor whose every check fails (too many
-        open files, an unreadable state directory) stops pinging, and systemd restarts it."""
-        if not self.monitor.health()[0]:
+        open files, an unreadable state directory) stops pinging, and systemd restarts it. With many jobs,
+        while any job's checks complete (one job's unreadable directory is not healed by a restart)."""
+        if not getattr(self.monitor, "watchdog_health", self.monitor.health)()[0]:
             return
         interval = self.notifier.watchdog_interval_seconds
         now = time.monotonic()
@@ -251,11 +266,22 @@ def start_http(monitor: Monitor):
         from utils import http_server, metrics
 
         registry = CollectorRegistry()
-        metrics.register_batch_metrics(
-            registry, tracker=monitor.tracker, monitor_state_path=config.monitor_state_file, clock=monitor.clock
-        )
+        single = isinstance(monitor, Monitor)
+        if single:
+            metrics.register_batch_metrics(
+                registry, tracker=monitor.tracker, monitor_state_path=config.monitor_state_file, clock=monitor.clock
+            )
+        else:  # one monitor, many jobs: each job's series labelled batch=NAME, a page per job, / lists them all
+            pairs = [(job.tracker, job.config.monitor_state_file) for job in monitor.monitors]
+            metrics.register_jobs_metrics(registry, jobs=pairs, clock=monitor.clock)
         server = http_server.serve(
-            addr, port, registry=registry, status_provider=monitor.status, health_provider=monitor.health
+            addr,
+            port,
+            registry=registry,
+            status_provider=monitor.status,
+            health_provider=monitor.health,
+            job_status_provider=monitor.job_status,
+            overview_provider=None if single else monitor.status,
         )
     except Exception as exc:  # noqa: BLE001 - alerting matters more than metrics: keep going, loudly
         LOGGER.error("cannot serve metrics on %s:%s (%s); alerting continues without the HTTP server", addr, port, exc)
@@ -326,7 +352,8 @@ def outbox_command(args: argparse.Namespace, config: MonitorConfig, out) -> int:
         for row in rows:
             out.write(
                 f"{row['state']:<8} {row['id']}  {row['type']:<8} attempts {row['attempts']:<3} "
-                f"age {row['age']:<12} {row['incident'] or '-'}  {row['subject']}\n"
+                f"age {row['age']:<12} {row['incident'] or '-'}  {row['subject']}"
+                + ("\n" if row["channel"] == "email" else f"  (via {row['channel']})\n")
             )
             if row["last_error"]:
                 out.write(f"{'':<9}last error: {row['last_error']}\n")
@@ -339,6 +366,18 @@ def outbox_command(args: argparse.Namespace, config: MonitorConfig, out) -> int:
     else:
         out.write("no failed messages to re-queue\n")
     return EXIT_OK
+
+
+def build_monitor(config: MonitorConfig, env):
+    """A :class:`Monitor` of the one job; with ``BATCH_JOBS_FILE``, a :class:`utils.monitor_jobs.JobsMonitor` of
+    every job in it (validated here: a bad file is a ConfigError, exit 2)."""
+    from utils.jobs import jobs_file, load_jobs
+
+    if jobs_file(env) is None:
+        return Monitor(config)
+    from utils.monitor_jobs import JobsMonitor
+
+    return JobsMonitor(config, load_jobs(env))
 
 
 def main(argv: list[str] | None = None, environ=None) -> int:
@@ -357,11 +396,12 @@ def main(argv: list[str] | None = None, environ=None) -> int:
             configure_logging("WARNING", env)  # the command's own output says what it did
             return outbox_command(args, config, sys.stdout)
         configure_logging(config.log_level, env)
+        monitor = build_monitor(config, env)
         if args.once:
-            result = Monitor(config).step()
+            result = monitor.step()
             sys.stdout.write(result.status_line() + "\n")
             return result.exit_code
-        service = Service(Monitor(config), SystemdNotifier(env))
+        service = Service(monitor, SystemdNotifier(env))
         service.install_signal_handlers()
         return service.run()
     except tuple(error for error, _code, _label in EXIT_CODES) as exc:

@@ -14,6 +14,17 @@ from utils.status_chart import CHART_NIGHTS, render_chart
 MAX_ALERTS_ON_PAGE = 10
 OUTBOX_STALE_SECONDS = 600  # the outbox backs off to one attempt every 10 min: older means it is stuck
 PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'"  # no scripts, no external assets
+PAGE_STYLE = """<style>
+body { font-family: sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin-bottom: 1.5em; }
+th, td { text-align: left; padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; }
+tr.active td { font-weight: bold; }
+time { text-decoration: underline dotted #999; }
+.ok { color: #1a7f37; } .bad { color: #b42318; } .empty { color: #666; }
+.banner { font-weight: bold; border: 2px solid #b42318; padding: 0.5em 0.8em; background: #fef3f2; }
+svg.nights { max-width: 100%; height: auto; font-size: 12px; fill: #444; margin-bottom: 1.5em; }
+svg.nights .grid { stroke: #e4e7ec; }
+</style>"""
 
 
 def _deadline_html(deadline: object, times: PageTimes, time_left: bool = False) -> str:
@@ -173,10 +184,13 @@ def _on_time_text(value: object) -> str:
     return {True: "on time", False: "LATE"}.get(value, "pending") if isinstance(value, bool | None) else _e(value)
 
 
-def render_status_page(status: dict) -> str:
+def render_status_page(status: dict, *, json_path: str = "/status.json", home: str | None = None) -> str:
     """The HTML page for a dict shaped like ``get_batch_status()``, plus optional ``monitor``, ``history.nights``,
-    ``recent_alerts`` and ``open_incidents`` (top level or under ``monitor``)."""
+    ``recent_alerts``, ``open_incidents`` (top level or under ``monitor``) and ``job`` (a job's name and schedule,
+    when one monitor watches several); ``json_path``: the link to its JSON; ``home``: a link back to every job."""
     status = status if isinstance(status, dict) else {}
+    job = as_dict(status.get("job"))
+    heading = f"Batch completion: {job['name']}" if job.get("name") else "Batch completion"
     times = PageTimes(status)
     incidents = _open_incidents(status)
     ok, reason = _verdict(status)
@@ -231,21 +245,12 @@ def render_status_page(status: dict) -> str:
 <meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{PAGE_POLICY}">
 <meta http-equiv="refresh" content="30">
-<title>Batch completion: {_e(verdict)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
-th, td {{ text-align: left; padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; }}
-tr.active td {{ font-weight: bold; }}
-time {{ text-decoration: underline dotted #999; }}
-.ok {{ color: #1a7f37; }} .bad {{ color: #b42318; }} .empty {{ color: #666; }}
-.banner {{ font-weight: bold; border: 2px solid #b42318; padding: 0.5em 0.8em; background: #fef3f2; }}
-svg.nights {{ max-width: 100%; height: auto; font-size: 12px; fill: #444; margin-bottom: 1.5em; }}
-svg.nights .grid {{ stroke: #e4e7ec; }}
-</style>
+<title>{_e(heading)}: {_e(verdict)}</title>
+{PAGE_STYLE}
 </head>
 <body>
-<h1>Batch completion: <span class="{css_class}">{_e(verdict)}</span></h1>
+<h1>{_e(heading)}: <span class="{css_class}">{_e(verdict)}</span></h1>
+{_schedule_html(job)}
 <p>{_e(reason)}</p>
 {banner}
 <p class="empty">as of {times.at(status.get("now"))}</p>
@@ -257,13 +262,118 @@ svg.nights .grid {{ stroke: #e4e7ec; }}
 {table(["stage", "complete", "", "updated", "completed", ""], stage_rows, "no stages recorded")}
 <h2>Open incidents</h2>
 {table(["kind", "summary", "since", "alerted"], incident_rows, "none")}
+{_excused_html(status, times)}
 <h2>Recent alerts</h2>
 {table(["at", "type", "kind", "subject"], alert_rows, "no alerts sent")}
 <h2>Last {CHART_NIGHTS} nights</h2>
 {render_chart(status, times)}
 <h2>Last batches</h2>
 {table(["batch", "state", "started", "duration", "on time"], history_rows, "no finished batches yet")}
-<p><a href="/metrics">/metrics</a> · <a href="/status.json">/status.json</a> · <a href="/healthz">/healthz</a></p>
+<p>{_links_html(json_path, home)}</p>
 </body>
 </html>
 """
+
+
+def _links_html(json_path: str, home: str | None) -> str:
+    links = [(home, "all jobs")] if home else []
+    links += [("/metrics", "/metrics"), (json_path, json_path), ("/healthz", "/healthz")]
+    return " · ".join(f'<a href="{_e(href)}">{_e(text)}</a>' for href, text in links)
+
+
+def _schedule_text(job: dict) -> str:
+    """``deadline 05:00 America/New_York, sat; start by 22:00``: a job's schedule in words."""
+    days = job.get("days")
+    every_day = not isinstance(days, list) or len(days) == 7
+    text = f"deadline {job.get('deadline')} {job.get('timezone')}, " + ("every day" if every_day else ", ".join(days))
+    return text + (f"; start by {job['start_by']}" if job.get("start_by") else "")
+
+
+def _schedule_html(job: dict) -> str:
+    return f"<p class='empty'>Job {_e(job.get('name'))}: {_e(_schedule_text(job))}</p>" if job.get("name") else ""
+
+
+def render_jobs_page(overview: dict) -> str:
+    """The HTML page of every job one monitor watches, from :meth:`utils.monitor_jobs.JobsMonitor.status`: a line
+    a job (verdict, state, progress, deadlines in the job's zone, its page) and the shared alert delivery."""
+    overview = overview if isinstance(overview, dict) else {}
+    ok = overview.get("ok")
+    verdict = "OK" if ok is True else ("PROBLEM" if ok is False else "unknown")
+    now = overview.get("now")
+    monitor = _monitor(overview)
+
+    def job_row(job: dict) -> str:
+        times = PageTimes({"now": now, "next_deadline": {"timezone": job.get("timezone")}})
+        job_ok = job.get("ok")
+        css = "ok" if job_ok is True else "bad"
+        shown = "OK" if job_ok is True else ("PROBLEM" if job_ok is False else "unknown")
+        percentage = job.get("completion_percentage") if is_number(job.get("completion_percentage")) else 0
+        batch = as_dict(job.get("batch_deadline"))
+        due = _deadline_html(batch, times, time_left=True) if batch else _e(None)
+        incidents = ", ".join(str(kind) for kind in job.get("open_incidents") or []) or "none"
+        excused = " (skipped or paused: no alert)" if as_dict(job.get("next_deadline")).get("excused") else ""
+        return (
+            f"<tr class='job'><td><a href=\"{_e(job.get('url'))}\">{_e(job.get('name'))}</a></td>"
+            f"<td class='{css}'>{_e(shown)}</td><td>{_e(job.get('state'))}</td>"
+            f"<td>{percent(job.get('completion_percentage'))} "
+            f"<progress max='100' value='{_e(percentage)}'></progress></td>"
+            f"<td>{due}</td><td>{_deadline_html(job.get('next_deadline'), times, time_left=True)}{excused}</td>"
+            f"<td>{_e(_schedule_text(job))}</td><td>{_e(incidents)}</td><td>{_e(job.get('reason'))}</td></tr>"
+        )
+
+    rows = "\n".join(job_row(job) for job in as_dicts(overview.get("jobs")))
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("job", "verdict", "state", "progress", "batch deadline", "next deadline", "schedule", "open", "why")
+    )
+    delivery = []
+    if monitor.get("delivery"):
+        delivery.append(("Alert delivery", _e(monitor.get("delivery"))))
+    if isinstance(monitor.get("outbox"), dict):
+        delivery.append(("Alert outbox", _outbox_row(monitor["outbox"], PageTimes({"now": now}))))
+    if monitor.get("healthy") is False:
+        delivery.append(("Monitor health", f"<span class='bad'>{_e(monitor.get('health'))}</span>"))
+    delivery_rows = "\n".join(f"<tr><th>{_e(label)}</th><td>{value}</td></tr>" for label, value in delivery)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{PAGE_POLICY}">
+<meta http-equiv="refresh" content="30">
+<title>Batch jobs: {_e(verdict)}</title>
+{PAGE_STYLE}
+</head>
+<body>
+<h1>Batch jobs: <span class="{"ok" if ok is True else "bad"}">{_e(verdict)}</span></h1>
+<p>{_e(overview.get("reason"))}</p>
+<p class="empty">as of {PageTimes({"now": now}).at(now)} (UTC); each job's times in its own zone</p>
+<table><thead><tr>{head}</tr></thead><tbody>
+{rows}
+</tbody></table>
+<table><tbody>
+{delivery_rows}
+</tbody></table>
+<p>{_links_html("/status.json", None)}</p>
+</body>
+</html>
+"""
+
+
+def _excused_html(status: dict, times: PageTimes) -> str:
+    """The nights deliberately not run (``skip``, ``pause``: no missing or late alert for them), when there are any."""
+    excused = as_dict(status.get("excused"))
+    rows = [
+        f"<tr><td>{_e(n.get('date'))}</td><td>{_e(n.get('kind'))}</td><td>{times.at(n.get('deadline_utc'))}</td>"
+        f"<td>{_e(n.get('reason') or '-')}</td></tr>"
+        for n in as_dicts(excused.get("nights"))
+    ]
+    rows += [
+        f"<tr><td>{times.at(p.get('from'))} to {times.at(p.get('until'))}</td>"
+        f"<td>{'paused now' if p.get('active') else 'pause'}</td><td></td><td>{_e(p.get('reason') or '-')}</td></tr>"
+        for p in as_dicts(excused.get("pauses"))
+    ]
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("night", "why", "deadline", "reason"))
+    body = "\n".join(rows)
+    return f"<h2>Skipped and paused nights</h2>\n<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"

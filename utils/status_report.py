@@ -91,6 +91,7 @@ def describe(snapshot: Snapshot, now: float, deadline: DailyDeadline) -> dict:
         "open_incidents": [i.to_dict() for i in open_incidents(snapshot, now, deadline)],
         "next_deadline": _deadline_view(deadline.first_after(now), deadline, now),
         "history": history_summary(snapshot, deadline, now),
+        "excused": excused_view(deadline, now),
         "tracker": {
             "readable": snapshot.readable,
             "error": snapshot.error,
@@ -152,10 +153,82 @@ def _deadline_view(due: float, deadline: DailyDeadline, now: float) -> dict:
         "timezone": deadline.zone.zone,
         "epoch": due,
         "seconds_left": due - now,
+        "excused": deadline.is_excused(due),
     }
+
+
+EXCUSED_DAYS_BACK = 14
+EXCUSED_DAYS_AHEAD = 31
+
+
+def excused_nights(deadline: DailyDeadline, after: float, until: float, limit: int = 62) -> list[dict]:
+    """The scheduled deadlines in ``(after, until]`` that ``deadline`` excuses (a skipped date or inside a
+    pause), oldest first, at most ``limit``: ``{kind: skipped|paused, date, deadline_utc, deadline_epoch, reason}``."""
+    if not deadline.skipped_dates and not deadline.paused:
+        return []
+    nights = []
+    for due in deadline.excusing().between(after, until, limit=limit):
+        day = deadline.to_local(due).date()
+        if day in deadline.skipped_dates:
+            nights.append(_excused_night("skipped", day, due, deadline.reasons.get(day, "")))
+        elif (window := deadline.pause_at(due)) is not None:
+            nights.append(_excused_night("paused", day, due, deadline.reasons.get(window, "")))
+    return nights
+
+
+def _excused_night(kind: str, day, due: float, reason: str) -> dict:
+    return {
+        "kind": kind,
+        "date": day.isoformat(),
+        "deadline_utc": format_utc(due),
+        "deadline_epoch": due,
+        "reason": reason,
+    }
+
+
+def excused_view(deadline: DailyDeadline, now: float) -> dict:
+    """Nights deliberately not run, for the status views: those of the last :data:`EXCUSED_DAYS_BACK` and next
+    :data:`EXCUSED_DAYS_AHEAD` days, and the pauses not over before then (``active`` at ``now``)."""
+    back = now - EXCUSED_DAYS_BACK * 86_400
+    pauses = [
+        {
+            "from": format_utc(start),
+            "until": format_utc(until),
+            "reason": deadline.reasons.get((start, until), ""),
+            "active": start <= now < until,
+        }
+        for start, until in deadline.paused
+        if until > back
+    ]
+    return {"nights": excused_nights(deadline, back, now + EXCUSED_DAYS_AHEAD * 86_400), "pauses": pauses}
 
 
 def _failure_view(failure: Failure | None) -> dict | None:
     if failure is None:
         return None
     return {"stage": failure.stage, "reason": failure.reason, "at": format_utc(failure.at)}
+
+
+def history_with_excused(batches: list[Batch], deadline: DailyDeadline, now: float) -> list[dict]:
+    """:func:`summarize_batch` of ``batches`` (newest first) with the excused nights (:func:`excused_nights`)
+    from the oldest one's start (or :data:`EXCUSED_DAYS_BACK` days ago, if earlier) to now, merged newest first. An
+    excused night's row has ``id`` None, ``state`` ``skipped`` or ``paused``, its deadline and ``reason``."""
+    rows = [(batch.started_at, summarize_batch(batch, deadline, now)) for batch in batches]
+    after = min([now - EXCUSED_DAYS_BACK * 86_400, *(batch.started_at for batch in batches)])
+    for night in excused_nights(deadline, after, now):
+        row = {
+            "id": None,
+            "state": night["kind"],
+            "started_at": None,
+            "ended_at": None,
+            "duration_seconds": None,
+            "deadline_utc": night["deadline_utc"],
+            "on_time": None,
+            "completion_percentage": 0.0,
+            "cost_per_lead": None,
+            "gpu_cost_dollars": 0.0,
+            "reason": night["reason"],
+        }
+        rows.append((night["deadline_epoch"], row))
+    rows.sort(key=lambda pair: pair[0], reverse=True)
+    return [row for _, row in rows]

@@ -1,8 +1,9 @@
 """The tracker's command line: ``bin/batch_tracker`` / ``python -m utils.batch_tracker``.
 
 Write commands (the nightly hooks) call :class:`utils.batch_tracker.BatchTracker`, then push the batch's metrics when
-``BATCH_PUSHGATEWAY_URL`` is set (a failed push is a warning, never a failed hook); ``status``, ``history`` and
-``check`` are rendered by :mod:`utils.tracker_views`. :func:`main` alone turns a :class:`utils.errors.TrackerError` into
+``BATCH_PUSHGATEWAY_URL`` is set (a failed push is a warning, never a failed hook) and, with ``BATCH_PING_URL``,
+ping a dead-man's switch after ``start``, ``resume``, ``end`` and ``fail`` (:mod:`utils.dead_mans_switch`);
+``status``, ``history`` and ``check`` are rendered by :mod:`utils.tracker_views`. :func:`main` alone turns a :class:`utils.errors.TrackerError` into
 its own exit code (2 bad usage or value, 3 storage) and one line, ``batch_tracker: <label>: <message>``.
 
 The hooks run on the nightly critical path: the grammar is parsed by hand (argparse's import alone costs a noticeable
@@ -18,10 +19,10 @@ from utils.batch_tracker import MAX_OUTPUT_TAIL_BYTES, BatchTracker, shown
 from utils.config import TrackerConfig
 from utils.errors import EXIT_OK, EXIT_USAGE, TrackerError, UsageError
 
-COMMANDS = ("start", "stage", "end", "fail", "resume", "cost", "status", "history", "check")
+COMMANDS = ("start", "stage", "end", "fail", "resume", "cost", "skip", "pause", "status", "history", "check")
 
 USAGE = """\
-usage: python -m utils.batch_tracker COMMAND [ARGS]   (or bin/batch_tracker)
+usage: python -m utils.batch_tracker [--job NAME] COMMAND [ARGS]   (or bin/batch_tracker)
 
 commands:
   start [--stages a,b,c] [--id ID]   start a batch, print its id
@@ -32,13 +33,21 @@ commands:
                                      failed stage's output, whose last lines are kept
   resume                             put a failed batch back to running
   cost [--per-lead X] [--gpu-dollars Y]
+  skip --date YYYY-MM-DD [--reason R]
+                                     the night whose deadline falls on that local date is not run:
+                                     no missing, late or late-start alert for it
+  pause --until ISO-8601 [--reason R]
+                                     no deadline counts from now until then (e.g. 2026-12-27T05:00:00-05:00)
   status [--json]                    show the current batch
   history [--limit N] [--json]       list past batches
   check                              exit 0 if all is well, 1 with the reason if not
 
+--job NAME (any position): the job of BATCH_JOBS_FILE to record (default: BATCH_NAME); unknown: exit 2
+
 exit codes: 0 ok, 1 check found a problem, 2 bad usage or value, 3 storage error
 environment: BATCH_TRACKER_FILE, BATCH_COMPLETION_DEADLINE_HOUR, BATCH_COMPLETION_DEADLINE_MINUTE,
-  BATCH_COMPLETION_TIMEZONE, BATCH_HISTORY_LIMIT, BATCH_EXPECTED_STAGES, BATCH_NAME, BATCH_PUSHGATEWAY_URL
+  BATCH_COMPLETION_TIMEZONE, BATCH_HISTORY_LIMIT, BATCH_EXPECTED_STAGES, BATCH_NAME, BATCH_PUSHGATEWAY_URL,
+  BATCH_JOBS_FILE, BATCH_PING_URL
 """
 
 
@@ -86,15 +95,58 @@ _WRITES: dict[str, tuple[dict[str, bool], list[str]]] = {
     "fail": ({"--stage": True, "--reason": True, "--output-file": True}, []),
     "resume": ({}, []),
     "cost": ({"--per-lead": True, "--gpu-dollars": True}, []),
+    "skip": ({"--date": True, "--reason": True}, []),
+    "pause": ({"--until": True, "--reason": True}, []),
 }
+
+
+def _take_job(argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` without its ``--job NAME`` / ``--job=NAME`` (before any ``--``), and that NAME."""
+    rest: list[str] = []
+    job: str | None = None
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--":
+            rest.extend(argv[index:])
+            break
+        if arg == "--job" or arg.startswith("--job="):
+            if job is not None:
+                raise UsageError("option --job is given twice")
+            if arg == "--job":
+                if index + 1 >= len(argv):
+                    raise UsageError("option --job needs a value")
+                index += 1
+                job = argv[index]
+            else:
+                job = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+        index += 1
+    return rest, job
+
+
+def _config(environ: dict, job: str | None, command: str) -> TrackerConfig:
+    """The tracker settings of the job ``command`` works on: with ``BATCH_JOBS_FILE`` or ``--job``, that
+    job's (:func:`utils.jobs.select_job`; its time zone checked by the commands that use it); otherwise the
+    environment's, as always."""
+    if job is None and not str(environ.get("BATCH_JOBS_FILE", "")).strip():
+        return TrackerConfig.from_env(environ)
+    from utils.jobs import select_job
+
+    return select_job(environ, job, check_zone=command in ("start", "status", "history", "check")).tracker
 
 
 def _run_command(argv: list[str], environ: dict, out) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         out.write(USAGE)
         return EXIT_OK if argv else EXIT_USAGE
+    argv, job = _take_job(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        out.write(USAGE)
+        return EXIT_OK if argv else EXIT_USAGE
     command, args = argv[0], argv[1:]
-    config = TrackerConfig.from_env(environ)
+    config = _config(environ, job, command)  # an unknown job is refused here, before anything is written
     tracker = BatchTracker(config)
     if command in ("status", "history", "check"):
         from utils import tracker_views
@@ -108,7 +160,13 @@ def _run_command(argv: list[str], environ: dict, out) -> int:
     printed = _write(command, positionals, options, config, tracker)
     if printed is not None:
         out.write(printed + "\n")
-    _push(config, tracker, command)
+    if command not in ("skip", "pause"):  # no batch changed: nothing to push
+        _push(config, tracker, command)
+    if config.ping_url and command in ("start", "resume", "end", "fail"):
+        from utils import dead_mans_switch  # a detached child pings; this hook does not wait for it
+
+        detail = f" {printed}" if printed else f": {options.get('--reason', '')}" if command == "fail" else ""
+        dead_mans_switch.spawn(config.ping_url, command, f"{config.batch_name} {command}{detail}".rstrip(": "))
     return EXIT_OK
 
 
@@ -130,7 +188,23 @@ def _write(command: str, positionals: list[str], options: dict, config: TrackerC
         return tracker.resume().id
     elif command == "cost":
         tracker.cost(options.get("--per-lead"), options.get("--gpu-dollars"))
+    elif command == "skip":
+        if "--date" not in options:
+            raise UsageError("'skip' needs --date YYYY-MM-DD")
+        skip = tracker.skip(str(options["--date"]), str(options.get("--reason", "")))
+        return f"{config.batch_name}: {skip.date} skipped"
+    elif command == "pause":
+        if "--until" not in options:
+            raise UsageError("'pause' needs --until ISO-8601 (e.g. 2026-12-27T05:00:00-05:00)")
+        pause = tracker.pause(str(options["--until"]), str(options.get("--reason", "")))
+        return f"{config.batch_name}: paused until {pause_text(pause.until)}"
     return None
+
+
+def pause_text(instant: float) -> str:
+    import datetime as _dt
+
+    return _dt.datetime.fromtimestamp(instant, _dt.UTC).isoformat(timespec="seconds")
 
 
 def _read_output_tail(path: str | None) -> bytes | None:

@@ -27,7 +27,7 @@ def run(command, args, tracker, out, take_options, expect_positionals) -> int:
     """Run ``command``; return the exit code (``check``: 1 when a problem is open)."""
     if command == "check":
         expect_positionals(take_options(args, {})[0], [], command)
-        ok, reason = incidents.check(tracker.snapshot(), tracker.clock(), tracker.config.deadline())
+        ok, reason = incidents.check(tracker.snapshot(), tracker.clock(), tracker.schedule())
         out.write(("OK: " if ok else "PROBLEM: ") + terminal_safe(reason) + "\n")
         return EXIT_OK if ok else EXIT_PROBLEM
     if command == "status":
@@ -42,9 +42,9 @@ def run(command, args, tracker, out, take_options, expect_positionals) -> int:
     positionals, options = take_options(args, {"--json": False, "--limit": True})
     expect_positionals(positionals, [], command)
     limit = _positive_int(options.get("--limit", "20"), "--limit")
-    deadline, now = tracker.config.deadline(), tracker.clock()
+    deadline, now = tracker.schedule(), tracker.clock()  # the schedule: skipped and paused nights show too
     newest = tracker.files.newest_batches(limit)
-    batches = [status_report.summarize_batch(b, deadline, now) for b in newest]
+    batches = status_report.history_with_excused(newest, deadline, now)
     if options.get("--json"):
         out.write(json.dumps(batches, indent=2, sort_keys=True) + "\n")
     else:
@@ -111,7 +111,8 @@ def render_status(status: dict, colour: bool = False) -> str:
         lines.append(f"started {local_time(status['started_at'], zone)}  elapsed {elapsed}")
         left = deadline["seconds_left"]  # from the report's one "now", like elapsed
         when = f"in {format_duration(left)}" if left >= 0 else f"{format_duration(left)} ago"
-        lines.append(f"deadline {local_time(deadline['utc'], zone)}, {when}")
+        excused_note = " (a skipped or paused night: no alert)" if deadline.get("excused") else ""
+        lines.append(f"deadline {local_time(deadline['utc'], zone)}, {when}{excused_note}")
         if projected := (status.get("projection") or {}).get("projected_completion_utc"):
             lines.append(f"projected finish {local_time(projected, zone)}")
         if failure := status["failure"]:
@@ -128,6 +129,14 @@ def render_status(status: dict, colour: bool = False) -> str:
                 f"{marker} {names[stage['name']]:<{width}} {_paint(bar, tint, colour)} "
                 f"{stage['percentage']:5.1f}%  {updated}"
             )
+    excused = status.get("excused") or {}
+    for night in [night for night in excused.get("nights", []) if night["kind"] == "skipped"]:
+        reason = f": {safe(night['reason'])}" if night["reason"] else ""
+        lines.append(f"skipped {local_time(night['deadline_utc'], zone)}{reason} (no alert)")
+    for pause in excused.get("pauses", []):
+        reason = f": {safe(pause['reason'])}" if pause["reason"] else ""
+        span = f"{local_time(pause['from'], zone)} until {local_time(pause['until'], zone)}"
+        lines.append(f"{'paused' if pause['active'] else 'pause'} {span}{reason} (no alert)")
     if recent := status["history"]["recent"]:
         lines.append("last batches:")
         lines.extend(_history_lines(recent, colour, zone))
@@ -137,6 +146,11 @@ def render_status(status: dict, colour: bool = False) -> str:
 def _history_lines(batches: list[dict], colour: bool, zone: str) -> list[str]:
     lines = []
     for batch in batches:
+        if batch["id"] is None:  # a night deliberately not run (skip / pause)
+            when = local_time(batch["deadline_utc"], zone)
+            why = terminal_safe(batch["reason"])
+            lines.append(f"  {'-':<28} {terminal_safe(batch['state']):<10} {when:<22} {'-':>12}  {why}")
+            continue
         duration = format_duration(batch["duration_seconds"]) if batch["duration_seconds"] is not None else "-"
         started = local_time(batch["started_at"], zone)
         on_time = _paint(*ON_TIME_MARKS.get(batch["on_time"], ON_TIME_MARKS[None]), colour)

@@ -371,7 +371,7 @@ def test_it_keeps_running_reports_unhealthy_and_alerts_once_the_disk_heals(troub
             assert failed_checks() <= elapsed + 2  # one attempt per check interval, not a tight retry loop
             metrics_code, metrics = http_get(metrics_port, "/metrics")
             assert metrics_code == 200
-            assert "anthrasite_batch_tracker_readable 1.0" in metrics.splitlines()
+            assert 'anthrasite_batch_tracker_readable{batch="nightly"} 1.0' in metrics.splitlines()
             status = status_json(metrics_port)
             assert status["state"] == "failed" and status["monitor"]["healthy"] is False
             assert process.poll() is None
