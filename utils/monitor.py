@@ -296,6 +296,11 @@ class Monitor:
             candidates.append(reminder)
         return min(candidates)
 
+    def watchdog_health(self) -> tuple[bool, str]:
+        """Whether systemd's watchdog may be pinged: :meth:`health` (a :class:`~utils.monitor_jobs.JobsMonitor`
+        pings while any job's checks complete)."""
+        return self.health()
+
     def health(self) -> tuple[bool, str]:
         """(True, "ok") when a check completed recently; else (False, why)."""
         if self.last_error is not None:

@@ -112,9 +112,8 @@ class JobsMonitor:
                 **shared,
             )
             self.by_name[job.name] = monitor
-            if getattr(monitor, "channels", None) is not None:  # e-mail, Alertmanager, webhook: one set for all
-                shared = {"channels": monitor.channels}
-        self.channels = shared.get("channels", self.transport)
+            shared = {"channels": monitor.channels}  # e-mail, Alertmanager, webhook: one set for all jobs
+        self.channels = shared["channels"]
         self._delivered_once = False
 
     @property
@@ -169,13 +168,13 @@ class JobsMonitor:
                 except StorageError as exc:  # that job's checks report it; the others' counts still go in
                     LOGGER.warning("cannot record the delivery pass in job %s's state: %s", name, exc)
         for monitor in self.monitors:  # each job re-posts its own open incidents to Alertmanager
-            if hasattr(monitor, "repost_due_in") and monitor.repost_due_in() <= 0:
+            if monitor.repost_due_in() <= 0:
                 monitor.repost_alerts()
         return report
 
     def repost_due_in(self) -> float:
         """Seconds until some job's open incidents are due to be re-posted to Alertmanager (inf without one)."""
-        return min((m.repost_due_in() for m in self.monitors if hasattr(m, "repost_due_in")), default=float("inf"))
+        return min((monitor.repost_due_in() for monitor in self.monitors), default=float("inf"))
 
     def _owner(self, incident: str | None) -> str:
         """The job a queued message belongs to: its ``X-Batch-Incident`` is ``JOB/kind:key``; else the first job."""

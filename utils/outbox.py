@@ -230,10 +230,8 @@ class Outbox(OutboxStore):
                 exc,
             )
             raise
-        recipients = ", ".join(item.recipients)
-        LOGGER.info(
-            "alert delivered via %s: %r to %s (Message-ID %s)", receipt, item.subject, recipients, item.message_id
-        )
+        recipients = f" to {', '.join(item.recipients)}" if item.recipients else ""  # a webhook has none
+        LOGGER.info("alert delivered via %s: %r%s (Message-ID %s)", receipt, item.subject, recipients, item.message_id)
         return None
 
     def _record_sent(self, item: QueuedMessage, done: dict[str, list]) -> None:

@@ -120,9 +120,7 @@ class DeliveryWorker(threading.Thread):
             if self._stopping:
                 break
             wait = WORKER_IDLE_SECONDS if next_at is None else max(1.0, next_at - self.monitor.clock())
-            repost_due_in = getattr(self.monitor, "repost_due_in", None)  # open alerts re-posted to Alertmanager
-            if repost_due_in is not None:
-                wait = min(wait, max(1.0, repost_due_in()))
+            wait = min(wait, max(1.0, self.monitor.repost_due_in()))  # open alerts re-posted to Alertmanager
             self._nudge.wait(min(WORKER_IDLE_SECONDS, wait))
 
 
@@ -169,7 +167,7 @@ class Service:
             config.tracker.timezone,
             config.check_interval_seconds,
             ", ".join(config.email_to) if config.email_enabled else "(e-mail off)",
-            "; ".join(t.describe() for t in getattr(monitor, "channels", {"": monitor.transport}).values()),
+            "; ".join(transport.describe() for transport in monitor.channels.values()),
         )
         for job in monitor.monitors if len(monitor.monitors) > 1 else ():  # a jobs file: each job's own settings
             tracker = job.config.tracker
@@ -239,7 +237,7 @@ class Service:
         """WATCHDOG=1, but only while checks complete: a monitor whose every check fails (too many
         open files, an unreadable state directory) stops pinging, and systemd restarts it. With many jobs,
         while any job's checks complete (one job's unreadable directory is not healed by a restart)."""
-        if not getattr(self.monitor, "watchdog_health", self.monitor.health)()[0]:
+        if not self.monitor.watchdog_health()[0]:
             return
         interval = self.notifier.watchdog_interval_seconds
         now = time.monotonic()
