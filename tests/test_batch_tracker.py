@@ -126,6 +126,27 @@ def test_it_keeps_percentage_first_seen_last_update_and_completion_time_per_stag
     }
 
 
+def test_it_builds_only_the_recorded_stage_when_a_hook_writes_to_a_big_batch(api, monkeypatch):
+    api.start([])
+    for index in range(50):
+        api.stage(f"s{index}", 50)
+    built, build = [], model.Stage._from_checked
+
+    def counted(cls, name, record):
+        built.append(name)
+        return build(name, record)
+
+    # A hook's write reads thousands of stages; building a value for each made it slower than a plain dict.
+    monkeypatch.setattr(model.Stage, "_from_checked", classmethod(counted))
+    assert api.stage("s7", 100).percentage == 100.0
+    assert api.stage("new", 10).percentage == 10.0
+    assert set(built) == {"s7", "new"}
+    monkeypatch.undo()
+    batch = api.snapshot().current
+    assert sorted(stage.name for stage in batch.stages) == sorted([f"s{index}" for index in range(50)] + ["new"])
+    assert batch.stage("s7").completed_at is not None and batch.stage("s8").percentage == 50.0
+
+
 def test_it_has_no_completion_time_for_a_stage_below_100(api, clock):
     api.start()
     api.stage("scrape", 99.9)

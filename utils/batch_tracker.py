@@ -133,8 +133,7 @@ def _with_stage(batch: Batch, name: str, value: float, now: float) -> Batch:
         completed_at=completed_at,
         extra=old.extra if old else {},
     )
-    stages = tuple(stage if s.name == name else s for s in batch.stages) if old else (*batch.stages, stage)
-    return batch.replace(stages=stages, updated_at=now)
+    return batch.with_stage(stage, updated_at=now)
 
 
 def _ended(batch: Batch, now: float, state: str, **changes: Any) -> Batch:

@@ -26,7 +26,8 @@ class RecordError(ValueError):
 
 def is_valid_name(name: object) -> bool:
     """Stage names and batch ids: 1-64 characters of ``A-Z a-z 0-9 _ . -``."""
-    return isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and set(name) <= NAME_CHARACTERS
+    # issuperset walks the string: no set built per name (every stage's name is checked on every write).
+    return isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and NAME_CHARACTERS.issuperset(name)
 
 
 def _number(record: Mapping, key: str, where: str, *, default: float | None = None, required: bool = False):
@@ -49,6 +50,28 @@ _STAGE_KEYS = ("percentage", "first_seen_at", "updated_at", "completed_at")
 _REAL = frozenset({int, float})  # exact types: a bool is no number here
 
 
+def _check_stages(records: Mapping, where: str) -> None:
+    """Raise :class:`RecordError` unless every ``name: record`` of ``records`` is a stage record this code
+    writes (the first bad one, in order, is named)."""
+    # Runs for every stage on every write (thousands in a big batch): one loop, exact-type checks.
+    for name, record in records.items():
+        if not is_valid_name(name) or type(record) is not dict:
+            raise RecordError(f"{where} has an invalid stage entry")
+        get = record.get
+        percentage, first_seen_at, updated_at = get("percentage"), get("first_seen_at"), get("updated_at")
+        completed_at = get("completed_at")
+        if not (
+            type(percentage) in _REAL
+            and type(first_seen_at) in _REAL
+            and type(updated_at) in _REAL
+            and isfinite(percentage)
+            and isfinite(first_seen_at)
+            and isfinite(updated_at)
+            and (completed_at is None or (type(completed_at) in _REAL and isfinite(completed_at)))
+        ):
+            raise RecordError(f"{where} stage {name!r} is malformed")
+
+
 def _pick(value: object, *names: str) -> dict:
     return {name: getattr(value, name) for name in names}
 
@@ -67,28 +90,19 @@ class Stage(Value):
 
     @classmethod
     def from_dict(cls, name: str, record: object, where: str) -> Stage:
-        # The hot path of every write (one call per stage, thousands in a big batch): no helper calls.
-        if not is_valid_name(name) or type(record) is not dict:
-            raise RecordError(f"{where} has an invalid stage entry")
-        get = record.get
-        percentage, first_seen_at, updated_at = get("percentage"), get("first_seen_at"), get("updated_at")
-        completed_at = get("completed_at")
-        if not (
-            type(percentage) in _REAL
-            and type(first_seen_at) in _REAL
-            and type(updated_at) in _REAL
-            and isfinite(percentage)
-            and isfinite(first_seen_at)
-            and isfinite(updated_at)
-            and (completed_at is None or (type(completed_at) in _REAL and isfinite(completed_at)))
-        ):
-            raise RecordError(f"{where} stage {name!r} is malformed")
+        _check_stages({name: record}, where)
+        return cls._from_checked(name, record)  # type: ignore[arg-type]
+
+    @classmethod
+    def _from_checked(cls, name: str, record: dict) -> Stage:
+        """The stage of a record :func:`_check_stages` accepted (slots set directly: no per-field helpers)."""
         stage = object.__new__(cls)
         set_name, set_percentage, set_first_seen, set_updated, set_completed, set_extra, set_source = cls._setters
+        completed_at = record.get("completed_at")
         set_name(stage, name)
-        set_percentage(stage, float(percentage))
-        set_first_seen(stage, float(first_seen_at))
-        set_updated(stage, float(updated_at))
+        set_percentage(stage, float(record["percentage"]))
+        set_first_seen(stage, float(record["first_seen_at"]))
+        set_updated(stage, float(record["updated_at"]))
         set_completed(stage, None if completed_at is None else float(completed_at))
         set_extra(stage, EMPTY if len(record) <= len(_STAGE_KEYS) else _extra(record, cls, ("name", "extra")))
         set_source(stage, record)
@@ -147,7 +161,11 @@ class Failure(Value):
 @frozen(hidden=("extra",))
 class Batch(Value):
     """One run of the nightly pipeline. ``deadline_at``: fixed when it started (None only in records written
-    before deadlines were stored: readers use the settings). ``stages``: in the order first reported."""
+    before deadlines were stored: readers use the settings). ``stages``: in the order first reported.
+
+    A batch read by :meth:`from_dict` checks every stage record at once but builds its :class:`Stage` values
+    only when ``stages`` is first read (a hook's write reads one stage of thousands): ``stage``, ``with_stage``,
+    ``replace`` and ``to_dict`` work on the checked records meanwhile."""
 
     id: str
     state: str
@@ -168,10 +186,12 @@ class Batch(Value):
     deadline_time: str | None = None
     abandoned_by: str | None = None
     extra: Mapping[str, object] = EMPTY
+    _stage_records: dict | None  # name -> checked stage record, in order; None when built from Stage values
 
     @classmethod
     def from_dict(cls, record: object) -> Batch:
-        """The batch in ``record``; :class:`RecordError` unless it has the shape this code writes."""
+        """The batch in ``record``; :class:`RecordError` unless it has the shape this code writes. Each stage's
+        record is kept, not copied, and written back while unchanged: callers must not change them afterwards."""
         if not isinstance(record, Mapping):
             raise RecordError("batch record is not an object")
         batch_id, state = record.get("id"), record.get("state")
@@ -203,13 +223,14 @@ class Batch(Value):
         for key, value in texts.items():
             if not (value is None or isinstance(value, str)):
                 raise RecordError(f"{where} has an invalid {key}")
+        records = dict(stages)
+        _check_stages(records, where)
         optional_numbers = ("updated_at", "ended_at", "duration_seconds", "cost_per_lead", "deadline_at")
         return cls(
             id=batch_id,
             state=state,
             started_at=float(record["started_at"]),
             expected_stages=tuple(expected),
-            stages=tuple(Stage.from_dict(name, detail, where) for name, detail in stages.items()),
             failure=failure,
             failures=failure_list,
             resumed_at=tuple(float(t) for t in resumed_at),
@@ -217,7 +238,48 @@ class Batch(Value):
             **{key: _number(record, key, where) for key in optional_numbers},
             **texts,
             extra=_extra(record, cls),
-        )
+        )._defer_stages(records)
+
+    def _defer_stages(self, records: dict) -> Batch:
+        """``self``, just built and not yet shared, with ``records`` (checked) as its stages until first read."""
+        slots = type(self).__dict__
+        slots["_stage_records"].__set__(self, records)
+        slots["stages"].__delete__(self)  # an unset slot: reading it reaches __getattr__
+        return self
+
+    def __getattr__(self, name: str) -> object:
+        # Python calls this only for an attribute that is not there: ``stages`` while it is still records.
+        records = self._stage_records if name == "stages" else None
+        if records is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        stages = tuple(Stage._from_checked(stage, record) for stage, record in records.items())
+        type(self).__dict__["stages"].__set__(self, stages)
+        return stages
+
+    def replace(self, **changes: object) -> Batch:
+        """A copy with ``changes`` applied; unchanged stages stay records (see the class docstring)."""
+        records = self._stage_records
+        if records is None or "stages" in changes:
+            # Not super(): frozen() rebuilds the class, so the method's own class is not this one's base.
+            return Value.replace(self, **changes)  # type: ignore[return-value]
+        return self._copy(records, changes)
+
+    def with_stage(self, stage: Stage, **changes: object) -> Batch:
+        """A copy with ``stage`` in place of the stage of its name (else after the others) and ``changes``;
+        :class:`RecordError` when ``stage`` could not be read back (e.g. a NaN percentage)."""
+        record = stage.to_dict()
+        _check_stages({stage.name: record}, f"batch {self.id!r}")
+        records = self._stage_records
+        if records is not None:
+            return self._copy({**records, stage.name: record}, changes)
+        stages = self.stages
+        if self.stage(stage.name) is None:
+            return self.replace(stages=(*stages, stage), **changes)
+        return self.replace(stages=tuple(stage if s.name == stage.name else s for s in stages), **changes)
+
+    def _copy(self, records: dict, changes: dict) -> Batch:
+        kept = {field: getattr(self, field) for field in self._fields if field != "stages"}
+        return type(self)(**{**kept, **changes})._defer_stages(records)
 
     def to_dict(self) -> dict:
         """The JSON record (``from_dict(b.to_dict()) == b``); optional keys absent when unset."""
@@ -226,7 +288,11 @@ class Batch(Value):
             **self.extra,
             **_pick(self, "id", "state", "started_at", "ended_at", "duration_seconds", "updated_at"),
             "expected_stages": list(self.expected_stages),
-            "stages": {stage.name: stage.to_dict() for stage in self.stages},
+            "stages": (
+                dict(self._stage_records)
+                if self._stage_records is not None
+                else {stage.name: stage.to_dict() for stage in self.stages}
+            ),
             "failure": None if self.failure is None else self.failure.to_dict(),
             "failures": [failure.to_dict() for failure in self.failures],
             "resumed_at": list(self.resumed_at),
@@ -252,7 +318,12 @@ class Batch(Value):
         return self.failure or (self.failures[-1] if self.failures else None)
 
     def stage(self, name: str) -> Stage | None:
-        return next((stage for stage in self.stages if stage.name == name), None)
+        """The stage named ``name``, else None."""
+        records = self._stage_records
+        if records is None:
+            return next((stage for stage in self.stages if stage.name == name), None)
+        record = records.get(name)
+        return None if record is None else Stage._from_checked(name, record)
 
     def stage_map(self) -> dict[str, Stage]:
         return {stage.name: stage for stage in self.stages}
