@@ -154,7 +154,7 @@ def test_it_never_archives_a_batch_twice_when_a_writer_died_between_archive_and_
 def test_it_rebuilds_a_corrupt_summary_from_the_archive_and_reports_it_to_readers_until_then(tracker, clock):
     ids = [night(tracker, clock) for _ in range(3)]
     with open(tracker.history.summary_store.path, "w") as handle:
-        handle.write('{"schema_version": 1, "ledger": [["x"]], "window": []}')
+        handle.write('{"schema_version": 1, "ledger": {"states": "c", "verdicts": ""}, "window": []}')
 
     assert "ledger" in tracker.snapshot().history_error
     tracker.start()
@@ -173,11 +173,23 @@ def test_it_finds_a_used_id_only_in_a_batch_record_not_in_text_that_looks_like_o
     assert run_tracker_cli(base_env, "start", "--id", "night-1").returncode == 2
 
 
-def test_it_refuses_a_ledger_entry_of_the_wrong_shape():
-    assert HistoryTotals.from_ledger([[1.0, "completed", 60.0, True], [2.0, "failed", None, False]]).on_time_rate == 0.5
-    for entry in ([1.0, "completed", 60.0], [1.0, "done", 60.0, True], [1.0, "completed", "60", True], "x"):
+def test_it_refuses_a_ledger_of_the_wrong_shape():
+    ledger = {"states": "cfa", "verdicts": "10-", "durations": [60.0, None, None]}
+    totals = HistoryTotals.from_ledger(ledger)
+    assert (totals.count, totals.completed, totals.failed, totals.abandoned, totals.on_time_rate) == (3, 1, 1, 1, 0.5)
+    bad = [
+        {**ledger, "states": "cfx"},
+        {**ledger, "verdicts": "1?-"},
+        {**ledger, "durations": [60.0, None]},
+        {**ledger, "durations": ["60", None, None]},
+        {**ledger, "durations": [True, None, None]},
+        {**ledger, "durations": [float("nan"), None, None]},
+        {"states": "c", "verdicts": "1"},
+        [["x"]],
+    ]
+    for ledger in bad:
         with pytest.raises(RecordError):
-            HistoryTotals.from_ledger([entry])
+            HistoryTotals.from_ledger(ledger)
 
 
 def test_it_names_the_archive_beside_the_tracker_file():

@@ -27,13 +27,14 @@ from utils.model import (
     is_valid_name,
 )
 from utils.state_store import CorruptStateError, remove_stale_temp_files
-from utils.text_safety import visible_line
 from utils.tracker_files import TrackerFiles, _log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
     from typing import Any
+
+    from utils.history_archive import HistoryArchive
 
 
 MAX_REASON_LENGTH = 2000
@@ -88,6 +89,8 @@ def _non_negative(raw: object, what: str) -> float:
 def clean_text(value: object, limit: int = MAX_REASON_LENGTH) -> str:
     """Free text from a hook as stored: one printable line of at most ``limit`` characters (see
     :func:`utils.text_safety.visible_line`), so it cannot add a line to a message, log or header."""
+    from utils.text_safety import visible_line  # only the hooks that take text need it
+
     return visible_line(value, limit)
 
 
@@ -155,7 +158,12 @@ class BatchTracker:
         self.clock = clock or time.time
         self.files = TrackerFiles(self.path, config)
         self._excuses: tuple[tuple, object] | None = None  # (the file's identity when read, its Excuses)
-        self.store, self.history = self.files.store, self.files.history
+        self.store = self.files.store
+
+    @property
+    def history(self) -> HistoryArchive:
+        """The archive of finished batches (:mod:`utils.history_archive`)."""
+        return self.files.history
 
     def start(self, stages: list[str] | tuple[str, ...] | None = None, *, batch_id: str | None = None) -> str:
         """Start a new batch and return its id; an unfinished one becomes ``abandoned``."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 
-from utils.model import COMPLETED, FAILED, Batch, HistoryTotals, RecordError
+from utils.model import COMPLETED, FAILED, LEDGER_STATE_CODES, Batch, HistoryTotals, RecordError
 from utils.state_store import (
     CorruptStateError,
     JsonStateStore,
@@ -57,10 +57,23 @@ def _line(batch: Batch) -> bytes:
     return json.dumps(batch.to_dict(), separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
 
 
-def _ledger_entry(batch: Batch, on_time: bool) -> list:
-    decided = batch.state in (COMPLETED, FAILED)
-    duration = batch.duration_seconds if batch.state == COMPLETED else None
-    return [batch.started_at, batch.state, duration, on_time if decided else None]
+def _ledger(batches: list[Batch], verdict: Callable[[Batch], bool]) -> dict:
+    """The ledger of ``batches`` (:meth:`utils.model.HistoryTotals.from_ledger`): a few bytes per batch."""
+    states, verdicts, durations = [], [], []
+    for batch in batches:
+        states.append(LEDGER_STATE_CODES[batch.state])
+        decided = batch.state in (COMPLETED, FAILED)
+        verdicts.append(("1" if verdict(batch) else "0") if decided else "-")
+        durations.append(batch.duration_seconds if batch.state == COMPLETED else None)
+    return {"states": "".join(states), "verdicts": "".join(verdicts), "durations": durations}
+
+
+def _ledger_slice(ledger: dict, part: slice) -> dict:
+    return {key: value[part] for key, value in ledger.items()}
+
+
+def _ledger_join(first: dict, second: dict) -> dict:
+    return {key: first[key] + second[key] for key in first}
 
 
 def _window(batches: list[Batch]) -> list[Batch]:
@@ -218,8 +231,7 @@ class HistoryArchive:
         return [line for line in lines if line.strip()][-count:]
 
     def _view(self, batches: list[Batch]) -> HistoryView:
-        entries = [_ledger_entry(batch, self.verdict(batch)) for batch in batches]
-        return HistoryView(tuple(_window(batches)), HistoryTotals.from_ledger(entries))
+        return HistoryView(tuple(_window(batches)), HistoryTotals.from_ledger(_ledger(batches, self.verdict)))
 
     def _parse_summary(self, document: dict | None) -> HistoryView:
         if document is None:
@@ -232,7 +244,7 @@ class HistoryArchive:
                 f"history summary has schema_version {version}; this release understands up to {SUMMARY_SCHEMA_VERSION}"
             )
         window, ledger = document.get("window"), document.get("ledger")
-        if not isinstance(window, list) or not isinstance(ledger, list):
+        if not isinstance(window, list) or not isinstance(ledger, dict):
             raise CorruptStateError(f"history summary {self.summary_store.path} lacks its window or ledger")
         try:
             return HistoryView(tuple(map(Batch.from_dict, window)), HistoryTotals.from_ledger(ledger))
@@ -275,13 +287,13 @@ class HistoryArchive:
             batches = [b for b in self.all_batches() if b.id != batch.id] + [batch]
             self._rewrite(batches[-self.limit :])
             return
-        window, ledger = list(view.window), list(summary["ledger"])
+        window, ledger = list(view.window), summary["ledger"]
         lines, size = summary.get("archive_lines"), summary.get("archive_bytes")
         tail = self._tail(1)
         last = _parse_line(tail[0]) if tail else None
         if window and window[-1].id == batch.id:
             window.pop()
-            ledger = ledger[:-1]
+            ledger = _ledger_slice(ledger, slice(None, -1))
         if last is not None and last.id == batch.id:
             # Already the archive's last line: the interrupted write got that far.
             batches = [b for b in self.all_batches() if b.id != batch.id] + [batch]
@@ -296,7 +308,7 @@ class HistoryArchive:
         size = append_line(self.path, _line(batch))
         lines += 1
         window = _window([*window, batch])[-self.limit :]
-        ledger = [*ledger, _ledger_entry(batch, self.verdict(batch))][-self.limit :]
+        ledger = _ledger_slice(_ledger_join(ledger, _ledger([batch], self.verdict)), slice(-self.limit, None))
         if lines > self.limit + max(10, self.limit // 10):
             # Compaction: rewriting the archive once every tenth of the limit keeps appends O(1) on average.
             kept = self._read_archive().split(b"\n")[:-1][-self.limit :]
@@ -308,10 +320,9 @@ class HistoryArchive:
     def _rewrite(self, batches: list[Batch]) -> None:
         data = b"".join(_line(batch) + b"\n" for batch in batches)
         write_bytes_atomically(self.path, data)
-        ledger = [_ledger_entry(batch, self.verdict(batch)) for batch in batches]
-        self._write_summary(_window(batches), ledger, len(batches), len(data))
+        self._write_summary(_window(batches), _ledger(batches, self.verdict), len(batches), len(data))
 
-    def _write_summary(self, window: list[Batch], ledger: list, lines: int, size: int) -> None:
+    def _write_summary(self, window: list[Batch], ledger: dict, lines: int, size: int) -> None:
         self.summary_store.write(
             {
                 "schema_version": SUMMARY_SCHEMA_VERSION,

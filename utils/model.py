@@ -48,6 +48,10 @@ def _extra(record: Mapping, cls: type, not_stored: tuple[str, ...] = ("extra",))
 
 _STAGE_KEYS = ("percentage", "first_seen_at", "updated_at", "completed_at")
 _REAL = frozenset({int, float})  # exact types: a bool is no number here
+# The history ledger's one character per batch (utils.history_archive): its state, and its verdict.
+LEDGER_STATE_CODES = {COMPLETED: "c", FAILED: "f", ABANDONED: "a", RUNNING: "r"}
+_LEDGER_STATES = frozenset(LEDGER_STATE_CODES.values())
+_LEDGER_VERDICTS = frozenset("10-")
 
 
 def _check_stages(records: Mapping, where: str) -> None:
@@ -406,35 +410,36 @@ class HistoryTotals(Value):
     median_duration_seconds: float | None = None
 
     @classmethod
-    def from_ledger(cls, entries: object) -> HistoryTotals:
-        """Totals of ledger ``entries``: ``[started_at, state, duration (completed) or None, on time or None]``
-        each; :class:`RecordError` unless every entry has that shape."""
-        counts = dict.fromkeys(BATCH_STATES, 0)
-        durations: list[float] = []
-        on_time = 0
-        for entry in entries if isinstance(entries, list) else [None]:
-            if type(entry) is not list or len(entry) != 4 or entry[1] not in counts:
-                raise RecordError("history ledger has an invalid entry")
-            started_at, state, duration, punctual = entry
-            if finite_number(started_at) is None or not (duration is None or finite_number(duration) is not None):
-                raise RecordError("history ledger has an invalid entry")
-            if not (punctual is None or type(punctual) is bool):
-                raise RecordError("history ledger has an invalid entry")
-            counts[state] += 1
-            if duration is not None:
-                durations.append(float(duration))
-            on_time += punctual is True
-        durations.sort()
-        middle = len(durations) // 2
+    def from_ledger(cls, ledger: object) -> HistoryTotals:
+        """Totals of a ledger (see :data:`LEDGER_STATE_CODES`): ``{"states": "ccf...", "verdicts": "10-...",
+        "durations": [seconds or None, ...]}``, one character or item per kept batch, oldest first (``verdicts``:
+        1 on time, 0 late or failed, - neither). :class:`RecordError` unless it has that shape."""
+        fields = ledger if type(ledger) is dict else {}
+        states, verdicts, durations = fields.get("states"), fields.get("verdicts"), fields.get("durations")
+        # Whole-sequence checks run in C: every start reads ten years of entries.
+        if not (
+            type(states) is str
+            and type(verdicts) is str
+            and type(durations) is list
+            and len(states) == len(verdicts) == len(durations)
+            and set(states) <= _LEDGER_STATES
+            and set(verdicts) <= _LEDGER_VERDICTS
+        ):
+            raise RecordError("history ledger is malformed")
+        finished = [d for d in durations if d is not None]
+        if not set(map(type, finished)) <= _REAL or not all(map(isfinite, finished)):
+            raise RecordError("history ledger has an invalid duration")
+        finished.sort()
+        middle = len(finished) // 2
         median = None
-        if durations:
-            median = durations[middle] if len(durations) % 2 else (durations[middle - 1] + durations[middle]) / 2
+        if finished:
+            median = float(finished[middle] if len(finished) % 2 else (finished[middle - 1] + finished[middle]) / 2)
         return cls(
-            count=len(entries),  # type: ignore[arg-type]
-            completed=counts[COMPLETED],
-            failed=counts[FAILED],
-            abandoned=counts[ABANDONED],
-            on_time=on_time,
+            count=len(states),
+            completed=states.count(LEDGER_STATE_CODES[COMPLETED]),
+            failed=states.count(LEDGER_STATE_CODES[FAILED]),
+            abandoned=states.count(LEDGER_STATE_CODES[ABANDONED]),
+            on_time=verdicts.count("1"),
             median_duration_seconds=median,
         )
 

@@ -15,7 +15,6 @@ This module is on the nightly hook's critical path: keep its imports minimal.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import json
@@ -26,7 +25,7 @@ from utils.errors import EXIT_STORAGE, TrackerError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - typing costs import time on the hook's path
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from typing import Any
 
 
@@ -89,10 +88,12 @@ def ensure_directory(directory: str, mode: int = STATE_DIRECTORY_MODE, *, exact:
         if exact:
             os.chmod(level, mode)
     if exact:
-        with contextlib.suppress(OSError):
+        try:
             info = os.stat(directory)
             if info.st_uid == os.geteuid() and info.st_mode & 0o777 & ~mode:
                 os.chmod(directory, info.st_mode & 0o777 & mode)
+        except OSError:
+            pass
 
 
 def write_json_atomically(path: str, document: Any) -> None:
@@ -129,8 +130,10 @@ def write_bytes_atomically(path: str, data: bytes) -> None:
         os.replace(temp_path, path)
         _fsync_directory(os.path.dirname(path) or ".")
     except OSError as exc:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(temp_path)
+        except OSError:
+            pass
         raise StorageError(_describe_os_error("write", path, exc)) from exc
 
 
@@ -193,19 +196,34 @@ def read_json_object(path: str) -> dict | None:
     return document
 
 
-@contextlib.contextmanager
-def exclusive_lock(lock_path: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path`` (created, with its directory, when missing); raise StorageError."""
-    try:
-        ensure_directory(os.path.dirname(lock_path) or ".")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, STATE_FILE_MODE)
-    except OSError as exc:
-        raise StorageError(_describe_os_error("lock", lock_path, exc)) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the flock
+class exclusive_lock:
+    """``with exclusive_lock(path):`` holds an exclusive ``flock`` on ``path`` (created, with its directory, when
+    missing); entering raises StorageError. A class, not ``contextlib.contextmanager``: every hook takes the lock,
+    and contextlib costs it an import."""
+
+    __slots__ = ("_fd", "lock_path")
+
+    def __init__(self, lock_path: str):
+        self.lock_path = lock_path
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        try:
+            ensure_directory(os.path.dirname(self.lock_path) or ".")
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, STATE_FILE_MODE)
+        except OSError as exc:
+            raise StorageError(_describe_os_error("lock", self.lock_path, exc)) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def __exit__(self, *exc_info: object) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing releases the flock
 
 
 def remove_stale_temp_files(path: str) -> list[str]:
@@ -225,9 +243,11 @@ def remove_stale_temp_files(path: str) -> list[str]:
         pid_text = name[len(prefix) :].split("-", 1)[0]
         if not name.startswith(prefix) or (pid_text.isdigit() and _process_exists(int(pid_text))):
             continue
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(os.path.join(directory, name))
-            removed.append(os.path.join(directory, name))
+        except OSError:
+            continue
+        removed.append(os.path.join(directory, name))
     return removed
 
 
@@ -260,7 +280,7 @@ class JsonStateStore:
         """Read without locking: atomic replacement guarantees a whole file."""
         return read_json_object(self.path)
 
-    def locked(self) -> contextlib.AbstractContextManager[None]:
+    def locked(self) -> exclusive_lock:
         """A context manager holding the store's exclusive lock (blocking) for a read-modify-write."""
         return exclusive_lock(self.lock_path)
 

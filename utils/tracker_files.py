@@ -7,12 +7,17 @@ finished batches go to the bounded archive of :mod:`utils.history_archive` besid
 
 from __future__ import annotations
 
+import os
+
 from utils import counters
 from utils.config import TrackerConfig
 from utils.counters import Counters, CountersError
-from utils.history_archive import HistoryArchive
 from utils.model import COMPLETED, Batch, RecordError, Snapshot, StorageEvent
 from utils.state_store import CorruptStateError, JsonStateStore, StorageError, sibling_file
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from utils.history_archive import HistoryArchive
 
 SCHEMA_VERSION = 1
 
@@ -54,7 +59,17 @@ class TrackerFiles:
         self.path = path
         self.config = config
         self.store = JsonStateStore(path)
-        self.history = HistoryArchive(path, self.store.lock_path, self._on_time, config.history_limit)
+        self._legacy_history = sibling_file(path, "history")
+        self._history: HistoryArchive | None = None
+
+    @property
+    def history(self) -> HistoryArchive:
+        """The archive of finished batches, imported on first use: ``stage``, ``end`` and ``cost`` never need it."""
+        if self._history is None:
+            from utils.history_archive import HistoryArchive
+
+            self._history = HistoryArchive(self.path, self.store.lock_path, self._on_time, self.config.history_limit)
+        return self._history
 
     def locked(self):
         """The exclusive lock every file of the tracker is written under."""
@@ -74,7 +89,8 @@ class TrackerFiles:
     def read_for_update(self, now: float) -> tuple[dict, Batch | None, tuple[StorageEvent, ...]]:
         """The document, its current batch and storage events. Caller holds the lock. A corrupt file
         is moved aside and replaced by a fresh one that records the repair."""
-        self.history.migrate(now)  # an older release's history file, once
+        if os.path.exists(self._legacy_history):  # an older release's history file: migrated once
+            self.history.migrate(now)
         try:
             document = self.store.read()
             if document is None:
