@@ -62,14 +62,22 @@ def _env(tracker_file: Path, ping_url: str | None) -> dict:
     return env
 
 
+SETTLE_SECONDS = 0.3
+
+
 def _pair(env: dict) -> float:
-    """Seconds for one ``start`` and one ``end`` hook."""
-    started = time.perf_counter()
+    """Seconds for one ``start`` and one ``end`` hook, each timed alone. After each, outside the timing, the
+    ping child gets :data:`SETTLE_SECONDS` to start its interpreter: hooks of a real batch run seconds apart, and
+    on a two-core machine a child started by the previous hook would otherwise compete with the one timed."""
+    elapsed = 0.0
     for command in ("start", "end"):
+        started = time.perf_counter()
         subprocess.run(
             [PYTHON, "-m", "utils.batch_tracker", command], env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL
         )
-    return time.perf_counter() - started
+        elapsed += time.perf_counter() - started
+        time.sleep(SETTLE_SECONDS)
+    return elapsed
 
 
 def bench_ping(work: Path, runs: int = 20) -> dict:
