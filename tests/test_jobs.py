@@ -171,6 +171,30 @@ def cli(env, *args, check=True) -> subprocess.CompletedProcess:
     return run_tracker_cli(env, *args, cwd=PROJECT_ROOT, check=check)
 
 
+def hook_imports_tomllib(env: dict, *args: str) -> bool:
+    """Run one hook in a fresh interpreter; whether it had to import tomllib (parse the jobs file)."""
+    code = "import io, sys; from utils.tracker_cli import main; main(sys.argv[1:], out=io.StringIO()); "
+    code += "print('tomllib' in sys.modules)"
+    result = subprocess.run(
+        [VENV_PYTHON, "-c", code, *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip() == "True"
+
+
+def test_it_parses_the_jobs_file_once_and_again_only_when_its_text_changes(jobs_env, jobs_file, tracker_file):
+    assert hook_imports_tomllib(jobs_env, "status")  # a reader parses the file and keeps nothing
+    cli(jobs_env, "start")  # a write that succeeded keeps the parse beside the tracker file
+    assert not hook_imports_tomllib(jobs_env, "stage", "scrape", "50")  # tomllib costs a hook ~20 ms
+    cached = json.loads(tracker_file.with_name("batch_tracker.jobs-file.json").read_text())
+    assert cached["text"] == jobs_file.read_text()
+
+    jobs_file.write_text(THREE_JOBS + '\n[jobs.adhoc]\ndeadline = "09:00"\ntimezone = "UTC"\n')
+    adhoc = dict(jobs_env, BATCH_NAME="adhoc")
+    assert hook_imports_tomllib(adhoc, "start")  # an edit is seen at once, whatever the file's clock says
+    assert not hook_imports_tomllib(adhoc, "end")
+    assert json.loads(cli(adhoc, "status", "--json").stdout)["state"] == "completed"
+
+
 def test_it_records_each_job_in_its_own_file_picked_by_batch_name_or_job(jobs_env, tracker_file):
     nightly_id = cli(jobs_env, "start").stdout.strip()
     weekly_id = cli(dict(jobs_env, BATCH_NAME="weekly-rescore"), "start").stdout.strip()

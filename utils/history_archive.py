@@ -54,7 +54,7 @@ def archive_path(tracker_path: str) -> str:
 
 
 def _line(batch: Batch) -> bytes:
-    return json.dumps(batch.to_dict(), separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+    return json.dumps(batch.to_dict(), separators=(",", ":"), allow_nan=False).encode()
 
 
 def _ledger(batches: list[Batch], verdict: Callable[[Batch], bool]) -> dict:

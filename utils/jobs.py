@@ -31,6 +31,7 @@ from utils.config import (
 )
 from utils.errors import UsageError
 from utils.model import is_valid_name
+from utils.state_store import StorageError, read_json_object, sibling_file, write_json_atomically
 from utils.values import Value, frozen
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -73,10 +74,13 @@ def jobs_file(env: Mapping[str, str] | None = None) -> str | None:
     return os.path.abspath(os.path.join(PROJECT_ROOT, os.path.expanduser(raw)))
 
 
-def load_jobs(env: Mapping[str, str] | None = None, *, check_zones: bool = True) -> tuple[Job, ...]:
+def load_jobs(
+    env: Mapping[str, str] | None = None, *, check_zones: bool = True, parses: list | None = None
+) -> tuple[Job, ...]:
     """Every job, in the file's order: from ``BATCH_JOBS_FILE`` when set, else exactly one job from the
     environment (``BATCH_NAME``). Validates everything, time zones too unless ``check_zones`` is False (they
-    cost pytz's import); :class:`ConfigError` otherwise."""
+    cost pytz's import); :class:`ConfigError` otherwise. A file parsed afresh (not read from the parse kept
+    beside the tracker file) is appended to ``parses``, for :func:`keep_parses` once the caller succeeded."""
     env = os.environ if env is None else env
     base = TrackerConfig.from_env(env)
     path = jobs_file(env)
@@ -84,15 +88,21 @@ def load_jobs(env: Mapping[str, str] | None = None, *, check_zones: bool = True)
         if check_zones:
             base.deadline()  # validates BATCH_COMPLETION_TIMEZONE
         return (Job(name=base.batch_name, tracker=base),)
-    return _parse_file(path, env, base, check_zones)
+    return _parse_file(path, env, base, check_zones, parses)
 
 
-def select_job(env: Mapping[str, str] | None = None, name: str | None = None, *, check_zone: bool = True) -> Job:
+def select_job(
+    env: Mapping[str, str] | None = None,
+    name: str | None = None,
+    *,
+    check_zone: bool = True,
+    parses: list | None = None,
+) -> Job:
     """The job a hook works on: ``name`` (``--job NAME``), else ``BATCH_NAME``; :class:`ConfigError` (exit 2)
     naming the unknown job and the known ones. The whole file is validated; of the time zones, only the selected
     job's, and only with ``check_zone`` (a write hook other than ``start`` never needs pytz)."""
     env = os.environ if env is None else env
-    jobs = load_jobs(env, check_zones=False)
+    jobs = load_jobs(env, check_zones=False, parses=parses)
     wanted = name if name is not None else (_raw(env, "BATCH_NAME") or "nightly")
     found = next((job for job in jobs if job.name == wanted), None)
     if found is None:
@@ -108,9 +118,9 @@ def select_job(env: Mapping[str, str] | None = None, name: str | None = None, *,
     return found
 
 
-def _parse_file(path: str, env: Mapping[str, str], base: TrackerConfig, check_zones: bool) -> tuple[Job, ...]:
-    import tomllib  # only with a jobs file: it costs the hooks ~20 ms to import
-
+def _parse_file(
+    path: str, env: Mapping[str, str], base: TrackerConfig, check_zones: bool, parses: list | None
+) -> tuple[Job, ...]:
     where = f"BATCH_JOBS_FILE={path}"
     try:
         with open(path, "rb") as handle:
@@ -120,11 +130,19 @@ def _parse_file(path: str, env: Mapping[str, str], base: TrackerConfig, check_zo
     if len(data) > MAX_JOBS_FILE_BYTES:
         raise ConfigError(f"{where} is too large (allowed: up to {MAX_JOBS_FILE_BYTES} bytes)")
     try:
-        document = tomllib.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{where} is not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    cache_path = sibling_file(base.tracker_file, "jobs-file")
+    document = _cached_document(cache_path, text)
+    parsed = document is None
+    if parsed:
+        import tomllib  # only when the file changed: its import costs a hook about 20 ms
+
+        try:
+            document = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where} is not valid TOML: {exc}") from None
     unknown = sorted(set(document) - {"jobs"})
     if unknown:
         raise ConfigError(f"{where}: unknown top-level key {unknown[0]!r} (allowed: [jobs.NAME] tables)")
@@ -140,7 +158,34 @@ def _parse_file(path: str, env: Mapping[str, str], base: TrackerConfig, check_zo
                 f"{where}: [jobs.{job.name}] tracker_file: {job.tracker.tracker_file} is also job {other}'s "
                 "(allowed: one state file per job)"
             )
+    if parsed and parses is not None:
+        parses.append((cache_path, text, document))
     return jobs
+
+
+def _cached_document(cache_path: str, text: str) -> dict | None:
+    """The parsed jobs file kept beside the tracker file (``<tracker>.jobs-file.json``) when it was parsed from
+    exactly ``text``, else None. Keyed by the text itself, so an edit is never missed whatever the clocks say."""
+    try:
+        cached = read_json_object(cache_path)
+    except StorageError:
+        return None
+    if cached is None or cached.get("text") != text or not isinstance(cached.get("document"), dict):
+        return None
+    return cached["document"]
+
+
+def keep_parses(parses: list) -> None:
+    """Keep the jobs-file parses :func:`load_jobs` collected for the next hooks (``<tracker>.jobs-file.json``),
+    where the state directory exists and is writable. Called after a hook's write succeeded: a refused command
+    changes nothing on disk."""
+    for cache_path, text, document in parses:
+        if not os.path.isdir(os.path.dirname(cache_path)):
+            continue
+        try:
+            write_json_atomically(cache_path, {"text": text, "document": document})
+        except (StorageError, TypeError):
+            pass  # read-only, or a value JSON cannot hold (a TOML date): parsed again next time
 
 
 def is_valid_job_name(name: object) -> bool:

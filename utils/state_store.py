@@ -102,8 +102,9 @@ def write_json_atomically(path: str, document: Any) -> None:
     A document holding NaN or Infinity raises :class:`UnwritableValueError` before anything is touched.
     """
     try:
-        # allow_nan=False: NaN/Infinity are not JSON; a reader would take the file for corrupt.
-        payload = json.dumps(document, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+        # allow_nan=False: NaN/Infinity are not JSON; a reader would take the file for corrupt. Keys keep their
+        # order: a batch's stages are in the order first reported, a jobs file's jobs in the file's order.
+        payload = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
     except ValueError as exc:
         raise UnwritableValueError(
             f"refusing to write {path}: it would hold a number JSON cannot represent (NaN or Infinity)"

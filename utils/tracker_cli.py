@@ -126,15 +126,16 @@ def _take_job(argv: list[str]) -> tuple[list[str], str | None]:
     return rest, job
 
 
-def _config(environ: dict, job: str | None, command: str) -> TrackerConfig:
+def _config(environ: dict, job: str | None, command: str, parses: list) -> TrackerConfig:
     """The tracker settings of the job ``command`` works on: with ``BATCH_JOBS_FILE`` or ``--job``, that
-    job's (:func:`utils.jobs.select_job`; its time zone checked by the commands that use it); otherwise the
-    environment's, as always."""
+    job's (:func:`utils.jobs.select_job`; its time zone checked by the commands that use it; a fresh parse of
+    the file appended to ``parses``); otherwise the environment's, as always."""
     if job is None and not str(environ.get("BATCH_JOBS_FILE", "")).strip():
         return TrackerConfig.from_env(environ)
     from utils.jobs import select_job
 
-    return select_job(environ, job, check_zone=command in ("start", "status", "history", "check")).tracker
+    check_zone = command in ("start", "status", "history", "check")
+    return select_job(environ, job, check_zone=check_zone, parses=parses).tracker
 
 
 def _run_command(argv: list[str], environ: dict, out) -> int:
@@ -146,7 +147,8 @@ def _run_command(argv: list[str], environ: dict, out) -> int:
         out.write(USAGE)
         return EXIT_OK if argv else EXIT_USAGE
     command, args = argv[0], argv[1:]
-    config = _config(environ, job, command)  # an unknown job is refused here, before anything is written
+    parses: list = []
+    config = _config(environ, job, command, parses)  # an unknown job is refused here, before anything is written
     tracker = BatchTracker(config)
     if command in ("status", "history", "check"):
         from utils import tracker_views
@@ -158,6 +160,10 @@ def _run_command(argv: list[str], environ: dict, out) -> int:
     positionals, options = _take_options(args, allowed)
     _expect_positionals(positionals, names, command)
     printed = _write(command, positionals, options, config, tracker)
+    if parses:  # the jobs file was parsed afresh: keep the parse, the next hooks skip tomllib (~20 ms)
+        from utils.jobs import keep_parses
+
+        keep_parses(parses)
     if printed is not None:
         out.write(printed + "\n")
     if command not in ("skip", "pause"):  # no batch changed: nothing to push
