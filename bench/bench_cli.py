@@ -28,6 +28,18 @@ from utils.batch_tracker import BatchTracker
 from utils.config import TrackerConfig
 
 CLI = [PYTHON, "-m", "utils.batch_tracker"]
+JOBS_FILE = """\
+[jobs.nightly]
+deadline = "05:00"
+timezone = "America/New_York"
+[jobs.weekly-rescore]
+deadline = "12:00"
+timezone = "Australia/Sydney"
+days = ["sat"]
+[jobs.eu-export]
+deadline = "06:00"
+timezone = "Europe/Berlin"
+"""
 
 # --------------------------------------------------------------------------- hook overhead
 
@@ -37,6 +49,11 @@ def bench_hook(work: Path, runs: int) -> dict:
     subprocess.run([PYTHON, "-m", "compileall", "-q", "utils", "bin"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     tracker_file = prepare_tracker(work / "hook", 0, STAGES)
     env = env_for(tracker_file)
+    jobs_file = work / "hook-jobs" / "jobs.toml"
+    jobs_file.parent.mkdir(parents=True)
+    jobs_file.write_text(JOBS_FILE)
+    jobs_env = env_for(work / "hook-jobs" / "batch_tracker.json", BATCH_JOBS_FILE=str(jobs_file))
+    run_cli(jobs_env, "start", "--stages", ",".join(STAGES))  # the first write keeps the file's parse
     variants = {
         "python -c pass": ([PYTHON, "-c", "pass"], env),
         "-m utils.batch_tracker stage (aim 2.0x)": ([*CLI, "stage", "scrape", "50"], env),
@@ -44,6 +61,7 @@ def bench_hook(work: Path, runs: int) -> dict:
             [str(ROOT / "bin" / "batch_tracker"), "stage", "scrape", "50"],
             env_for(tracker_file, BATCH_TRACKER_PYTHON=PYTHON),
         ),
+        "-m utils.batch_tracker stage, jobs file of 3 jobs": ([*CLI, "stage", "scrape", "50"], jobs_env),
     }
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for command, variant_env in variants.values():  # warm-up: page cache, bytecode
