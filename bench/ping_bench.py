@@ -23,25 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_support import row
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 TARGET_RATIO = 1.25
-
-
-def _row(group, name, value, unit, ratio, target, target_unit, absolute=False) -> dict:
-    """One result row, as bench/run.py's ``_row`` makes them."""
-    measured = value if absolute else ratio
-    met = None if target is None or measured is None else measured <= target
-    return {
-        "group": group,
-        "name": name,
-        "value": value,
-        "unit": unit,
-        "ratio": ratio,
-        "target": target,
-        "target_unit": target_unit,
-        "met": met,
-    }
 
 
 def _listening_socket(accepting: bool) -> socket.socket:
@@ -108,7 +94,7 @@ def bench_ping(work: Path, runs: int = 20) -> dict:
     rows = []
     for index, (name, median) in enumerate(medians.items()):
         target = None if index == 0 else TARGET_RATIO
-        rows.append(_row("ping", name, median * 1000, "ms", median / baseline, target, "x"))
+        rows.append(row("ping", name, median * 1000, "ms", median / baseline, target, "x", baseline=baseline * 1000))
     return {"rows": rows, "runs": runs}
 
 
@@ -121,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         result = bench_ping(work, args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for row in result["rows"]:
-        target = "" if row["target"] is None else f"<= {row['target']}x"
-        ok = {True: "yes", False: "NO", None: ""}[row["met"]]
-        print(f"{row['name']:<44} {row['value']:8.1f} ms {row['ratio']:6.2f}x {target:>9}  {ok}")
-    return 0 if all(row["met"] is not False for row in result["rows"]) else 1
+    for result_row in result["rows"]:
+        target = "" if result_row["target"] is None else f"<= {result_row['target']}x"
+        ok = {True: "yes", False: "NO", None: ""}[result_row["met"]]
+        print(f"{result_row['name']:<44} {result_row['value']:8.1f} ms {result_row['ratio']:6.2f}x {target:>9}  {ok}")
+    return 0 if all(result_row["met"] is not False for result_row in result["rows"]) else 1
 
 
 if __name__ == "__main__":

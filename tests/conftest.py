@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import socket
@@ -16,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from utils.batch_tracker import TrackerConfig
+
+# libfaketime, where Debian's package puts it on this machine's architecture ("" when it is not installed).
+FAKETIME_LIB = next(iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))), "")
 
 # The checkout, for its files (bin/, etc/, docs/). `utils` itself is imported from the venv, where
 # bin/setup.sh installed the project (editable): no sys.path edits, here or anywhere.
@@ -81,6 +85,18 @@ def free_port() -> int:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def at_clock():
+    """``at_clock(env, "YYYY-MM-DD HH:MM")``: ``env`` for a process whose clock starts at that UTC instant."""
+    if not FAKETIME_LIB:
+        pytest.skip("libfaketime is not installed (Debian package faketime; bin/setup.sh --test installs it)")
+
+    def at(env: dict, when_utc: str) -> dict:
+        return dict(env, LD_PRELOAD=FAKETIME_LIB, FAKETIME=f"@{when_utc}:00", TZ="UTC")
+
+    return at
 
 
 @pytest.fixture

@@ -916,20 +916,6 @@ def test_it_names_where_the_corrupt_tracker_went_when_its_unreadable_alert_recov
 
 # --------------------------------------------------------------------------- field trial: real processes, faked clocks
 
-FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
-
-
-@pytest.fixture
-def at_clock():
-    """``at_clock(env, "YYYY-MM-DD HH:MM")``: ``env`` for a process whose clock starts at that UTC instant."""
-    if not os.path.exists(FAKETIME_LIB):
-        pytest.skip("libfaketime is not installed (Debian package faketime; bin/setup.sh --test installs it)")
-
-    def at(env: dict, when_utc: str) -> dict:
-        return dict(env, LD_PRELOAD=FAKETIME_LIB, FAKETIME=f"@{when_utc}:00", TZ="UTC")
-
-    return at
-
 
 def test_it_runs_processes_on_the_faked_clock(at_clock, monitor_env):
     env = at_clock(monitor_env, "2026-11-23 10:00")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -25,8 +24,6 @@ from utils.errors import UsageError
 from utils.incidents import LATE_START, MISSING, open_incidents
 from utils.jobs import Excuses, Job, load_jobs, select_job
 from utils.monitor import Monitor
-
-FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 
 THREE_JOBS = """\
 # every job starts from the environment's settings (BATCH_COMPLETION_*, BATCH_EXPECTED_STAGES)
@@ -548,17 +545,6 @@ def test_it_opens_a_late_start_at_the_start_by_time_and_gives_way_to_missing_at_
 
 
 # --------------------------------------------------------------------------- field trial: real processes, faked clock
-
-
-@pytest.fixture
-def at_clock():
-    if not os.path.exists(FAKETIME_LIB):
-        pytest.skip("libfaketime is not installed (Debian package faketime; bin/setup.sh --test installs it)")
-
-    def at(env: dict, when_utc: str) -> dict:
-        return dict(env, LD_PRELOAD=FAKETIME_LIB, FAKETIME=f"@{when_utc}:00", TZ="UTC")
-
-    return at
 
 
 def test_it_judges_each_job_by_its_own_schedule_in_real_processes_on_a_faked_clock(jobs_env, at_clock):
