@@ -404,7 +404,7 @@ def test_it_reposts_open_incidents_from_the_running_service_until_they_clear(tmp
     from utils.service import Service
 
     sink = HttpSink().start()
-    monkeypatch.setattr("utils.monitor.REPOST_SECONDS", 1.0)  # the delivery thread wakes for each re-post
+    monkeypatch.setattr("utils.alertmanager.REPOST_SECONDS", 1.0)  # the delivery thread wakes for each re-post
     monitor, tracker = make_monitor(tmp_path, "one", sink.url, email=False)
     fail_batch(tracker)
     service = Service(monitor)
@@ -420,7 +420,7 @@ def test_it_reposts_open_incidents_from_the_running_service_until_they_clear(tmp
 
         wait_until(resolved, 20, message="the resolving post")
         seen, mark = len(sink.requests()), time.monotonic()
-        wait_until(lambda: monitor._reposted_at > mark + 1.0, 20, message="re-post rounds after the resolve")
+        wait_until(lambda: monitor.reposter._posted_at > mark + 1.0, 20, message="re-post rounds after the resolve")
         assert len(sink.requests()) == seen  # nothing open: nothing re-posted, the resolved alert stays resolved
     finally:
         service.request_stop()

@@ -9,8 +9,8 @@ import pytest
 from conftest import run_tracker_cli
 
 from utils.batch_tracker import BatchTracker
-from utils.history_archive import WINDOW_COMPLETED, WINDOW_MAX, WINDOW_MIN, archive_path
-from utils.model import HistoryTotals, RecordError
+from utils.history_archive import WINDOW_COMPLETED, WINDOW_MAX, WINDOW_MIN, HistoryTotals, archive_path
+from utils.model import RecordError
 from utils.projection import RECENT_BATCHES
 from utils.state_store import append_line, write_json_atomically
 

@@ -18,7 +18,7 @@ import pytz
 from conftest import PROJECT_ROOT, VENV_PYTHON, FakeClock, run_tracker_cli
 from helpers import ny_epoch
 
-from utils.batch_tracker import BatchTracker, InvalidInputError, check_batch_completion, get_batch_status
+from utils.batch_tracker import BatchTracker, check_batch_completion, get_batch_status
 from utils.config import ALL_DAYS, ConfigError, MonitorConfig, TrackerConfig
 from utils.errors import UsageError
 from utils.incidents import LATE_START, MISSING, open_incidents
@@ -345,7 +345,7 @@ def test_it_keeps_a_skip_once_per_date_with_the_latest_reason(jobs_env):
     tracker.skip("2026-12-25", "Christmas")
     tracker.skip("2026-12-24")
     assert [(s.date, s.reason) for s in tracker.excuses().skips] == [("2026-12-24", ""), ("2026-12-25", "Christmas")]
-    with pytest.raises(InvalidInputError):
+    with pytest.raises(UsageError, match="is a fri; job weekly-rescore runs on sat only"):
         BatchTracker(job_named(jobs_env, "weekly-rescore").tracker, clock=clock).skip("2026-12-25")  # a Friday
     with pytest.raises(UsageError):
         tracker.pause("2026-12-01T11:00:00Z")  # already past

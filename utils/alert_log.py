@@ -301,6 +301,11 @@ def _recent_notice(entry: object) -> Notice | None:
 class AlertLogStore(JsonStateStore):
     """Loads and saves the :class:`AlertLog` at ``path`` with the state store's lock-and-replace protocol."""
 
+    def open_incidents(self) -> list[IncidentRecord]:
+        """The open incidents as last saved, read without the lock (StorageError when unreadable)."""
+        document = self.read()
+        return [] if document is None else list(AlertLog.from_dict(document).open_incidents.values())
+
     def load(self, now: float) -> AlertLog:
         """The log (caller holds the lock): a fresh one on first start, a corrupt one moved aside;
         instants stored in the future are brought back to ``now``."""

@@ -174,3 +174,61 @@ def channel_payload(
         return None
     resolved_at = now if notification_type == RECOVERY else None
     return encode(alert(incident, job=job, status_page_url=page, resolved_at=resolved_at, resolution=resolution))
+
+
+def enqueue_on_channels(outbox, channels, message, notice, record, *, job: str, now: float, status_page_url) -> None:
+    """Put one notification (``notice``, its e-mail ``message`` composed for ``record``) into ``outbox`` once per
+    channel of ``channels``: the e-mail as it is, the others as :func:`channel_payload` makes it (none: skipped)."""
+    from utils.outbox import EMAIL
+
+    for channel in channels:
+        payload = None
+        if channel != EMAIL:
+            payload = channel_payload(
+                channel,
+                notice.type,
+                record,
+                message,
+                job=job,
+                now=now,
+                status_page_url=status_page_url,
+                resolution=notice.resolution,
+            )
+            if payload is None:
+                continue
+        outbox.enqueue(
+            message, kind=notice.kind, notification_type=notice.type, channel=channel, payload=payload or b""
+        )
+
+
+class Reposter:
+    """Posts every open incident to each Alertmanager of ``channels`` again every :data:`REPOST_SECONDS` (firing,
+    valid :data:`VALID_FOR_SECONDS` more). ``open_incidents()`` reads them from the monitor's state as saved: a
+    cleared incident is gone from it before its resolving post is queued, so a re-post never revives it."""
+
+    def __init__(self, channels, open_incidents: Callable[[], Iterable], *, job: str, status_page_url):
+        self.targets = [t for t in channels.values() if isinstance(t, AlertmanagerTransport)]
+        self.open_incidents = open_incidents
+        self.job, self.status_page_url = job, status_page_url
+        self._posted_at: float | None = None  # monotonic
+
+    def due_in(self) -> float:
+        """Seconds until the next re-post (0 now, inf without an Alertmanager)."""
+        if not self.targets:
+            return float("inf")
+        return 0.0 if self._posted_at is None else self._posted_at + REPOST_SECONDS - time.monotonic()
+
+    def repost(self) -> int:
+        """Re-post now; return how many incidents. An unreadable state is logged and re-posts nothing."""
+        from utils.state_store import StorageError
+
+        self._posted_at = time.monotonic()
+        try:
+            records = list(self.open_incidents())
+        except StorageError as exc:
+            LOGGER.warning("cannot read the open incidents to re-post them to Alertmanager: %s", exc)
+            return 0
+        alerts = [alert(record, job=self.job, status_page_url=self.status_page_url) for record in records]
+        for transport in self.targets:
+            transport.repost(alerts)
+        return len(alerts)

@@ -26,7 +26,7 @@ from utils.model import (
     Stage,
     is_valid_name,
 )
-from utils.state_store import CorruptStateError, remove_stale_temp_files
+from utils.state_store import remove_stale_temp_files
 from utils.tracker_files import TrackerFiles, _log
 
 TYPE_CHECKING = False
@@ -157,7 +157,6 @@ class BatchTracker:
         self.path = os.path.abspath(os.fspath(path)) if path else config.tracker_file
         self.clock = clock or time.time
         self.files = TrackerFiles(self.path, config)
-        self._excuses: tuple[tuple, object] | None = None  # (the file's identity when read, its Excuses)
         self.store = self.files.store
 
     @property
@@ -297,14 +296,10 @@ class BatchTracker:
         the lock): a second record under one id would make alerts, history and metrics mix two batches."""
         if current is not None and current.id == batch_id:
             user = f"the current batch ({current.state})"
-        else:
-            try:
-                used = self.history.contains_id(batch_id)
-            except CorruptStateError:
-                used = False  # archiving moves it aside; its ids cannot be known
-            if not used:
-                return
+        elif self.files.history_has_id(batch_id):
             user = "a batch in history"
+        else:
+            return
         raise InvalidInputError(
             f"batch id {batch_id!r} is already used by {user}; ids are never reused (omit --id for a fresh one)"
         )
@@ -317,21 +312,11 @@ class BatchTracker:
         """Record that the night whose deadline falls on local ``date`` (``YYYY-MM-DD``) is deliberately not run:
         no missing, late or late-start alert for it. A date the job is not scheduled on is refused. Returns
         the :class:`utils.jobs.Skip`."""
-        import datetime as _dt
-
-        from utils.deadline import WEEKDAY_NAMES
         from utils.jobs import Skip, parse_skip_date
 
         now = self.clock()
-        day = parse_skip_date(date, now)
-        weekday = _dt.date.fromisoformat(day).weekday()
-        if weekday not in self.config.days:
-            runs = ", ".join(WEEKDAY_NAMES[d] for d in sorted(self.config.days))
-            raise InvalidInputError(
-                f"--date {day} is a {WEEKDAY_NAMES[weekday]}; job {self.config.batch_name} runs on {runs} only"
-            )
-        skip = Skip(day, clean_text(reason), now)
-        self._update_excuses(lambda excuses: excuses.with_skip(skip), now)
+        skip = Skip(parse_skip_date(date, now, self.config), clean_text(reason), now)
+        self.files.update_excuses(lambda excuses: excuses.with_skip(skip), now)
         return skip
 
     def pause(self, until: str, reason: str = ""):
@@ -341,37 +326,12 @@ class BatchTracker:
 
         now = self.clock()
         pause = Pause(now, parse_pause_until(until, now), clean_text(reason), now)
-        self._update_excuses(lambda excuses: excuses.with_pause(pause), now)
+        self.files.update_excuses(lambda excuses: excuses.with_pause(pause), now)
         return pause
 
-    def _update_excuses(self, change: Callable, now: float) -> None:
-        # Kept as a top-level key of the tracker document: the write path keeps keys it does not know.
-        from utils.jobs import EXCUSED_KEY, Excuses
-
-        with self.files.locked():
-            document, current, events = self.files.read_for_update(now)
-            excuses = change(Excuses.from_document(document))
-            self.files.write({**document, EXCUSED_KEY: excuses.to_dict()}, current, events)
-
     def excuses(self):
-        """The skipped dates and pauses on file (:class:`utils.jobs.Excuses`; none when unreadable). Read again
-        only when the file was replaced since (every write replaces it): the monitor asks at every check."""
-        from utils.jobs import Excuses
-        from utils.state_store import StorageError
-
-        try:
-            info = os.stat(self.store.path)
-            identity = (info.st_ino, info.st_mtime_ns, info.st_size)
-        except OSError:
-            identity = None
-        if identity is not None and self._excuses is not None and self._excuses[0] == identity:
-            return self._excuses[1]
-        try:
-            excuses = Excuses.from_document(self.store.read())
-        except StorageError:  # reported by snapshot() (tracker unreadable); no excuses meanwhile
-            excuses = Excuses()
-        self._excuses = None if identity is None else (identity, excuses)
-        return excuses
+        """The skipped dates and pauses on file (:meth:`utils.tracker_files.TrackerFiles.excuses`)."""
+        return self.files.excuses()
 
     def schedule(self):
         """This job's :class:`utils.deadline.DailyDeadline` with its skipped and paused nights excused: the one

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+from math import isfinite
 
-from utils.model import COMPLETED, FAILED, LEDGER_STATE_CODES, Batch, HistoryTotals, RecordError
+from utils.model import ABANDONED, COMPLETED, FAILED, RUNNING, Batch, RecordError
 from utils.state_store import (
     CorruptStateError,
     JsonStateStore,
@@ -28,6 +29,7 @@ from utils.state_store import (
     sibling_file,
     write_bytes_atomically,
 )
+from utils.values import Value, frozen
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,6 +48,69 @@ def _log(level: str, message: str, *args: object) -> None:
     import logging  # only when something is worth saying: hooks run on the critical path
 
     getattr(logging.getLogger("utils.batch_tracker"), level)(message, *args)
+
+
+# The history ledger's one character per batch (utils.history_archive): its state, and its verdict.
+LEDGER_STATE_CODES = {COMPLETED: "c", FAILED: "f", ABANDONED: "a", RUNNING: "r"}
+_LEDGER_STATES = frozenset(LEDGER_STATE_CODES.values())
+_LEDGER_VERDICTS = frozenset("10-")
+_REAL = frozenset({int, float})  # exact types: a bool is no number here
+
+
+@frozen()
+class HistoryTotals(Value):
+    """Counts over every kept finished batch. ``decided``: completed or failed (abandoned ones are neither on time
+    nor late); ``on_time``: completed by their deadline."""
+
+    count: int = 0
+    completed: int = 0
+    failed: int = 0
+    abandoned: int = 0
+    on_time: int = 0
+    median_duration_seconds: float | None = None
+
+    @classmethod
+    def from_ledger(cls, ledger: object) -> HistoryTotals:
+        """Totals of a ledger (see :data:`LEDGER_STATE_CODES`): ``{"states": "ccf...", "verdicts": "10-...",
+        "durations": [seconds or None, ...]}``, one character or item per kept batch, oldest first (``verdicts``:
+        1 on time, 0 late or failed, - neither). :class:`RecordError` unless it has that shape."""
+        fields = ledger if type(ledger) is dict else {}
+        states, verdicts, durations = fields.get("states"), fields.get("verdicts"), fields.get("durations")
+        # Whole-sequence checks run in C: every start reads ten years of entries.
+        if not (
+            type(states) is str
+            and type(verdicts) is str
+            and type(durations) is list
+            and len(states) == len(verdicts) == len(durations)
+            and set(states) <= _LEDGER_STATES
+            and set(verdicts) <= _LEDGER_VERDICTS
+        ):
+            raise RecordError("history ledger is malformed")
+        finished = [d for d in durations if d is not None]
+        if not set(map(type, finished)) <= _REAL or not all(map(isfinite, finished)):
+            raise RecordError("history ledger has an invalid duration")
+        finished.sort()
+        middle = len(finished) // 2
+        median = None
+        if finished:
+            median = float(finished[middle] if len(finished) % 2 else (finished[middle - 1] + finished[middle]) / 2)
+        return cls(
+            count=len(states),
+            completed=states.count(LEDGER_STATE_CODES[COMPLETED]),
+            failed=states.count(LEDGER_STATE_CODES[FAILED]),
+            abandoned=states.count(LEDGER_STATE_CODES[ABANDONED]),
+            on_time=verdicts.count("1"),
+            median_duration_seconds=median,
+        )
+
+    @property
+    def decided(self) -> int:
+        return self.completed + self.failed
+
+    @property
+    def on_time_rate(self) -> float | None:
+        """On time / (completed + failed), rounded to 4 places; None before any batch was decided."""
+        return round(self.on_time / self.decided, 4) if self.decided else None
 
 
 def archive_path(tracker_path: str) -> str:
@@ -93,6 +158,39 @@ def _parse_line(line: bytes) -> Batch | None:
         return Batch.from_dict(json.loads(line))
     except (ValueError, RecursionError, RecordError):
         return None
+
+
+def _read_whole(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return b""
+    except OSError as exc:
+        raise StorageError(_describe_os_error("read", path, exc)) from exc
+
+
+def _tail_lines(path: str, count: int) -> list[bytes]:
+    """The last ``count`` whole lines of the file at ``path``, oldest first, read backwards in blocks."""
+    try:
+        with open(path, "rb") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            data = b""
+            position = end
+            while position > 0 and data.count(b"\n") <= count:
+                step = min(_BLOCK, position)
+                position -= step
+                handle.seek(position)
+                data = handle.read(step) + data
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StorageError(_describe_os_error("read", path, exc)) from exc
+    lines = data.split(b"\n")
+    lines.pop()  # after the final newline: empty, or a torn line a crashed writer left
+    if position > 0:
+        lines.pop(0)  # may be the end of a longer line
+    return [line for line in lines if line.strip()][-count:]
 
 
 class HistoryView:
@@ -152,7 +250,7 @@ class HistoryArchive:
             window = ()
         if count <= len(window) or not os.path.exists(self.path):
             return list(reversed(window))[:count]
-        batches = [batch for batch in map(_parse_line, self._tail(count)) if batch is not None]
+        batches = [batch for batch in map(_parse_line, _tail_lines(self.path, count)) if batch is not None]
         return batches[::-1]
 
     def contains_id(self, batch_id: str) -> bool:
@@ -161,7 +259,7 @@ class HistoryArchive:
         if legacy is not None:
             return any(batch.id == batch_id for batch in legacy)
         needle = json.dumps({"id": batch_id}, separators=(",", ":"))[1:-1].encode()
-        data = self._read_archive()
+        data = _read_whole(self.path)
         start = data.find(needle)
         while start >= 0:
             line_start = data.rfind(b"\n", 0, start) + 1
@@ -178,7 +276,7 @@ class HistoryArchive:
         if legacy is not None:
             return legacy[-self.limit :]
         batches = []
-        for line in self._read_archive().split(b"\n"):
+        for line in _read_whole(self.path).split(b"\n"):
             batch = _parse_line(line) if line.strip() else None
             if batch is not None:
                 batches.append(batch)
@@ -198,37 +296,6 @@ class HistoryArchive:
             return [Batch.from_dict(batch) for batch in batches]
         except RecordError as exc:
             raise CorruptStateError(str(exc)) from None
-
-    def _read_archive(self) -> bytes:
-        try:
-            with open(self.path, "rb") as handle:
-                return handle.read()
-        except FileNotFoundError:
-            return b""
-        except OSError as exc:
-            raise StorageError(_describe_os_error("read", self.path, exc)) from exc
-
-    def _tail(self, count: int) -> list[bytes]:
-        """The last ``count`` whole lines of the archive, oldest first, read backwards in blocks."""
-        try:
-            with open(self.path, "rb") as handle:
-                end = handle.seek(0, os.SEEK_END)
-                data = b""
-                position = end
-                while position > 0 and data.count(b"\n") <= count:
-                    step = min(_BLOCK, position)
-                    position -= step
-                    handle.seek(position)
-                    data = handle.read(step) + data
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise StorageError(_describe_os_error("read", self.path, exc)) from exc
-        lines = data.split(b"\n")
-        lines.pop()  # after the final newline: empty, or a torn line a crashed writer left
-        if position > 0:
-            lines.pop(0)  # may be the end of a longer line
-        return [line for line in lines if line.strip()][-count:]
 
     def _view(self, batches: list[Batch]) -> HistoryView:
         return HistoryView(tuple(_window(batches)), HistoryTotals.from_ledger(_ledger(batches, self.verdict)))
@@ -265,14 +332,12 @@ class HistoryArchive:
         if legacy is None:
             return
         ids = {batch.id for batch in legacy}
-        appended = [batch for batch in self._archived_lines_as_batches() if batch.id not in ids]
+        archived = map(_parse_line, _read_whole(self.path).split(b"\n"))
+        appended = [batch for batch in archived if batch is not None and batch.id not in ids]
         batches = (legacy + appended)[-self.limit :]
         self._rewrite(batches)
         os.unlink(self.legacy_store.path)
         _log("info", "history file %s migrated to %s", self.legacy_store.path, self.path)
-
-    def _archived_lines_as_batches(self) -> list[Batch]:
-        return [b for b in map(_parse_line, self._read_archive().split(b"\n")) if b is not None]
 
     def append(self, batch: Batch) -> None:
         """Archive a finished ``batch``. Archiving the newest batch again (a
@@ -289,7 +354,7 @@ class HistoryArchive:
             return
         window, ledger = list(view.window), summary["ledger"]
         lines, size = summary.get("archive_lines"), summary.get("archive_bytes")
-        tail = self._tail(1)
+        tail = _tail_lines(self.path, 1)
         last = _parse_line(tail[0]) if tail else None
         if window and window[-1].id == batch.id:
             window.pop()
@@ -304,14 +369,14 @@ class HistoryArchive:
         except FileNotFoundError:
             actual = 0
         if not isinstance(lines, int) or actual != size:
-            lines = self._read_archive().count(b"\n")  # an append the summary never heard of: count again
+            lines = _read_whole(self.path).count(b"\n")  # an append the summary never heard of: count again
         size = append_line(self.path, _line(batch))
         lines += 1
         window = _window([*window, batch])[-self.limit :]
         ledger = _ledger_slice(_ledger_join(ledger, _ledger([batch], self.verdict)), slice(-self.limit, None))
         if lines > self.limit + max(10, self.limit // 10):
             # Compaction: rewriting the archive once every tenth of the limit keeps appends O(1) on average.
-            kept = self._read_archive().split(b"\n")[:-1][-self.limit :]
+            kept = _read_whole(self.path).split(b"\n")[:-1][-self.limit :]
             data = b"".join(line + b"\n" for line in kept)
             write_bytes_atomically(self.path, data)
             lines, size = len(kept), len(data)

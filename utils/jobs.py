@@ -389,8 +389,9 @@ class Excuses(Value):
         return deadline.excusing(skipped, [(p.start, p.until, p.reason) for p in self.pauses])
 
 
-def parse_skip_date(text: object, now: float) -> str:
-    """``YYYY-MM-DD`` within :data:`MAX_EXCUSE_DAYS` of ``now``'s UTC date, as given; ConfigError otherwise."""
+def parse_skip_date(text: object, now: float, tracker: TrackerConfig) -> str:
+    """``YYYY-MM-DD`` within :data:`MAX_EXCUSE_DAYS` of ``now``'s UTC date, on a day the job of ``tracker`` runs,
+    as given; UsageError (exit 2) otherwise."""
     import datetime as _dt
 
     raw = str(text)
@@ -403,6 +404,13 @@ def parse_skip_date(text: object, now: float) -> str:
     today = _dt.datetime.fromtimestamp(now, _dt.UTC).date()
     if abs((day - today).days) > MAX_EXCUSE_DAYS:
         raise UsageError(f"--date {raw} is more than {MAX_EXCUSE_DAYS} days from today {today} (a typo?)")
+    if day.weekday() not in tracker.days:
+        from utils.deadline import WEEKDAY_NAMES
+
+        runs = ", ".join(WEEKDAY_NAMES[d] for d in sorted(tracker.days))
+        raise UsageError(
+            f"--date {raw} is a {WEEKDAY_NAMES[day.weekday()]}; job {tracker.batch_name} runs on {runs} only"
+        )
     return raw
 
 

@@ -80,6 +80,20 @@ class MailContext:
     def sender_domain(self) -> str:
         return parseaddr(self.sender)[1].rpartition("@")[2]
 
+    @classmethod
+    def for_monitor(cls, config, deadline: DailyDeadline, scope: str = "") -> MailContext:
+        """The context of a monitor's messages: its ``config`` (a MonitorConfig), its job's ``deadline``."""
+        settings = "cli_command run_command resume_command log_dir status_page_url output_tail_lines under_systemd"
+        return cls(
+            batch_name=config.tracker.batch_name,
+            deadline=deadline,
+            sender=config.email_from,
+            recipients=tuple(config.email_to),
+            tracker_file=config.tracker.tracker_file,
+            scope=scope,
+            **{name: getattr(config, name) for name in settings.split()},
+        )
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class IncidentFacts:

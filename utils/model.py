@@ -48,10 +48,6 @@ def _extra(record: Mapping, cls: type, not_stored: tuple[str, ...] = ("extra",))
 
 _STAGE_KEYS = ("percentage", "first_seen_at", "updated_at", "completed_at")
 _REAL = frozenset({int, float})  # exact types: a bool is no number here
-# The history ledger's one character per batch (utils.history_archive): its state, and its verdict.
-LEDGER_STATE_CODES = {COMPLETED: "c", FAILED: "f", ABANDONED: "a", RUNNING: "r"}
-_LEDGER_STATES = frozenset(LEDGER_STATE_CODES.values())
-_LEDGER_VERDICTS = frozenset("10-")
 
 
 def _check_stages(records: Mapping, where: str) -> None:
@@ -162,6 +158,59 @@ class Failure(Value):
         return f"{where}{why}".lstrip()
 
 
+def _batch_fields(record: object, cls: type) -> tuple[dict, dict]:
+    """The constructor arguments of the batch in ``record`` (``cls``: :class:`Batch`) and its stage records, each
+    checked; :class:`RecordError` naming the batch and field otherwise."""
+    if not isinstance(record, Mapping):
+        raise RecordError("batch record is not an object")
+    batch_id, state = record.get("id"), record.get("state")
+    if not isinstance(batch_id, str) or state not in BATCH_STATES:
+        raise RecordError("batch record lacks a valid id or state")
+    where = f"batch {batch_id!r}"
+    if finite_number(record.get("started_at")) is None:
+        raise RecordError(f"{where} has no valid started_at")
+    stages = record.get("stages")
+    if not isinstance(stages, Mapping):
+        raise RecordError(f"{where} has no stages object")
+    expected = record.get("expected_stages", [])
+    if not isinstance(expected, list) or not all(isinstance(s, str) for s in expected):
+        raise RecordError(f"{where} has invalid expected_stages")
+    failures = record.get("failures", [])
+    if not isinstance(failures, list):
+        raise RecordError(f"{where} has an invalid failures list")
+    try:
+        failure_list = tuple(Failure.from_dict(f, where) for f in failures)
+    except RecordError:
+        raise RecordError(f"{where} has an invalid failures list") from None
+    failure = None if record.get("failure") is None else Failure.from_dict(record["failure"], where)
+    if state == FAILED and not (failure or failure_list):
+        raise RecordError(f"{where} has an invalid failure record")
+    resumed_at = record.get("resumed_at", [])
+    if not isinstance(resumed_at, list) or any(finite_number(t) is None for t in resumed_at):
+        raise RecordError(f"{where} has an invalid resumed_at list")
+    texts = {key: record.get(key) for key in ("host", "deadline_timezone", "deadline_time", "abandoned_by")}
+    for key, value in texts.items():
+        if not (value is None or isinstance(value, str)):
+            raise RecordError(f"{where} has an invalid {key}")
+    records = dict(stages)
+    _check_stages(records, where)
+    optional_numbers = ("updated_at", "ended_at", "duration_seconds", "cost_per_lead", "deadline_at")
+    fields = dict(
+        id=batch_id,
+        state=state,
+        started_at=float(record["started_at"]),
+        expected_stages=tuple(expected),
+        failure=failure,
+        failures=failure_list,
+        resumed_at=tuple(float(t) for t in resumed_at),
+        gpu_cost_dollars=_number(record, "gpu_cost_dollars", where, default=0.0),
+        **{key: _number(record, key, where) for key in optional_numbers},
+        **texts,
+        extra=_extra(record, cls),
+    )
+    return fields, records
+
+
 @frozen(hidden=("extra",))
 class Batch(Value):
     """One run of the nightly pipeline. ``deadline_at``: fixed when it started (None only in records written
@@ -196,53 +245,8 @@ class Batch(Value):
     def from_dict(cls, record: object) -> Batch:
         """The batch in ``record``; :class:`RecordError` unless it has the shape this code writes. Each stage's
         record is kept, not copied, and written back while unchanged: callers must not change them afterwards."""
-        if not isinstance(record, Mapping):
-            raise RecordError("batch record is not an object")
-        batch_id, state = record.get("id"), record.get("state")
-        if not isinstance(batch_id, str) or state not in BATCH_STATES:
-            raise RecordError("batch record lacks a valid id or state")
-        where = f"batch {batch_id!r}"
-        if finite_number(record.get("started_at")) is None:
-            raise RecordError(f"{where} has no valid started_at")
-        stages = record.get("stages")
-        if not isinstance(stages, Mapping):
-            raise RecordError(f"{where} has no stages object")
-        expected = record.get("expected_stages", [])
-        if not isinstance(expected, list) or not all(isinstance(s, str) for s in expected):
-            raise RecordError(f"{where} has invalid expected_stages")
-        failures = record.get("failures", [])
-        if not isinstance(failures, list):
-            raise RecordError(f"{where} has an invalid failures list")
-        try:
-            failure_list = tuple(Failure.from_dict(f, where) for f in failures)
-        except RecordError:
-            raise RecordError(f"{where} has an invalid failures list") from None
-        failure = None if record.get("failure") is None else Failure.from_dict(record["failure"], where)
-        if state == FAILED and not (failure or failure_list):
-            raise RecordError(f"{where} has an invalid failure record")
-        resumed_at = record.get("resumed_at", [])
-        if not isinstance(resumed_at, list) or any(finite_number(t) is None for t in resumed_at):
-            raise RecordError(f"{where} has an invalid resumed_at list")
-        texts = {key: record.get(key) for key in ("host", "deadline_timezone", "deadline_time", "abandoned_by")}
-        for key, value in texts.items():
-            if not (value is None or isinstance(value, str)):
-                raise RecordError(f"{where} has an invalid {key}")
-        records = dict(stages)
-        _check_stages(records, where)
-        optional_numbers = ("updated_at", "ended_at", "duration_seconds", "cost_per_lead", "deadline_at")
-        return cls(
-            id=batch_id,
-            state=state,
-            started_at=float(record["started_at"]),
-            expected_stages=tuple(expected),
-            failure=failure,
-            failures=failure_list,
-            resumed_at=tuple(float(t) for t in resumed_at),
-            gpu_cost_dollars=_number(record, "gpu_cost_dollars", where, default=0.0),
-            **{key: _number(record, key, where) for key in optional_numbers},
-            **texts,
-            extra=_extra(record, cls),
-        )._defer_stages(records)
+        fields, records = _batch_fields(record, cls)
+        return cls(**fields)._defer_stages(records)
 
     def _defer_stages(self, records: dict) -> Batch:
         """``self``, just built and not yet shared, with ``records`` (checked) as its stages until first read."""
@@ -398,62 +402,6 @@ class StorageEvent(Value):
 
 
 @frozen()
-class HistoryTotals(Value):
-    """Counts over every kept finished batch. ``decided``: completed or failed (abandoned ones are neither on time
-    nor late); ``on_time``: completed by their deadline."""
-
-    count: int = 0
-    completed: int = 0
-    failed: int = 0
-    abandoned: int = 0
-    on_time: int = 0
-    median_duration_seconds: float | None = None
-
-    @classmethod
-    def from_ledger(cls, ledger: object) -> HistoryTotals:
-        """Totals of a ledger (see :data:`LEDGER_STATE_CODES`): ``{"states": "ccf...", "verdicts": "10-...",
-        "durations": [seconds or None, ...]}``, one character or item per kept batch, oldest first (``verdicts``:
-        1 on time, 0 late or failed, - neither). :class:`RecordError` unless it has that shape."""
-        fields = ledger if type(ledger) is dict else {}
-        states, verdicts, durations = fields.get("states"), fields.get("verdicts"), fields.get("durations")
-        # Whole-sequence checks run in C: every start reads ten years of entries.
-        if not (
-            type(states) is str
-            and type(verdicts) is str
-            and type(durations) is list
-            and len(states) == len(verdicts) == len(durations)
-            and set(states) <= _LEDGER_STATES
-            and set(verdicts) <= _LEDGER_VERDICTS
-        ):
-            raise RecordError("history ledger is malformed")
-        finished = [d for d in durations if d is not None]
-        if not set(map(type, finished)) <= _REAL or not all(map(isfinite, finished)):
-            raise RecordError("history ledger has an invalid duration")
-        finished.sort()
-        middle = len(finished) // 2
-        median = None
-        if finished:
-            median = float(finished[middle] if len(finished) % 2 else (finished[middle - 1] + finished[middle]) / 2)
-        return cls(
-            count=len(states),
-            completed=states.count(LEDGER_STATE_CODES[COMPLETED]),
-            failed=states.count(LEDGER_STATE_CODES[FAILED]),
-            abandoned=states.count(LEDGER_STATE_CODES[ABANDONED]),
-            on_time=verdicts.count("1"),
-            median_duration_seconds=median,
-        )
-
-    @property
-    def decided(self) -> int:
-        return self.completed + self.failed
-
-    @property
-    def on_time_rate(self) -> float | None:
-        """On time / (completed + failed), rounded to 4 places; None before any batch was decided."""
-        return round(self.on_time / self.decided, 4) if self.decided else None
-
-
-@frozen()
 class Snapshot(Value):
     """The tracker's files at one moment. ``error`` is set (and ``current`` None) when the tracker file cannot
     be read or parsed; ``history_error`` likewise for the history. ``history``: the newest finished batches
@@ -465,7 +413,7 @@ class Snapshot(Value):
     error: str | None = None
     history_error: str | None = None
     counters: Counters | None = None  # None when unreadable: readers leave totals out, not report a reset
-    history_totals: HistoryTotals | None = None
+    history_totals: object = None  # a utils.history_archive.HistoryTotals (above this module), None when unreadable
 
     @property
     def readable(self) -> bool:

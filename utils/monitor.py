@@ -15,14 +15,13 @@ from collections.abc import Callable
 
 from utils import notifications, status_report
 from utils.alert_log import AlertLog, AlertLogStore, IncidentRecord, Notice
-from utils.alertmanager import REPOST_SECONDS, AlertmanagerTransport, channel_payload, make_channels
-from utils.alertmanager import alert as am_alert
+from utils.alertmanager import Reposter, enqueue_on_channels, make_channels
 from utils.batch_tracker import BatchTracker
 from utils.config import MonitorConfig
 from utils.deadline import format_duration
 from utils.errors import EXIT_OK, EXIT_PROBLEM
 from utils.mail_compose import RECOVERY, MailContext, compose_message
-from utils.outbox import EMAIL, DeliveryReport, Outbox
+from utils.outbox import DeliveryReport, Outbox
 from utils.projection import batch_deadline
 from utils.state_store import StorageError
 from utils.status_chart import CHART_NIGHTS
@@ -32,7 +31,6 @@ LOGGER = logging.getLogger(__name__)
 
 HEALTH_FACTOR = 3
 # MonitorConfig fields that MailContext takes as they are.
-MAIL_SETTINGS = "cli_command run_command resume_command log_dir status_page_url output_tail_lines under_systemd".split()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +83,37 @@ def make_transport(config: MonitorConfig, clock: Callable[[], float] = time.time
     )
 
 
+class CheckHealth:
+    """Whether a monitor's checks complete, and recently enough: what /healthz and the watchdog go by."""
+
+    def __init__(self, interval_seconds: float):
+        self.limit = HEALTH_FACTOR * interval_seconds
+        self.last_error: str | None = None  # why the last check failed; None when it completed (or none ran)
+        self._last_ok_monotonic: float | None = None
+
+    def failed(self, exc: Exception) -> None:
+        self.last_error = str(exc) if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
+
+    def completed(self) -> None:
+        self.last_error, self._last_ok_monotonic = None, time.monotonic()
+
+    def verdict(self) -> tuple[bool, str]:
+        """(True, "ok") when a check completed recently; else (False, why)."""
+        if self.last_error is not None:
+            return False, f"the last check failed: {self.last_error}"
+        if self._last_ok_monotonic is None:
+            return False, "no check has completed yet"
+        age = time.monotonic() - self._last_ok_monotonic
+        if age > self.limit:
+            return False, f"the last check completed {format_duration(age)} ago (limit {format_duration(self.limit)})"
+        return True, "ok"
+
+
 class Monitor:
-    """Watches the tracker and alerts on-call. ``clock``: UTC epoch seconds; ``transport``: by default
-    :func:`make_transport`; ``early_warning`` adds at-risk, too-short and stalled-stage incidents. One job's
-    monitor among several (:mod:`utils.monitor_jobs`) shares their ``outbox`` and ``transport`` and has its
-    ``scope``, the job's name, in its Message-IDs and incident headers; "" when it is the only one. ``channels``:
-    channel -> transport (default :func:`utils.alertmanager.make_channels`: e-mail, Alertmanager(s), webhook)."""
+    """Watches one job's tracker and alerts on-call. ``transport``: e-mail (default :func:`make_transport`);
+    ``channels``: all of them (default :func:`utils.alertmanager.make_channels`); ``early_warning``: at-risk,
+    too-short, stalled-stage incidents. One job among several (:mod:`utils.monitor_jobs`) shares ``outbox`` and
+    transports and puts its ``scope``, the job's name, in Message-IDs and incident headers ("" when alone)."""
 
     def __init__(
         self,
@@ -113,23 +136,19 @@ class Monitor:
         self.transport = transport if transport is not None else make_transport(config, clock)
         # channel -> transport: e-mail (self.transport) unless switched off, Alertmanager(s), webhook.
         self.channels = dict(channels) if channels is not None else make_channels(config, self.transport, clock)
-        self._reposted_at: float | None = None  # monotonic time of the last Alertmanager re-post
-        self.early_warning = early_warning
-        self.mail = MailContext(
-            batch_name=config.tracker.batch_name,
-            deadline=self.deadline,
-            sender=config.email_from,
-            recipients=tuple(config.email_to),
-            tracker_file=config.tracker.tracker_file,
-            scope=scope,
-            **{name: getattr(config, name) for name in MAIL_SETTINGS},
+        self.reposter = Reposter(
+            self.channels,
+            self.log_store.open_incidents,
+            job=config.tracker.batch_name,
+            status_page_url=config.status_page_url,
         )
+        self.early_warning = early_warning
+        self.mail = MailContext.for_monitor(config, self.deadline, scope)
         self._last_log: AlertLog | None = None
         self._current_due: float | None = None
         self._delivered_once = False
         self._last_result: StepResult | None = None
-        self.last_error: str | None = None  # why the last check failed; None when it completed (or none ran)
-        self._last_ok_monotonic: float | None = None
+        self.check_health = CheckHealth(config.check_interval_seconds)
 
     @property
     def monitors(self) -> tuple[Monitor, ...]:
@@ -151,15 +170,13 @@ class Monitor:
         return dataclasses.replace(result, delivery=self.deliver()) if deliver else result
 
     def check(self) -> StepResult:
-        """Detect incidents, queue and record the notifications they call for; a failure is noted
-        for :meth:`health` and raised again."""
+        """Detect incidents, queue and record their notifications; a failure is noted for :meth:`health`, and raised."""
         try:
             result = self._check()
         except Exception as exc:
-            self.last_error = str(exc) if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
+            self.check_health.failed(exc)
             raise
-        self.last_error = None
-        self._last_ok_monotonic = time.monotonic()
+        self.check_health.completed()
         self._last_result = result  # one reference swap: the HTTP thread reads it without a lock
         return result
 
@@ -217,24 +234,8 @@ class Monitor:
             resolution_text=notice.resolution,
             reminder_number=notice.number,
         )
-        for channel in self.channels:
-            payload = None
-            if channel != EMAIL:
-                payload = channel_payload(
-                    channel,
-                    notice.type,
-                    record,
-                    message,
-                    job=self.config.tracker.batch_name,
-                    now=now,
-                    status_page_url=self.config.status_page_url,
-                    resolution=notice.resolution,
-                )
-                if payload is None:
-                    continue
-            self.outbox.enqueue(
-                message, kind=notice.kind, notification_type=notice.type, channel=channel, payload=payload or b""
-            )
+        job, page = self.config.tracker.batch_name, self.config.status_page_url
+        enqueue_on_channels(self.outbox, self.channels, message, notice, record, job=job, now=now, status_page_url=page)
         subject = str(message["Subject"])
         level = logging.INFO if notice.type == RECOVERY else logging.WARNING
         LOGGER.log(
@@ -258,30 +259,11 @@ class Monitor:
 
     def repost_due_in(self) -> float:
         """Seconds until open incidents are due to be re-posted to Alertmanager (inf without one)."""
-        if not any(isinstance(t, AlertmanagerTransport) for t in self.channels.values()):
-            return float("inf")
-        if self._reposted_at is None:
-            return 0.0
-        return self._reposted_at + REPOST_SECONDS - time.monotonic()
+        return self.reposter.due_in()
 
     def repost_alerts(self) -> int:
-        """Post every open incident to each Alertmanager again (firing, valid for a few minutes more); return
-        how many. Read from the state file as saved: a cleared incident is gone from it before its resolving
-        post is queued, so a re-post can never revive what that post resolved."""
-        self._reposted_at = time.monotonic()
-        try:
-            document = self.log_store.read()
-            log = AlertLog.from_dict(document) if document is not None else None
-        except StorageError as exc:
-            LOGGER.warning("cannot read the open incidents to re-post them to Alertmanager: %s", exc)
-            return 0
-        records = [] if log is None else list(log.open_incidents.values())
-        job, page = self.config.tracker.batch_name, self.config.status_page_url
-        alerts = [am_alert(record, job=job, status_page_url=page) for record in records]
-        for transport in self.channels.values():
-            if isinstance(transport, AlertmanagerTransport):
-                transport.repost(alerts)
-        return len(alerts)
+        """Post every open incident to each Alertmanager again (:class:`utils.alertmanager.Reposter`)."""
+        return self.reposter.repost()
 
     def next_wake_at(self, now: float) -> float:
         """The next instant a check could change something: interval, next deadline, next reminder."""
@@ -297,21 +279,17 @@ class Monitor:
         return min(candidates)
 
     def watchdog_health(self) -> tuple[bool, str]:
-        """Whether systemd's watchdog may be pinged: :meth:`health` (a :class:`~utils.monitor_jobs.JobsMonitor`
-        pings while any job's checks complete)."""
+        """Whether systemd's watchdog may be pinged: :meth:`health` (jobs: while any job's checks complete)."""
         return self.health()
 
     def health(self) -> tuple[bool, str]:
         """(True, "ok") when a check completed recently; else (False, why)."""
-        if self.last_error is not None:
-            return False, f"the last check failed: {self.last_error}"
-        if self._last_ok_monotonic is None:
-            return False, "no check has completed yet"
-        age = time.monotonic() - self._last_ok_monotonic
-        limit = HEALTH_FACTOR * self.config.check_interval_seconds
-        if age > limit:
-            return False, f"the last check completed {format_duration(age)} ago (limit {format_duration(limit)})"
-        return True, "ok"
+        return self.check_health.verdict()
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last check failed; None when it completed (or none ran)."""
+        return self.check_health.last_error
 
     def status(self) -> dict:
         """The status report (as ``get_batch_status``) plus the monitor's view, JSON-ready (ISO times)."""
@@ -323,13 +301,11 @@ class Monitor:
         report["tracker"]["path"] = self.tracker.path
         nights = snapshot.batches_newest_first()[:CHART_NIGHTS]
         report["history"]["nights"] = [status_report.summarize_batch(b, self.deadline, now) for b in nights]
-        result = self._last_result
+        result = self._last_result  # its verdict alerts: deadlines count from watch_since, early warnings too
         report["monitor"] = {
             **self.log_store.read_view(),
             "delivery": "; ".join(transport.describe() for transport in self.channels.values()),
             "healthy": self.health()[0],
-            # The verdict that alerts: deadlines count only from watch_since, early warnings included.
-            "ok": None if result is None else result.ok,
-            "reason": None if result is None else result.summary,
+            **({"ok": None, "reason": None} if result is None else {"ok": result.ok, "reason": result.summary}),
         }
         return report

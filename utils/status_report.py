@@ -9,8 +9,9 @@ output is plain JSON-shaped data (dicts, lists, strings, numbers).
 from __future__ import annotations
 
 from utils.deadline import DailyDeadline, format_utc
+from utils.history_archive import HistoryTotals
 from utils.incidents import check, open_incidents
-from utils.model import Batch, Failure, HistoryTotals, Snapshot, Stage
+from utils.model import Batch, Failure, Snapshot, Stage
 from utils.projection import batch_deadline, on_time, project
 
 

@@ -61,6 +61,7 @@ class TrackerFiles:
         self.store = JsonStateStore(path)
         self._legacy_history = sibling_file(path, "history")
         self._history: HistoryArchive | None = None
+        self._excuses: tuple[tuple, object] | None = None  # (the file's identity when read, its Excuses)
 
     @property
     def history(self) -> HistoryArchive:
@@ -140,6 +141,43 @@ class TrackerFiles:
         if batch.deadline_at is not None:
             return batch.ended_at <= batch.deadline_at
         return batch.ended_at <= self.config.deadline().first_after(batch.started_at)
+
+    def history_has_id(self, batch_id: str) -> bool:
+        """Whether a kept batch has ``batch_id``; False when the history cannot be read (archiving moves a corrupt
+        one aside, and its ids cannot be known)."""
+        try:
+            return self.history.contains_id(batch_id)
+        except CorruptStateError:
+            return False
+
+    def update_excuses(self, change, now: float) -> None:
+        """Apply ``change`` to the skipped dates and pauses (:class:`utils.jobs.Excuses`) under the lock. They are a
+        top-level key of the tracker document, which the write path keeps whatever it holds."""
+        from utils.jobs import EXCUSED_KEY, Excuses
+
+        with self.locked():
+            document, current, events = self.read_for_update(now)
+            excuses = change(Excuses.from_document(document))
+            self.write({**document, EXCUSED_KEY: excuses.to_dict()}, current, events)
+
+    def excuses(self):
+        """The skipped dates and pauses on file (:class:`utils.jobs.Excuses`; none when unreadable). Read again
+        only when the file was replaced since (every write replaces it): the monitor asks at every check."""
+        from utils.jobs import Excuses
+
+        try:
+            info = os.stat(self.store.path)
+            identity = (info.st_ino, info.st_mtime_ns, info.st_size)
+        except OSError:
+            identity = None
+        if identity is not None and self._excuses is not None and self._excuses[0] == identity:
+            return self._excuses[1]
+        try:
+            excuses = Excuses.from_document(self.store.read())
+        except StorageError:  # reported by snapshot() (tracker unreadable); no excuses meanwhile
+            excuses = Excuses()
+        self._excuses = None if identity is None else (identity, excuses)
+        return excuses
 
     def snapshot(self) -> Snapshot:
         """Read the tracker file and the history summary without locking and without repairing anything."""
