@@ -135,7 +135,7 @@ tracker_out=""
 tracker_err_file=""
 tracker_raw() { # tracker_raw ARGS...: run the tracker CLI; stdout in $tracker_out, stderr in $tracker_err_file
   # -c, not -m: runpy's imports would cost every hook about 4 ms (a third of what the tracker itself costs).
-  "$python" -c 'import sys; from utils.tracker_cli import main; sys.exit(main())' "$@" 2>"$tracker_err_file"
+  "$python" -c 'from utils.tracker_cli import run; run()' "$@" 2>"$tracker_err_file"
 }
 
 completed_stages_of() { # completed_stages_of STATUS_JSON: names of the stages at 100%, one a line

@@ -60,7 +60,7 @@ def test_it_declares_the_package_python_and_console_scripts():
     assert project["name"] == "batch-completion-monitor"
     assert project["requires-python"] == ">=3.11"
     assert project["scripts"] == {
-        "batch-tracker": "utils.tracker_cli:main",
+        "batch-tracker": "utils.tracker_cli:run",
         "batch-completion-monitor": "utils.service:main",
     }
     assert PYPROJECT["tool"]["setuptools"]["packages"] == ["utils"]

@@ -261,5 +261,19 @@ def main(argv: list[str] | None = None, environ: dict | None = None, out=None) -
         return exc.exit_code
 
 
+def run() -> None:
+    """The process entry point (``bin/batch_tracker``, ``python -m utils.batch_tracker``, the ``batch-tracker``
+    script): :func:`main`, then the process exits with its code, skipping the interpreter's teardown. That teardown
+    would cost every hook about 4 ms (a tenth of its run) and has nothing left to do: the state is written, fsynced
+    and closed, the lock released, a ping child detached. Output is flushed first."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # the reader went away (a closed pipe): what was recorded stays recorded; the code says how
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
