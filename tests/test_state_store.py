@@ -24,6 +24,7 @@ from utils.history_archive import SUMMARY_SCHEMA_VERSION
 from utils.state_store import (
     CorruptStateError,
     JsonStateStore,
+    ParsedFile,
     StorageError,
     read_json_object,
     remove_stale_temp_files,
@@ -442,3 +443,18 @@ def test_it_leaves_an_existing_directory_mode_alone_and_refuses_a_file_in_the_wa
     blocker.write_text("x")
     with pytest.raises(OSError):
         state_store.ensure_directory(str(blocker / "sub"))
+
+
+def test_it_parses_a_file_again_only_when_its_bytes_change_even_within_one_timestamp_tick(tmp_path):
+    path = str(tmp_path / "state.json")
+    write_json_atomically(path, {"value": "a"})
+    parsed = ParsedFile(path)
+    first = parsed.read()
+    assert parsed.read() is first  # unchanged: no parse, the same object
+
+    stamp = os.stat(path).st_mtime_ns
+    write_json_atomically(path, {"value": "b"})  # same size, and the clock does not move on
+    os.utime(path, ns=(stamp, stamp))
+    assert parsed.read() == {"value": "b"}
+    os.unlink(path)
+    assert parsed.read() is None

@@ -23,9 +23,11 @@ from utils.model import ABANDONED, COMPLETED, FAILED, RUNNING, Batch, RecordErro
 from utils.state_store import (
     CorruptStateError,
     JsonStateStore,
+    ParsedFile,
     StorageError,
     _describe_os_error,
     append_line,
+    read_bytes,
     sibling_file,
     write_bytes_atomically,
 )
@@ -161,13 +163,7 @@ def _parse_line(line: bytes) -> Batch | None:
 
 
 def _read_whole(path: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return b""
-    except OSError as exc:
-        raise StorageError(_describe_os_error("read", path, exc)) from exc
+    return read_bytes(path) or b""
 
 
 def _tail_lines(path: str, count: int) -> list[bytes]:
@@ -212,32 +208,27 @@ class HistoryArchive:
         self.verdict = verdict  # whether a finished batch completed by its deadline
         self.summary_store = JsonStateStore(sibling_file(tracker_path, "history-summary"), lock_path=lock_path)
         self.legacy_store = JsonStateStore(sibling_file(tracker_path, "history"), lock_path=lock_path)
-        self._cached: tuple | None = None  # (summary file identity, HistoryView)
+        self._summary = ParsedFile(self.summary_store.path)
+        self._cached: tuple | None = None  # (the summary document, its HistoryView)
 
     # ------------------------------------------------------------------ readers (no lock, no repair)
 
     def read(self) -> HistoryView:
         """The window and totals; parsed again only when the summary file changed. CorruptStateError when the
         summary (or an older release's history file) is malformed, StorageError when unreadable."""
-        try:
-            info = os.stat(self.summary_store.path)
-            key = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
-        except FileNotFoundError:
-            key = None
-        except OSError as exc:
-            raise StorageError(_describe_os_error("read", self.summary_store.path, exc)) from exc
-        cached = self._cached
-        if key is not None and cached is not None and cached[0] == key:
-            return cached[1]
-        if key is None:
+        summary = self._summary.read()
+        if summary is None:
             # No summary yet: an older release's file, or an archive whose summary is gone (rebuilt by the next
             # writer). Both are read whole, once; a fresh installation has neither.
             batches = self._legacy_batches()
             if batches is None:
                 batches = self.all_batches() if os.path.exists(self.path) else []
             return self._view(batches)
-        view = self._parse_summary(self.summary_store.read())
-        self._cached = (key, view)  # one assignment: a concurrent reader sees the old pair or the new one
+        cached = self._cached
+        if cached is not None and cached[0] is summary:
+            return cached[1]
+        view = self._parse_summary(summary)
+        self._cached = (summary, view)  # one assignment: a concurrent reader sees the old pair or the new one
         return view
 
     def newest(self, count: int) -> list[Batch]:
@@ -275,6 +266,10 @@ class HistoryArchive:
         legacy = self._legacy_batches()
         if legacy is not None:
             return legacy[-self.limit :]
+        return self._archived()[-self.limit :]
+
+    def _archived(self) -> list[Batch]:
+        """Every batch of the archive file, oldest first (an unreadable line is logged and skipped)."""
         batches = []
         for line in _read_whole(self.path).split(b"\n"):
             batch = _parse_line(line) if line.strip() else None
@@ -282,7 +277,7 @@ class HistoryArchive:
                 batches.append(batch)
             elif line.strip():
                 _log("warning", "history archive %s has an unreadable line; it is skipped", self.path)
-        return batches[-self.limit :]
+        return batches
 
     def _legacy_batches(self) -> list[Batch] | None:
         """The batches of an older release's history file, None when there is none."""
@@ -332,8 +327,7 @@ class HistoryArchive:
         if legacy is None:
             return
         ids = {batch.id for batch in legacy}
-        archived = map(_parse_line, _read_whole(self.path).split(b"\n"))
-        appended = [batch for batch in archived if batch is not None and batch.id not in ids]
+        appended = [batch for batch in self._archived() if batch.id not in ids]
         batches = (legacy + appended)[-self.limit :]
         self._rewrite(batches)
         os.unlink(self.legacy_store.path)

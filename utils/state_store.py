@@ -181,13 +181,22 @@ def read_json_object(path: str) -> dict | None:
     Raises :class:`CorruptStateError` when it is not a JSON object and
     :class:`StorageError` when it cannot be read.
     """
+    raw = read_bytes(path)
+    return None if raw is None else _json_object(raw, path)
+
+
+def read_bytes(path: str) -> bytes | None:
+    """The bytes of the file at ``path``, None when it does not exist; StorageError when it cannot be read."""
     try:
         with open(path, "rb") as handle:
-            raw = handle.read()
+            return handle.read()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise StorageError(_describe_os_error("read", path, exc)) from exc
+
+
+def _json_object(raw: bytes, path: str) -> dict:
     try:
         document = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -195,6 +204,32 @@ def read_json_object(path: str) -> dict | None:
     if not isinstance(document, dict):
         raise CorruptStateError(f"{path} does not hold a JSON object")
     return document
+
+
+class ParsedFile:
+    """The JSON object at ``path`` for a reader that asks again and again (the monitor, at every check and
+    scrape): parsed again only when the file's bytes changed, so an unchanged file costs a read, not a parse.
+    Bytes, not (inode, mtime, size): a file replaced twice within one timestamp tick can get its old inode
+    number back at the same size. The same object is returned while the file is unchanged (callers must not
+    change it; ``is`` tells a caller that derived something from it whether to derive again). No lock."""
+
+    __slots__ = ("_last", "path")
+
+    def __init__(self, path: str):
+        self.path = path
+        self._last: tuple[bytes, dict] | None = None
+
+    def read(self) -> dict | None:
+        """As :func:`read_json_object`."""
+        raw = read_bytes(self.path)
+        if raw is None:
+            return None
+        last = self._last
+        if last is not None and last[0] == raw:
+            return last[1]
+        document = _json_object(raw, self.path)
+        self._last = (raw, document)  # one assignment: a concurrent reader sees the old pair or the new one
+        return document
 
 
 class exclusive_lock:

@@ -13,7 +13,7 @@ from utils import counters
 from utils.config import TrackerConfig
 from utils.counters import Counters, CountersError
 from utils.model import COMPLETED, Batch, RecordError, Snapshot, StorageEvent
-from utils.state_store import CorruptStateError, JsonStateStore, StorageError, sibling_file
+from utils.state_store import CorruptStateError, JsonStateStore, ParsedFile, StorageError, sibling_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,7 +61,8 @@ class TrackerFiles:
         self.store = JsonStateStore(path)
         self._legacy_history = sibling_file(path, "history")
         self._history: HistoryArchive | None = None
-        self._excuses: tuple[tuple, object] | None = None  # (the file's identity when read, its Excuses)
+        self._document = ParsedFile(path)  # what readers read: parsed again only when the file changed
+        self._excuses: tuple | None = None  # (the document they were read from, its Excuses)
 
     @property
     def history(self) -> HistoryArchive:
@@ -161,29 +162,26 @@ class TrackerFiles:
             self.write({**document, EXCUSED_KEY: excuses.to_dict()}, current, events)
 
     def excuses(self):
-        """The skipped dates and pauses on file (:class:`utils.jobs.Excuses`; none when unreadable). Read again
-        only when the file was replaced since (every write replaces it): the monitor asks at every check."""
+        """The skipped dates and pauses on file (:class:`utils.jobs.Excuses`; none when unreadable). The monitor
+        asks at every check, then reads the snapshot: one parse of the tracker file serves both."""
         from utils.jobs import Excuses
 
         try:
-            info = os.stat(self.store.path)
-            identity = (info.st_ino, info.st_mtime_ns, info.st_size)
-        except OSError:
-            identity = None
-        if identity is not None and self._excuses is not None and self._excuses[0] == identity:
-            return self._excuses[1]
-        try:
-            excuses = Excuses.from_document(self.store.read())
+            document = self._document.read()
         except StorageError:  # reported by snapshot() (tracker unreadable); no excuses meanwhile
-            excuses = Excuses()
-        self._excuses = None if identity is None else (identity, excuses)
+            return Excuses()
+        cached = self._excuses
+        if cached is not None and cached[0] is document:
+            return cached[1]
+        excuses = Excuses.from_document(document)
+        self._excuses = (document, excuses)
         return excuses
 
     def snapshot(self) -> Snapshot:
         """Read the tracker file and the history summary without locking and without repairing anything."""
         current, events, error, document = None, (), None, None
         try:
-            document = self.store.read()
+            document = self._document.read()
             # ``is not None``: an empty object is corrupt here exactly as it is for writers.
             if document is not None:
                 current, events = _parse_tracker(document)
