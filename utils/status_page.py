@@ -208,11 +208,10 @@ def render_status_page(status: dict, *, json_path: str = "/status.json", home: s
         note = "failed here" if failure_stage and s.get("name") == failure_stage else ""
         if not note and s.get("name") and s.get("name") == status.get("active_stage"):
             note = "active"
-        percentage = s.get("percentage") if is_number(s.get("percentage")) else 0
         row_class = " class='active'" if note else ""
         return (
             f"<tr{row_class}><td>{_e(s.get('name'))}</td><td>{percent(s.get('percentage'))}</td>"
-            f"<td><progress max='100' value='{_e(percentage)}'></progress></td>"
+            f"<td>{_progress(s.get('percentage'))}</td>"
             f"<td>{times.at(s.get('updated_at'))}</td><td>{times.at(s.get('completed_at'))}</td><td>{_e(note)}</td></tr>"
         )
 
@@ -307,7 +306,6 @@ def render_jobs_page(overview: dict) -> str:
         job_ok = job.get("ok")
         css = "ok" if job_ok is True else "bad"
         shown = "OK" if job_ok is True else ("PROBLEM" if job_ok is False else "unknown")
-        percentage = job.get("completion_percentage") if is_number(job.get("completion_percentage")) else 0
         batch = as_dict(job.get("batch_deadline"))
         due = _deadline_html(batch, times, time_left=True) if batch else _e(None)
         incidents = ", ".join(str(kind) for kind in job.get("open_incidents") or []) or "none"
@@ -315,8 +313,7 @@ def render_jobs_page(overview: dict) -> str:
         return (
             f"<tr class='job'><td><a href=\"{_e(job.get('url'))}\">{_e(job.get('name'))}</a></td>"
             f"<td class='{css}'>{_e(shown)}</td><td>{_e(job.get('state'))}</td>"
-            f"<td>{percent(job.get('completion_percentage'))} "
-            f"<progress max='100' value='{_e(percentage)}'></progress></td>"
+            f"<td>{percent(job.get('completion_percentage'))} {_progress(job.get('completion_percentage'))}</td>"
             f"<td>{due}</td><td>{_deadline_html(job.get('next_deadline'), times, time_left=True)}{excused}</td>"
             f"<td>{_e(_schedule_text(job))}</td><td>{_e(incidents)}</td><td>{_e(job.get('reason'))}</td></tr>"
         )
@@ -357,6 +354,11 @@ def render_jobs_page(overview: dict) -> str:
 </body>
 </html>
 """
+
+
+def _progress(percentage: object) -> str:
+    """A 0-100 progress bar (at 0 for anything that is not a number)."""
+    return f"<progress max='100' value='{_e(percentage if is_number(percentage) else 0)}'></progress>"
 
 
 def _excused_html(status: dict, times: PageTimes) -> str:
