@@ -340,6 +340,14 @@ class AlertLogStore(JsonStateStore):
             finally:
                 self.save(log)
 
+    def record_delivery(self, now: float, deferred: int, failed: int, outbox_summary: object) -> AlertLog:
+        """Count a delivery pass's failed attempts (``deferred`` to retry, ``failed`` given up) and note the
+        outbox as of now, under the lock; return the log as saved."""
+        with self.updating(now) as log:
+            log.count_delivery(deferred, failed)
+            log.outbox = outbox_summary
+        return log
+
     def read_view(self) -> dict:
         """The log for the status page (UTC ISO-8601 times), read without the lock; never raises (``state_error``)."""
         try:

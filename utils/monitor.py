@@ -249,10 +249,10 @@ class Monitor:
         first_pass, self._delivered_once = not self._delivered_once, True
         report = self.outbox.deliver_due(self.channels, retry_waiting=first_pass)
         if report.delivered or report.attempt_failures:
-            with self.log_store.updating(self.clock()) as log:
-                log.count_delivery(len(report.deferred), len(report.failed))
-                log.outbox = self.outbox.summary()
-                self._last_log = log
+            summary = self.outbox.summary()
+            self._last_log = self.log_store.record_delivery(
+                self.clock(), len(report.deferred), len(report.failed), summary
+            )
         if self.repost_due_in() <= 0:
             self.repost_alerts()
         return report

@@ -160,11 +160,8 @@ class JobsMonitor:
             for name, monitor in self.by_name.items():
                 deferred = sum(1 for m in report.deferred if self._owner(m.incident) == name)
                 failed = sum(1 for m in report.failed if self._owner(m.incident) == name)
-                try:
-                    with monitor.log_store.updating(self.clock()) as log:
-                        log.count_delivery(deferred, failed)
-                        log.outbox = summary  # every job's state shows the shared outbox as of now
-                        monitor._last_log = log
+                try:  # every job's state shows the shared outbox as of now
+                    monitor._last_log = monitor.log_store.record_delivery(self.clock(), deferred, failed, summary)
                 except StorageError as exc:  # that job's checks report it; the others' counts still go in
                     LOGGER.warning("cannot record the delivery pass in job %s's state: %s", name, exc)
         for monitor in self.monitors:  # each job re-posts its own open incidents to Alertmanager
