@@ -388,6 +388,13 @@ def _http_url(env: dict, name: str) -> str | None:
     return raw
 
 
+_EXAMPLE_URLS = {
+    "ALERTMANAGER_URL": "http://alertmanager.example.com:9093",
+    "ALERT_WEBHOOK_URL": "https://hooks.slack.com/services/T000/B000/XXXX",
+    "BATCH_PING_URL": "https://hc-ping.com/your-check-uuid",
+}
+
+
 def _endpoint_urls(env: dict, name: str, *, single: bool = False) -> list[str]:
     """Comma-separated http(s) URLs, each with a host (and a valid port, no user:password); [] when unset."""
     raw = _raw(env, name)
@@ -399,7 +406,7 @@ def _endpoint_urls(env: dict, name: str, *, single: bool = False) -> list[str]:
     if single and len(urls) > 1:
         raise ConfigError(f"{name}={_shown(raw)} names more than one URL (allowed: one http:// or https:// URL)")
     for url in urls:
-        allowed = "an http:// or https:// URL with a host, e.g. http://alertmanager.example.com:9093"
+        allowed = f"an http:// or https:// URL with a host, e.g. {_EXAMPLE_URLS.get(name, 'https://host.example.com/')}"
         try:
             parts = urlsplit(url)
             valid = parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and parts.port != 0
